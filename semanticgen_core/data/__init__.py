@@ -1,0 +1,1 @@
+"""Procedural video world used to train and evaluate the embedded default models."""

@@ -1,0 +1,24 @@
+"""Errors that tell the user what was wrong and how to fix it.
+
+All derive from ``SemanticGenError`` (a ``ValueError``) so callers can catch the family at once.
+"""
+
+
+class SemanticGenError(ValueError):
+    """Base class: bad input or bad files, with a message that names the problem."""
+
+
+class CheckpointError(SemanticGenError):
+    """A weights file is missing, unreadable, or does not match the model it is loaded into."""
+
+
+class PlanFormatError(SemanticGenError):
+    """A semantic-plan file is corrupted, truncated, of an unknown version, or inconsistent."""
+
+
+class ShapeError(SemanticGenError):
+    """A tensor handed to the library has the wrong shape, with the expected one in the message."""
+
+
+class Interrupted(Exception):
+    """Raised by a cancellation check between sampling steps; models stay usable afterwards."""

@@ -1,0 +1,135 @@
+"""Attention over ``[video tokens ; semantic tokens]``: rotary positions, time windows, the semantic gate.
+
+Stage 2 puts the plan's semantic tokens in the same sequence as the video tokens (the paper's in-context
+conditioning). Two things are added on top of Wan's self-attention:
+
+* **Windows in time** (the paper's Swin-style attention for long videos). Every token has a time
+  coordinate in latent frames; a window of ``T_w`` latent frames holds the video tokens of those frames
+  *and* the semantic tokens that fall inside them, so each window carries its own part of the plan.
+  Odd layers shift the window grid by ``T_w / 2`` so information crosses window borders. Windows do not
+  wrap around: a long video is not periodic. One window covering everything is full attention.
+* **A gate on the video <- semantic path.** Each query attends to the video keys and, through a separate
+  softmax, to the semantic keys of its window; the second result is scaled by a per-layer, per-head gate
+  initialised at zero (IP-Adapter style decoupling). With the gate at zero the model is exactly the
+  pretrained Wan DiT, so fine-tuning starts from the base model's output instead of a perturbed one;
+  the gate opens as training finds the plan useful.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.embeddings import get_1d_rotary_pos_embed
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [1, N, 1, head_dim], Wan's layout
+
+
+def rope_at(rope: WanRotaryPosEmbed, t: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> Rope:
+    """Wan's 3-axis rotary embedding at arbitrary (also fractional) token positions ``[N]`` each.
+
+    Equal to ``WanRotaryPosEmbed`` at integer grid positions, but with no table to run past, and able
+    to place semantic tokens between video tokens (a semantic cell spans several latent pixels).
+    """
+    cos, sin = [], []
+    for pos, dim in ((t, rope.t_dim), (h, rope.h_dim), (w, rope.w_dim)):
+        c, s = get_1d_rotary_pos_embed(dim, pos.double(), use_real=True, repeat_interleave_real=True,
+                                       freqs_dtype=torch.float64)
+        cos.append(c)
+        sin.append(s)
+    return torch.cat(cos, -1)[None, :, None], torch.cat(sin, -1)[None, :, None]
+
+
+def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate ``x`` ``[B, N, heads, head_dim]`` in interleaved pairs, exactly as Wan's processor does."""
+    cos, sin = rope
+    x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    cos, sin = cos[..., 0::2].to(x.device), sin[..., 1::2].to(x.device)
+    out = torch.empty_like(x)
+    out[..., 0::2] = x1 * cos - x2 * sin
+    out[..., 1::2] = x1 * sin + x2 * cos
+    return out.type_as(x)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Contiguous index ranges of the video and semantic tokens that attend to each other."""
+
+    video: slice
+    semantic: slice
+
+
+def time_windows(video_times: torch.Tensor, semantic_times: torch.Tensor | None, window: float | None,
+                 shifted: bool) -> list[Window]:
+    """Split tokens into attention windows by their time coordinate (latent frames).
+
+    Both token sets are sorted by time (Wan flattens video as t, h, w; plans likewise), so every window
+    is one slice of each. ``window=None`` gives a single window: full attention.
+    """
+    n_sem = 0 if semantic_times is None else len(semantic_times)
+    if window is None:
+        return [Window(slice(0, len(video_times)), slice(0, n_sem))]
+    offset = window / 2 if shifted else 0.0
+    last = float(video_times.max())
+
+    def ids(times: torch.Tensor) -> torch.Tensor:
+        return torch.floor((times.clamp(0, last) + offset) / window).long()
+
+    vid = ids(video_times)
+    sid = ids(semantic_times) if n_sem else vid.new_zeros(0)
+    windows = []
+    for w in torch.unique(torch.cat([vid, sid])).tolist():
+        v = (vid == w).nonzero().flatten()
+        s = (sid == w).nonzero().flatten()
+        windows.append(Window(_as_slice(v), _as_slice(s)))
+    return windows
+
+
+def _as_slice(idx: torch.Tensor) -> slice:
+    if len(idx) == 0:
+        return slice(0, 0)
+    start, stop = int(idx[0]), int(idx[-1]) + 1
+    if stop - start != len(idx):
+        raise ValueError("tokens must be sorted by time for windowed attention")
+    return slice(start, stop)
+
+
+def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rope_v: Rope, rope_s: Rope | None,
+                            windows: list[Window], gate: torch.Tensor | None):
+    """Self-attention of a Wan ``attn1`` over video tokens ``xv`` and semantic tokens ``xs``.
+
+    Returns the attention outputs for both (``None`` for the semantic side when there is none).
+    ``gate`` is ``[heads]``: the weight of the semantic softmax branch.
+    """
+
+    def qkv(x, rope):
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        q, k = attn.norm_q(q), attn.norm_k(k)
+        q, k, v = (y.unflatten(2, (attn.heads, -1)) for y in (q, k, v))
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return (y.transpose(1, 2) for y in (q, k, v))  # [B, heads, N, d]
+
+    qv, kv, vv = qkv(xv, rope_v)
+    has_sem = xs is not None and xs.shape[1] > 0
+    if has_sem:
+        qs, ks, vs = qkv(xs, rope_s)
+        g = gate.to(qv.dtype).view(1, -1, 1, 1)
+    ov, os_ = torch.empty_like(qv), (torch.empty_like(qs) if has_sem else None)
+    for win in windows:
+        v, s = win.video, win.semantic
+        q = torch.cat([qv[:, :, v], qs[:, :, s]], 2) if has_sem else qv[:, :, v]
+        out = F.scaled_dot_product_attention(q, kv[:, :, v], vv[:, :, v])
+        if has_sem and s.stop > s.start:
+            out = out + g * F.scaled_dot_product_attention(q, ks[:, :, s], vs[:, :, s])
+        n_v = v.stop - v.start
+        ov[:, :, v] = out[:, :, :n_v]
+        if has_sem:
+            os_[:, :, s] = out[:, :, n_v:]
+
+    def project(o):
+        return attn.to_out[1](attn.to_out[0](o.transpose(1, 2).flatten(2)))
+
+    return project(ov), (project(os_) if has_sem else None)
+

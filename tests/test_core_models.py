@@ -88,7 +88,7 @@ def test_training_steps_reduce_both_losses_on_a_fixed_batch():
     torch.manual_seed(0)
     models = TINY.build()
     comp, s1, s2 = models["compressor"], models["stage1"], models["stage2"]
-    latents, features = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 1, 2, 2, 32)
+    latents, features = torch.randn(2, 16, 2, 4, 4), torch.randn(2, 1, 2, 2, 64)
     text, empty = torch.randn(2, 5, TINY.stage1["text_dim"]), torch.zeros(1, 5, TINY.stage1["text_dim"])
     opt = torch.optim.AdamW([*comp.parameters(), *s2.parameters(), *s1.parameters()], lr=3e-3)
 
@@ -126,3 +126,4 @@ def test_real_scale_preset_matches_published_sizes():
     assert counts["stage2"] - new_layers == pytest.approx(1.419e9, rel=0.005)
     assert counts["stage1"] == pytest.approx(1.419e9, rel=0.005)
     assert counts["compressor"] < 3e6   # "a small MLP"
+    assert counts["encoder"] == pytest.approx(669e6, rel=0.01)  # Qwen2.5-VL-3B's vision tower

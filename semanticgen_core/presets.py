@@ -58,7 +58,7 @@ class Preset:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
-_TINY_TEXT = 32
+_TINY_TEXT = 384  # MiniLM: the tiny preset runs with the real offline text encoder
 TINY = Preset(
     name="tiny",
     encoder=tiny_vision_config().to_dict(),
@@ -70,7 +70,7 @@ TINY = Preset(
                 out_channels=16, text_dim=_TINY_TEXT, freq_dim=32, ffn_dim=48, num_layers=2, semantic_dim=8),
     vae=dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 2, 2], num_res_blocks=1, attn_scales=[],
              temperal_downsample=[False, True, True]),
-    text_encoder="tiny",
+    text_encoder="minilm",
     defaults=dict(fps=8.0, height=64, width=64, steps=4, guidance=1.0, window_frames=None),
 )
 
@@ -87,4 +87,23 @@ WAN = Preset(
     defaults=dict(fps=16.0, height=480, width=832, steps=50, guidance=5.0, window_frames=8),
 )
 
-PRESETS = {p.name: p for p in (TINY, WAN)}
+# The embedded default: trained here on the procedural world (semanticgen_core/data), shipped in
+# semanticgen_core/weights. 64x64 at 8 fps; the encoder sees 4 fps, so the plan has 2 steps a second on a
+# 4x4 grid (128 tokens for 4 s); stage 2 sees 9 latent frames of 4x4 patches plus the plan, in windows
+# of 4 latent frames (2 s), as it does for long videos.
+EMBEDDED = Preset(
+    name="embedded",
+    encoder=tiny_vision_config().to_dict(),
+    sample_fps=4.0,
+    compressor=dict(in_dim=64, out_dim=8, hidden_dim=128, depth=2),
+    stage1=dict(num_attention_heads=4, attention_head_dim=32, in_channels=8, out_channels=8, text_dim=384,
+                freq_dim=64, ffn_dim=512, num_layers=6),
+    stage2=dict(patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, in_channels=16,
+                out_channels=16, text_dim=384, freq_dim=64, ffn_dim=512, num_layers=6, semantic_dim=8,
+                window_frames=4),
+    vae={},  # the trained VAE file carries its own config
+    text_encoder="minilm",
+    defaults=dict(fps=8.0, height=64, width=64, steps=20, guidance=4.0, window_frames=4),
+)
+
+PRESETS = {p.name: p for p in (TINY, EMBEDDED, WAN)}

@@ -1,0 +1,185 @@
+"""``SemanticGenPipeline``: the one place that wires the stages together.
+
+    text  --stage 1-->  SemanticPlan  --stage 2-->  VAE latents  --VAE-->  frames
+    video --encoder + compressor-->  SemanticPlan
+
+Each arrow is one method, so nodes and scripts can run them separately (and edit the plan in between).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .compressor import SemanticCompressor
+from .errors import SemanticGenError
+from .latent_dit import LatentDiT
+from .plan import SemanticPlan, Segment
+from .presets import Preset
+from .sampling import SamplingOptions, denoise, initial_noise
+from .semantic_dit import SemanticDiT
+from .semantic_encoder import SemanticEncoder
+from .text_encoders import MiniLMTextEncoder, TextEncoder
+from .vae import VideoVAE
+
+Progress = Callable[[int, int, torch.Tensor], None]
+ShouldStop = Callable[[], bool]
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latent frames of Wan's VAE for a video of ``num_frames`` (padded up to 4k+1)."""
+    return (num_frames - 1 + 3) // 4 + 1
+
+
+@dataclass
+class SemanticGenPipeline:
+    preset: Preset
+    text_encoder: TextEncoder
+    stage1: SemanticDiT | None
+    compressor: SemanticCompressor | None
+    stage2: LatentDiT | None
+    vae: VideoVAE | None
+    semantic_encoder: SemanticEncoder | None = None
+    name: str = "semanticgen"
+
+    @classmethod
+    def from_files(cls, stage1: str | None, stage2: str | None, vae: str | None, semantic_encoder: str | None = None,
+                   text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> "SemanticGenPipeline":
+        """Load SemanticGen part files (``model_files``); any part may be None. The text encoder defaults
+        to the one the preset names when it needs no files (MiniLM)."""
+        from .model_files import load_model
+
+        parts = {kind: load_model(path, kind, dtype, device) for kind, path in
+                 (("stage1", stage1), ("stage2", stage2), ("semantic_encoder", semantic_encoder)) if path}
+        if not parts:
+            raise SemanticGenError("give at least a stage-1 or stage-2 model file")
+        preset = next(iter(parts.values())).preset
+        if text_encoder is None:
+            if preset.text_encoder != "minilm":
+                raise SemanticGenError(f"these models use the {preset.text_encoder} text encoder: load it and pass it")
+            text_encoder = MiniLMTextEncoder.from_pretrained(device=device)
+        modules = {name: m for part in parts.values() for name, m in part.modules.items()}
+        return cls(preset, text_encoder, modules.get("stage1"), modules.get("compressor"), modules.get("stage2"),
+                   VideoVAE.from_pretrained(vae, dtype=dtype, device=device) if vae else None,
+                   modules.get("encoder"), name=preset.name)
+
+    @classmethod
+    def embedded(cls, with_encoder: bool = False) -> "SemanticGenPipeline":
+        """The embedded default, from the weights shipped in ``semanticgen_core/weights``."""
+        from .embedded import weights_path
+
+        return cls.from_files(weights_path("stage1"), weights_path("stage2"), weights_path("vae"),
+                              weights_path("semantic_encoder") if with_encoder else None)
+
+    @property
+    def device(self) -> torch.device:
+        for m in (self.stage2, self.stage1, self.compressor):
+            if m is not None:
+                return next(m.parameters()).device
+        return torch.device("cpu")
+
+    def _need(self, what: str):
+        module = getattr(self, what)
+        if module is None:
+            raise SemanticGenError(f"this pipeline has no {what} loaded: load it (or use the embedded default)")
+        return module
+
+    # -- geometry ----------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(conditional, unconditional) text embeddings on the pipeline's device."""
+        text, _ = self.text_encoder.encode(prompts)
+        empty, _ = self.text_encoder.encode([""] * len(prompts))
+        return text.to(self.device), empty.to(self.device)
+
+    def _text(self, prompt: str, text_embeddings: tuple[torch.Tensor, torch.Tensor] | None):
+        if text_embeddings is None:
+            return self.encode_text([prompt])
+        text, empty = text_embeddings
+        return text.to(self.device), empty.to(self.device)
+
+    # -- the arrows --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_plan(self, prompt: str, num_frames: int, fps: float, height: int, width: int,
+                      opts: SamplingOptions, progress: Progress | None = None,
+                      should_stop: ShouldStop | None = None,
+                      text_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> SemanticPlan:
+        """Stage 1: text -> plan, with full attention over the whole video.
+
+        ``text_embeddings``: precomputed ``(conditional, unconditional)`` embeddings of ``prompt`` (e.g.
+        from a separate text-encode node); without them the pipeline's text encoder embeds ``prompt``.
+        """
+        stage1 = self._need("stage1")
+        grid = self.preset.plan_grid(num_frames, fps, height, width)
+        dtype = next(stage1.parameters()).dtype
+        noise = initial_noise((1, *grid, stage1.config.in_channels), opts.seed, self.device, dtype)
+        text, empty = self._text(prompt, text_embeddings)
+        tokens = denoise(stage1.velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+        return SemanticPlan(
+            tokens=tokens[0].float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=num_frames,
+            height=height, width=width, segments=[Segment(0.0, num_frames / fps, prompt)], seed=opts.seed,
+            encoder=f"stage1:{self.name}", compressor=self.name)
+
+    @torch.no_grad()
+    def encode_video(self, frames: torch.Tensor, fps: float, prompt: str = "") -> SemanticPlan:
+        """Video ``[T, H, W, 3]`` in 0..1 -> plan (the compressor's mean: deterministic)."""
+        encoder, compressor = self._need("semantic_encoder"), self._need("compressor")
+        features = encoder.encode(frames.to(self.device), fps)
+        mean, _ = compressor(features.to(next(compressor.parameters()).dtype))
+        n, h, w = frames.shape[:3]
+        return SemanticPlan(
+            tokens=mean.float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=n, height=h, width=w,
+            segments=[Segment(0.0, n / fps, prompt)], seed=None, encoder=encoder.name, compressor=self.name)
+
+    @torch.no_grad()
+    def render_latents(self, plan: SemanticPlan, opts: SamplingOptions, prompt: str | None = None,
+                       window_frames: int | None = -1, progress: Progress | None = None,
+                       should_stop: ShouldStop | None = None,
+                       text_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Stage 2: plan (+ text) -> normalised VAE latents ``[1, 16, T', H/8, W/8]``.
+
+        ``prompt`` defaults to the plan's own (first segment's) prompt; ``window_frames=-1`` uses the
+        model's configured attention window; ``text_embeddings`` as in ``generate_plan``.
+        """
+        stage2 = self._need("stage2")
+        if plan.tokens.shape[-1] != stage2.config.semantic_dim:
+            raise SemanticGenError(
+                f"the plan has {plan.tokens.shape[-1]} channels per token but this stage-2 model expects "
+                f"{stage2.config.semantic_dim}: the plan was made for another compressor ({plan.compressor!r})")
+        if plan.height % 8 or plan.width % 8:
+            raise SemanticGenError(f"video size {plan.height}x{plan.width} must be a multiple of 8 (the VAE's stride)")
+        dtype = next(stage2.parameters()).dtype
+        shape = (1, stage2.config.in_channels, latent_frames(plan.num_frames), plan.height // 8, plan.width // 8)
+        noise = initial_noise(shape, opts.seed, self.device, dtype)
+        prompt = plan.segments[0].prompt if prompt is None else prompt
+        text, empty = self._text(prompt, text_embeddings)
+        sem = plan.tokens[None].to(self.device, dtype)
+
+        def velocity(x, t, context):
+            return stage2(x, t, context, semantic_tokens=sem.expand(x.shape[0], *sem.shape[1:]),
+                          window_frames=window_frames).sample
+
+        return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, num_frames: int | None = None, progress=None,
+               should_stop: ShouldStop | None = None) -> torch.Tensor:
+        """Latents -> frames ``[T, H, W, 3]`` in 0..1 on the CPU, decoded in chunks; trimmed to
+        ``num_frames`` when the video was padded to 4k+1 frames."""
+        frames = self._need("vae").decode(latents, progress=progress, should_stop=should_stop)
+        return frames if num_frames is None else frames[:num_frames]
+
+    def __call__(self, prompt: str, num_frames: int | None = None, fps: float | None = None,
+                 height: int | None = None, width: int | None = None, opts: SamplingOptions | None = None,
+                 progress: Progress | None = None, should_stop: ShouldStop | None = None) -> torch.Tensor:
+        """Text -> frames ``[T, H, W, 3]``, with the preset's defaults for anything not given."""
+        d = self.preset.defaults
+        fps = fps or d["fps"]
+        num_frames = num_frames or int(4 * fps) + 1
+        opts = opts or SamplingOptions(steps=d["steps"], guidance=d["guidance"])
+        plan = self.generate_plan(prompt, num_frames, fps, height or d["height"], width or d["width"], opts,
+                                  progress, should_stop)
+        latents = self.render_latents(plan, opts, progress=progress, should_stop=should_stop)
+        return self.decode(latents, num_frames, should_stop=should_stop)

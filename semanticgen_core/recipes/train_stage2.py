@@ -1,0 +1,32 @@
+"""Train the embedded default's compressor + stage 2 (the paper's step (a)) on cached world clips.
+
+    python -m semanticgen_core.recipes.train_stage2 --cache runs/cache --out runs/stage2 --minutes 60
+"""
+
+from __future__ import annotations
+
+from ..compressor import SemanticCompressor
+from ..latent_dit import LatentDiT
+from ..presets import EMBEDDED
+from ..training import stage2_loss
+from .stages import arguments, train
+
+
+def main() -> None:
+    p = arguments(__doc__.splitlines()[0], "runs/stage2")
+    p.add_argument("--kl", type=float, default=1e-3, help="KL weight of the compressor")
+    p.add_argument("--plan-noise", type=float, default=0.3, help="max noise level of the plan augmentation")
+    args = p.parse_args()
+    compressor, stage2 = SemanticCompressor(**EMBEDDED.compressor), LatentDiT(**EMBEDDED.stage2)
+
+    def loss(batch, empty, generator):
+        return stage2_loss(compressor, stage2, batch["latents"], batch["features"], batch["text"], empty,
+                           kl_weight=args.kl, plan_noise=args.plan_noise, generator=generator)
+
+    train(args, "stage2", {"compressor": compressor, "stage2": stage2}, loss,
+          {"objective": "rectified flow on VAE latents given the plan (noised) + text; KL on the compressor",
+           "kl_weight": args.kl, "plan_noise": args.plan_noise})
+
+
+if __name__ == "__main__":
+    main()

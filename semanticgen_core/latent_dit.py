@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,17 +26,13 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
-from .attention import Rope, Window, rope_at, time_windows, windowed_self_attention
+from .attention import time_windows
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, ShapeError
+from .wan_blocks import WanRunner, cell_centres, shot_routing
 
 
-def cell_centres(n_cells: int, n_units: int) -> torch.Tensor:
-    """Centres of ``n_cells`` equal cells spanning ``n_units`` grid units, in that grid's coordinates."""
-    return (torch.arange(n_cells, dtype=torch.float64) + 0.5) * (n_units / n_cells) - 0.5
-
-
-class LatentDiT(WanTransformer3DModel):
+class LatentDiT(WanRunner, WanTransformer3DModel):
     """Wan2.1 text-to-video DiT with in-context semantic tokens and optional shifted-window attention."""
 
     @register_to_config
@@ -67,22 +64,6 @@ class LatentDiT(WanTransformer3DModel):
         self.semantic_proj = nn.Linear(semantic_dim, inner_dim)
         self.semantic_gate = nn.Parameter(torch.zeros(num_layers, num_attention_heads))
 
-    # -- conditioning -------------------------------------------------------------------------------
-    def time_modulation(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """Wan's timestep path: ``temb [B, D]`` for the output head and ``[B, 6, D]`` for the blocks."""
-        ce = self.condition_embedder
-        t = ce.timesteps_proj(timestep).to(next(ce.time_embedder.parameters()).dtype)
-        temb = ce.time_embedder(t).to(dtype)
-        return temb, ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
-
-    def _positions(self, t: int, h: int, w: int, t_units: int, h_units: int, w_units: int) -> Rope:
-        """Rotary embedding of a ``t x h x w`` token grid laid over ``t_units x h_units x w_units`` of
-        the video token grid (identity for the video tokens themselves)."""
-        tt, hh, ww = torch.meshgrid(cell_centres(t, t_units), cell_centres(h, h_units), cell_centres(w, w_units),
-                                    indexing="ij")
-        return rope_at(self.rope, tt.flatten(), hh.flatten(), ww.flatten())
-
-    # -- forward -----------------------------------------------------------------------------------
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -91,32 +72,28 @@ class LatentDiT(WanTransformer3DModel):
         semantic_tokens: torch.Tensor | None = None,
         semantic_timestep: torch.Tensor | None = None,
         window_frames: int | None = -1,
+        shot_starts: Sequence[float] | None = None,
         return_dict: bool = True,
     ):
         """Predict the flow velocity of the latents.
 
         hidden_states: ``[B, C, T, H, W]`` noisy latents; timestep: ``[B]`` in 0..1000;
-        encoder_hidden_states: ``[B, L, text_dim]`` text embeddings;
+        encoder_hidden_states: text ``[B, L, text_dim]``, or one prompt per shot ``[B, S, L, text_dim]``
+        with ``shot_starts`` (S start times in latent frames, the first 0);
         semantic_tokens: ``[B, T_s, h_s, w_s, semantic_dim]`` the plan (covers the same time span and
         frame as the latents); semantic_timestep: ``[B]``, 0 (default) for a clean plan;
         window_frames: attention window in latent frames; ``None`` for full attention, ``-1`` (default)
         for the value in the config.
         """
-        b, _, t, h, w = hidden_states.shape
-        pt, ph, pw = self.config.patch_size
-        if t % pt or h % ph or w % pw:
-            raise ShapeError(f"latents {tuple(hidden_states.shape)} are not divisible by the patch size {(pt, ph, pw)}")
-        tp, hp, wp = t // pt, h // ph, w // pw
+        b = hidden_states.shape[0]
         window = self.config.window_frames if window_frames == -1 else window_frames
         dtype = hidden_states.dtype
-
-        xv = self.patch_embedding(hidden_states).flatten(2).transpose(1, 2).contiguous()
-        rope_v = self._positions(tp, hp, wp, tp, hp, wp)
-        video_times = torch.arange(tp).repeat_interleave(hp * wp).double()
+        xv, rope_v, video_times, grid = self.patchify(hidden_states)
         temb, mod_v = self.time_modulation(timestep, dtype)
-        context = self.condition_embedder.text_embedder(encoder_hidden_states)
+        context = self.text_context(encoder_hidden_states)
 
         xs = rope_s = mod_s = semantic_times = None
+        times = video_times
         if semantic_tokens is not None:
             if semantic_tokens.ndim != 5 or semantic_tokens.shape[0] != b or \
                     semantic_tokens.shape[-1] != self.config.semantic_dim:
@@ -125,26 +102,18 @@ class LatentDiT(WanTransformer3DModel):
                     f"{tuple(semantic_tokens.shape)}")
             ts, hs, ws = semantic_tokens.shape[1:4]
             xs = self.semantic_proj(semantic_tokens.to(dtype).flatten(1, 3))
-            rope_s = self._positions(ts, hs, ws, tp, hp, wp)
-            semantic_times = cell_centres(ts, tp).repeat_interleave(hs * ws)
+            rope_s = self.grid_rope(ts, hs, ws, grid)
+            semantic_times = cell_centres(ts, grid[0]).repeat_interleave(hs * ws)
+            times = torch.cat([video_times, semantic_times])
             if semantic_timestep is None:
                 semantic_timestep = torch.zeros_like(timestep)
             mod_s = self.time_modulation(semantic_timestep, dtype)[1]
 
+        shots = shot_routing(times, shot_starts, 1 if context.ndim == 3 else context.shape[1])
         layouts = [time_windows(video_times, semantic_times, window, shifted=False),
                    time_windows(video_times, semantic_times, window, shifted=True)]
-        for i, block in enumerate(self.blocks):
-            args = (block, xv, xs, context, mod_v, mod_s, rope_v, rope_s, layouts[i % 2], self.semantic_gate[i])
-            if torch.is_grad_enabled() and self.gradient_checkpointing:
-                xv, xs = self._gradient_checkpointing_func(_block_forward, *args)
-            else:
-                xv, xs = _block_forward(*args)
-
-        shift, scale = (self.scale_shift_table + temb.unsqueeze(1)).chunk(2, dim=1)
-        xv = (self.norm_out(xv.float()) * (1 + scale) + shift).type_as(xv)
-        xv = self.proj_out(xv)
-        xv = xv.reshape(b, tp, hp, wp, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
-        out = xv.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+        xv, _ = self.run_blocks(xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts, self.semantic_gate)
+        out = self.head(xv, temb, grid)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
     # -- loading -----------------------------------------------------------------------------------
@@ -181,35 +150,6 @@ class LatentDiT(WanTransformer3DModel):
         nn.init.zeros_(self.semantic_proj.bias)
         nn.init.zeros_(self.semantic_gate)
 
-
-def _block_forward(block, xv, xs, context, mod_v, mod_s, rope_v, rope_s, windows: list[Window], gate):
-    """``WanTransformerBlock.forward`` over two token groups with their own modulation.
-
-    Self-attention is windowed and gated (``attention.py``); cross-attention and the feed-forward act
-    per token, so the groups are concatenated for them.
-    """
-    sv = (block.scale_shift_table + mod_v.float()).chunk(6, dim=1)
-    ss = (block.scale_shift_table + mod_s.float()).chunk(6, dim=1) if xs is not None else None
-
-    def modulate(norm, x, m, shift, scale):
-        return (norm(x.float()) * (1 + m[scale]) + m[shift]).type_as(x)
-
-    av, as_ = windowed_self_attention(block.attn1, modulate(block.norm1, xv, sv, 0, 1),
-                                      None if xs is None else modulate(block.norm1, xs, ss, 0, 1),
-                                      rope_v, rope_s, windows, gate)
-    xv = (xv.float() + av * sv[2]).type_as(xv)
-    if xs is not None:
-        xs = (xs.float() + as_ * ss[2]).type_as(xs)
-
-    n_v = xv.shape[1]
-    x = xv if xs is None else torch.cat([xv, xs], 1)
-    x = x + block.attn2(block.norm2(x.float()).type_as(x), context, None, None)
-    xv, xs = (x, None) if xs is None else (x[:, :n_v], x[:, n_v:])
-
-    xv = (xv.float() + block.ffn(modulate(block.norm3, xv, sv, 3, 4)).float() * sv[5]).type_as(xv)
-    if xs is not None:
-        xs = (xs.float() + block.ffn(modulate(block.norm3, xs, ss, 3, 4)).float() * ss[5]).type_as(xs)
-    return xv, xs
 
 
 def wan_original_to_diffusers(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -127,3 +127,34 @@ def test_real_scale_preset_matches_published_sizes():
     assert counts["stage1"] == pytest.approx(1.419e9, rel=0.005)
     assert counts["compressor"] < 3e6   # "a small MLP"
     assert counts["encoder"] == pytest.approx(669e6, rel=0.01)  # Qwen2.5-VL-3B's vision tower
+
+
+@torch.no_grad()
+def test_stage1_with_one_prompt_is_wans_forward():
+    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+    torch.manual_seed(0)
+    s1 = SemanticDiT(**TINY.stage1).eval()
+    base = WanTransformer3DModel(**{k: v for k, v in s1.config.items() if not k.startswith("_")}).eval()
+    base.load_state_dict(s1.state_dict())
+    x, t, text = torch.randn(2, 8, 3, 4, 4), torch.tensor([900.0, 20.0]), torch.randn(2, 6, TINY.stage1["text_dim"])
+    assert torch.equal(s1(x, t, text).sample, base(x, t, text).sample)
+
+
+@torch.no_grad()
+def test_per_shot_prompts_reach_only_their_own_span():
+    torch.manual_seed(0)
+    s1 = SemanticDiT(**{**TINY.stage1, "num_layers": 1}).eval()  # one layer: no mixing after cross-attention
+    dim = TINY.stage1["text_dim"]
+    x, t = torch.randn(1, 6, 4, 4, 8), torch.tensor([500.0])
+    shots = torch.randn(1, 2, 5, dim)
+    v = s1.velocity(x, t, shots, shot_starts=[0, 4])
+    changed = shots.clone()
+    changed[:, 1] = torch.randn(1, 5, dim)
+    v2 = s1.velocity(x, t, changed, shot_starts=[0, 4])
+    assert torch.equal(v[:, :4], v2[:, :4])                 # shot 1 (steps 0-3) keeps its prediction
+    assert (v[:, 4:] - v2[:, 4:]).abs().max() > 1e-4         # shot 2 (steps 4-5) follows its prompt
+    # Two shots with the same prompt are the single-prompt model.
+    same = shots[:, :1].expand(1, 2, 5, dim)
+    torch.testing.assert_close(s1.velocity(x, t, same, shot_starts=[0, 4]), s1.velocity(x, t, shots[:, 0]))
+    with pytest.raises(ShapeError, match="give shot_starts with 2 start times"):
+        s1.velocity(x, t, shots)

@@ -146,3 +146,18 @@ def test_loads_wan_single_file_and_diffusers_folder_with_no_missing_keys(tmp_pat
     save_file({"something.weight": torch.zeros(2)}, tmp_path / "other.safetensors")
     with pytest.raises(CheckpointError, match="not a Wan2.1 DiT checkpoint"):
         LatentDiT.from_wan(tmp_path / "other.safetensors")
+
+
+@torch.no_grad()
+def test_stage2_per_shot_prompts_route_by_latent_time():
+    torch.manual_seed(3)
+    model = LatentDiT(**{**CFG, "num_layers": 1}, semantic_dim=3).eval()
+    model.semantic_gate.data.fill_(1.0)
+    x, t, _, sem = inputs(t=6)
+    shots = torch.randn(2, 2, 7, 16)
+    out = model(x, t, shots, semantic_tokens=sem, shot_starts=[0, 3]).sample
+    changed = shots.clone()
+    changed[:, 1] += 1.0
+    out2 = model(x, t, changed, semantic_tokens=sem, shot_starts=[0, 3]).sample
+    assert torch.equal(out[:, :, :3], out2[:, :, :3])
+    assert (out[:, :, 3:] - out2[:, :, 3:]).abs().max() > 1e-4

@@ -20,14 +20,14 @@ from safetensors import SafetensorError, safe_open
 from .checkpoints import init_empty_weights, load_into, load_state_dict, save_file_atomic
 from .compressor import SemanticCompressor
 from .errors import CheckpointError
+from .formats import MODEL_FILE_FORMAT, MODEL_FILE_VERSION
 from .latent_dit import LatentDiT
 from .presets import Preset
 from .semantic_dit import SemanticDiT
 from .semantic_encoder import QwenVisionEncoder
 from .vae import VideoVAE
 
-FORMAT = "semanticgen-model"
-VERSION = 1
+FORMAT, VERSION = MODEL_FILE_FORMAT, MODEL_FILE_VERSION
 
 
 def _module_config(module: torch.nn.Module) -> dict:

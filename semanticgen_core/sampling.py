@@ -15,8 +15,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
 from .errors import Interrupted, SemanticGenError
+from .formats import SAMPLERS
 
-SAMPLERS = ("euler", "unipc")
 Velocity = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (x, timestep [B], text) -> v
 
 

@@ -18,3 +18,88 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is not present beside this checkout")
     return SHARED
+
+
+# -- the ComfyUI node pack (tests/test_nodes.py, test_workflows.py, test_comfyui_integration.py) --------
+
+PACK_NAME = "comfyui_semanticgen"
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The node pack imported as ComfyUI imports a custom-node folder: the repo root as a package, under a
+    fixed name (``comfyui_semanticgen``), never with ``nodes`` as a top-level module (ComfyUI has its own).
+    The headless runner imports it the same way (``semanticgen.runner.load_pack``)."""
+    from semanticgen.runner import load_pack
+
+    module = load_pack(ROOT)
+    assert module.__name__ == PACK_NAME
+    return module
+
+
+def _tiny_preset():
+    import dataclasses
+
+    from comfyui_semanticgen.semanticgen_core.presets import TINY
+
+    # TINY's sizes, with text width 384 so the bundled all-MiniLM-L6-v2 ("embedded" text encoder) drives it.
+    return dataclasses.replace(TINY, name="tiny-minilm", text_encoder="minilm",
+                               stage1={**TINY.stage1, "text_dim": 384}, stage2={**TINY.stage2, "text_dim": 384})
+
+
+TINY_FILES = {"stage1": "tiny_stage1.safetensors", "stage2": "tiny_stage2.safetensors",
+              "vae": "tiny_vae.safetensors", "semantic_encoder": "tiny_encoder.safetensors"}
+
+
+def write_tiny_models(models_dir: Path) -> dict[str, str]:
+    """Random TINY-sized SemanticGen files in ``models_dir/semanticgen`` (ComfyUI's layout)."""
+    from comfyui_semanticgen.semanticgen_core.model_files import save_model
+    from comfyui_semanticgen.semanticgen_core.vae import VideoVAE
+
+    preset = _tiny_preset()
+    folder = models_dir / "semanticgen"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    parts = preset.build()
+    save_model(folder / TINY_FILES["stage1"], "stage1", {"stage1": parts["stage1"]}, preset)
+    save_model(folder / TINY_FILES["stage2"], "stage2", {"compressor": parts["compressor"], "stage2": parts["stage2"]},
+               preset)
+    save_model(folder / TINY_FILES["semantic_encoder"], "semantic_encoder", {"encoder": parts["encoder"]}, preset)
+    save_model(folder / TINY_FILES["vae"], "vae", {"vae": VideoVAE.from_config(preset.vae)}, preset)
+    return dict(TINY_FILES)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(pack, tmp_path_factory):
+    """A ComfyUI-style models folder with tiny random SemanticGen files; the pack's folders point at it
+    (models, and empty input/output folders). Returns {"dir": models dir, part: file name}."""
+    root = tmp_path_factory.mktemp("comfy")
+    names = write_tiny_models(root / "models")
+    (root / "input").mkdir()
+    pack.nodes.comfy.configure(models=root / "models", input=root / "input", output=root / "output",
+                               temp=root / "temp")
+    return {"dir": root / "models", "root": root, **names}
+
+
+def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> dict:
+    """--set style overrides that point a workflow's loaders at the tiny files and keep it short."""
+    loaders = {"SemanticGenStage1Loader": "stage1", "SemanticGenStage2Loader": "stage2",
+               "SemanticGenVAELoader": "vae", "SemanticGenSemanticEncoderLoader": "semantic_encoder"}
+    sets = {}
+    for node_id, node in api.items():
+        kind = node["class_type"]
+        if kind in loaders:
+            sets[f"{node_id}.model_name"] = files[loaders[kind]]
+        elif kind in ("SemanticGenStage1Sample", "SemanticGenStage2Sample"):
+            sets[f"{node_id}.steps"] = steps
+            if kind == "SemanticGenStage1Sample":
+                sets[f"{node_id}.length"] = frames
+        elif kind == "SemanticGenLoadVideo":
+            sets[f"{node_id}.max_frames"] = frames
+    return sets
+
+
+@pytest.fixture(scope="session")
+def tiny_sets():
+    """``tiny_overrides`` as a fixture (tests import nothing from conftest)."""
+    return tiny_overrides

@@ -1,0 +1,306 @@
+"""Writes the example workflows in ``workflows/`` (UI format 0.4): ``python -m semanticgen.build_workflows``.
+
+The workflows are data that people open in ComfyUI; this script is how they are made, so node widgets
+always follow the nodes' current inputs (widget order, the seed's control value, the upload button) and
+the layout stays tidy. Edit here, run it, and commit the JSON it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from .runner import WORKFLOWS, input_specs, load_pack, widget_slots
+
+FRONTEND_VERSION = "1.27.10"
+HF = "https://huggingface.co/Comfy-Org/Wan_2.1_ComfyUI_repackaged/resolve/main/split_files"
+QWEN = "https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/resolve/main"
+
+# Where each part's real-weights files go, in the frontend's schema (name, url, directory; the url is
+# required). The frontend offers the download when a workflow selects the file by name; "embedded" needs
+# none. Stage 1 has no published real weights: a trained file goes in models/semanticgen (see the note).
+MODELS = {
+    "SemanticGenTextEncoderLoader": [
+        {"name": "umt5_xxl_fp16.safetensors", "url": f"{HF}/text_encoders/umt5_xxl_fp16.safetensors",
+         "directory": "text_encoders"}],
+    "SemanticGenStage2Loader": [
+        {"name": "wan2.1_t2v_1.3B_fp16.safetensors", "url": f"{HF}/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors",
+         "directory": "diffusion_models"}],
+    "SemanticGenVAELoader": [
+        {"name": "wan_2.1_vae.safetensors", "url": f"{HF}/vae/wan_2.1_vae.safetensors", "directory": "vae"}],
+    "SemanticGenSemanticEncoderLoader": [
+        {"name": f"Qwen2.5-VL-3B-Instruct/model-0000{i}-of-00002.safetensors",
+         "url": f"{QWEN}/model-0000{i}-of-00002.safetensors", "directory": "clip_vision"} for i in (1, 2)],
+}
+
+STAGE1_COLOR = {"color": "#223", "bgcolor": "#335"}
+STAGE2_COLOR = {"color": "#232", "bgcolor": "#353"}
+NOTE_COLOR = {"color": "#432", "bgcolor": "#653"}
+
+OVERVIEW = """## SemanticGen: video generation in semantic space
+
+**Stage 1 (blue)** diffuses a compact *semantic plan* of the whole video from the prompt: the features a
+video-understanding encoder would see, compressed to a few channels. It decides layout, objects and
+motion with full attention over the whole clip.
+
+**Stage 2 (green)** renders VAE latents conditioned *in context* on the plan (plan tokens appended to the
+video tokens), adding colour, texture and detail. The VAE decodes them to frames, a few at a time.
+
+Every model here is **embedded** (trained for this pack, 64x64 at 8 fps, no download). It knows the
+captions of its procedural world: coloured circles, squares, triangles and stars, textures, backgrounds,
+motions such as *moving from left to right*, *bouncing*, *growing*."""
+
+REAL_WEIGHTS = """## Real weights (optional)
+
+Pick them in the loaders instead of `embedded`:
+
+- **Text encoder:** `models/text_encoders/umt5_xxl_fp16.safetensors`, with google/umt5-xxl's tokenizer files in
+  `models/text_encoders/umt5-xxl-tokenizer/`.
+- **Stage 2:** a SemanticGen stage-2 file in `models/semanticgen/`, or the Wan2.1 DiT
+  `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors` (runs, but its in-context layers are untrained:
+  it follows the text and ignores the plan).
+- **VAE:** `models/vae/wan_2.1_vae.safetensors`.
+- **Stage 1 / semantic encoder:** SemanticGen files in `models/semanticgen/`; the Qwen2.5-VL-3B-Instruct
+  checkpoint (shards, index and config.json) in `models/clip_vision/Qwen2.5-VL-3B-Instruct/`.
+
+Wan-sized models want 832x480, 16 fps, 30-50 steps and a GPU."""
+
+
+class Graph:
+    """A UI-format workflow under construction."""
+
+    def __init__(self):
+        pack = load_pack()
+        self.classes, self.display = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+        self.nodes, self.links, self.groups = [], [], []
+
+    def node(self, node_type: str, pos, size, title: str | None = None, widgets: dict | None = None,
+             color: dict | None = None) -> dict:
+        node_id = len(self.nodes) + 1
+        node = {"id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {}}
+        if node_type in ("MarkdownNote", "Note"):
+            node["widgets_values"] = [widgets["text"]]
+        else:
+            cls = self.classes[node_type]
+            specs = {s.name: s for s in input_specs(cls)}
+            values = dict(widgets or {})
+            unknown = set(values) - set(specs)
+            assert not unknown, f"{node_type} has no inputs {unknown}"
+            node["inputs"] = [{"name": s.name, "type": s.type, "link": None} for s in specs.values() if not s.is_widget]
+            node["outputs"] = [{"name": name, "type": t, "links": [], "slot_index": i} for i, (name, t) in
+                               enumerate(zip(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES), cls.RETURN_TYPES))]
+            row = []
+            for name, kind in widget_slots(cls):
+                if kind == "control":  # the seed's control_after_generate: keep the seed as saved
+                    row.append("fixed")
+                elif kind == "upload":  # the upload button's (unused) value, as the frontend saves it
+                    row.append("image")
+                else:
+                    spec = specs[name]
+                    row.append(values.get(name, spec.options.get("default", spec.choices[0] if spec.choices else None)))
+            node["widgets_values"] = row
+            node["properties"] = {"cnr_id": "comfyui-semanticgen", "Node name for S&R": node_type}
+            if node_type in MODELS:
+                node["properties"]["models"] = MODELS[node_type]
+        if title:
+            node["title"] = title
+        if color:
+            node.update(color)
+        self.nodes.append(node)
+        return node
+
+    def note(self, pos, size, text: str, title: str) -> dict:
+        return self.node("MarkdownNote", pos, size, title=title, widgets={"text": text}, color=NOTE_COLOR)
+
+    def link(self, src: dict, output: str, dst: dict, input_name: str) -> None:
+        slot = next(i for i, o in enumerate(src["outputs"]) if o["name"] == output)
+        out_type = src["outputs"][slot]["type"]
+        inputs = dst["inputs"]
+        index = next((i for i, inp in enumerate(inputs) if inp["name"] == input_name), None)
+        if index is None:  # a widget turned into an input socket
+            spec = next(s for s in input_specs(self.classes[dst["type"]]) if s.name == input_name)
+            inputs.append({"name": input_name, "type": spec.type, "widget": {"name": input_name}, "link": None})
+            index = len(inputs) - 1
+        link_id = len(self.links) + 1
+        inputs[index]["link"] = link_id
+        src["outputs"][slot]["links"].append(link_id)
+        self.links.append([link_id, src["id"], slot, dst["id"], index, out_type])
+
+    def group(self, title: str, bounding, color: str) -> None:
+        self.groups.append({"id": len(self.groups) + 1, "title": title, "bounding": list(bounding), "color": color,
+                            "font_size": 24, "flags": {}})
+
+    def to_json(self, name: str, scale: float = 0.75, offset=(40, 340)) -> dict:
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-semanticgen/{name}")),
+            "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
+            "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
+            "extra": {"ds": {"scale": scale, "offset": list(offset)}, "frontendVersion": FRONTEND_VERSION},
+            "version": 0.4,
+        }
+
+
+def _models(g: Graph, x: float, y: float, parts=("text", "stage1", "stage2", "vae")) -> dict:
+    """The loaders, stacked in a column; returns them by part."""
+    types = {"text": ("SemanticGenTextEncoderLoader", "Text encoder"),
+             "stage1": ("SemanticGenStage1Loader", "Stage 1 model (planner)"),
+             "stage2": ("SemanticGenStage2Loader", "Stage 2 model (renderer)"),
+             "vae": ("SemanticGenVAELoader", "VAE"),
+             "encoder": ("SemanticGenSemanticEncoderLoader", "Semantic encoder")}
+    out = {}
+    for i, part in enumerate(parts):
+        node_type, title = types[part]
+        out[part] = g.node(node_type, (x, y + 130 * i), (340, 82), title=title)
+    return out
+
+
+def text_to_video() -> dict:
+    g = Graph()
+    g.note((0, -290), (700, 230), OVERVIEW, "What this workflow does")
+    g.note((740, -290), (700, 230), REAL_WEIGHTS, "Real weights")
+    m = _models(g, 20, 50)
+    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 260), title="Prompt")
+    g.group("Prompt", (400, -20, 440, 580), "#a1309b")
+    stage1 = g.node("SemanticGenStage1Sample", (880, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR)
+    g.group("Stage 1: plan", (860, -20, 360, 580), "#88A")
+    stage2 = g.node("SemanticGenStage2Sample", (1260, 50), (320, 300), title="Stage 2: render", color=STAGE2_COLOR)
+    g.group("Stage 2: render", (1240, -20, 360, 580), "#8A8")
+    decode = g.node("SemanticGenVAEDecode", (1640, 50), (320, 100), title="VAE decode")
+    save = g.node("SemanticGenSaveVideo", (1640, 190), (320, 330), title="Save video",
+                  widgets={"filename_prefix": "SemanticGen/text_to_video"})
+    g.group("Decode and save", (1620, -20, 360, 580), "#b58b2a")
+    g.link(m["text"], "text_encoder", prompt, "text_encoder")
+    g.link(m["stage1"], "stage1", stage1, "stage1")
+    g.link(prompt, "conditioning", stage1, "conditioning")
+    g.link(m["stage2"], "stage2", stage2, "stage2")
+    g.link(stage1, "plan", stage2, "plan")
+    g.link(prompt, "conditioning", stage2, "conditioning")
+    g.link(m["vae"], "vae", decode, "vae")
+    g.link(stage2, "latent", decode, "latent")
+    g.link(decode, "images", save, "images")
+    return g.to_json("text_to_video")
+
+
+RERENDER = """## Video -> plan -> re-render
+
+The semantic encoder reads the video at a low frame rate and stage 2's compressor turns its features into
+a **plan**: layout, objects and motion, without colour or texture. Stage 2 then renders that plan under a
+**new prompt**: the shapes keep their places and motion while colour and texture follow the new text
+(the paper's Fig. 4 experiment).
+
+Frames are resized to 64x64 at 8 fps for the embedded models. `semanticgen_example.mp4` ships with the
+pack; upload your own with the button."""
+
+
+def video_to_plan_rerender() -> dict:
+    g = Graph()
+    g.note((0, -270), (700, 210), RERENDER, "What this workflow does")
+    g.note((740, -270), (700, 210), REAL_WEIGHTS, "Real weights")
+    m = _models(g, 20, 50, parts=("encoder", "stage2", "text", "vae"))
+    g.group("Models", (0, -20, 380, 660), "#3f789e")
+    video = g.node("SemanticGenLoadVideo", (420, 50), (340, 420), title="Reference video",
+                   widgets={"video": "semanticgen_example.mp4", "force_rate": 8.0, "width": 64, "height": 64,
+                            "max_frames": 33})
+    plan = g.node("SemanticGenSemanticEncode", (800, 50), (340, 200), title="Plan from video", color=STAGE1_COLOR)
+    g.group("Reference video -> plan", (400, -20, 760, 660), "#88A")
+    prompt = g.node("SemanticGenTextEncode", (1200, 50), (400, 220), title="New prompt",
+                    widgets={"prompt": "a large green star leaving to the left over red noise"})
+    stage2 = g.node("SemanticGenStage2Sample", (1200, 310), (400, 280), title="Stage 2: render under the new prompt",
+                    color=STAGE2_COLOR)
+    g.group("Stage 2: new prompt", (1180, -20, 440, 660), "#8A8")
+    decode = g.node("SemanticGenVAEDecode", (1660, 50), (320, 100), title="VAE decode")
+    save = g.node("SemanticGenSaveVideo", (1660, 190), (320, 330), title="Save video",
+                  widgets={"filename_prefix": "SemanticGen/rerender"})
+    g.group("Decode and save", (1640, -20, 360, 660), "#b58b2a")
+    g.link(m["encoder"], "semantic_encoder", plan, "semantic_encoder")
+    g.link(m["stage2"], "stage2", plan, "stage2")
+    g.link(video, "images", plan, "images")
+    g.link(video, "fps", plan, "fps")
+    g.link(m["text"], "text_encoder", prompt, "text_encoder")
+    g.link(m["stage2"], "stage2", stage2, "stage2")
+    g.link(plan, "plan", stage2, "plan")
+    g.link(prompt, "conditioning", stage2, "conditioning")
+    g.link(m["vae"], "vae", decode, "vae")
+    g.link(stage2, "latent", decode, "latent")
+    g.link(decode, "images", save, "images")
+    g.link(video, "fps", save, "fps")
+    return g.to_json("video_to_plan_rerender")
+
+
+SAVE_PLAN = """## Save a plan, render it later
+
+**Top row:** stage 1 writes the plan of the prompt and **Save Plan** stores it in ComfyUI's output folder
+(`SemanticGen/plan_00001.safetensors`, checksummed). Plans are small: keep the ones you like, render them
+again with other seeds or prompts, or edit them.
+
+**Bottom row:** **Load Plan** reads a plan file and stage 2 renders it. Here its path is linked from Save
+Plan, so one run does both; to render an older plan, remove the link and type its path (relative to the
+output folder). Mute the top row to skip stage 1."""
+
+
+def save_plan_then_render() -> dict:
+    g = Graph()
+    g.note((0, -270), (760, 210), SAVE_PLAN, "What this workflow does")
+    g.note((800, -270), (700, 210), REAL_WEIGHTS, "Real weights")
+    m = _models(g, 20, 50)
+    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 240), title="Prompt",
+                    widgets={"prompt": "a green triangle bouncing on a grey background"})
+    stage1 = g.node("SemanticGenStage1Sample", (860, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR)
+    save_plan = g.node("SemanticGenSavePlan", (1220, 50), (340, 110), title="Save plan")
+    g.group("1. Stage 1 -> save the plan", (400, -20, 1180, 480), "#88A")
+    load_plan = g.node("SemanticGenLoadPlan", (420, 560), (400, 90), title="Load plan")
+    stage2 = g.node("SemanticGenStage2Sample", (860, 560), (320, 300), title="Stage 2: render", color=STAGE2_COLOR)
+    decode = g.node("SemanticGenVAEDecode", (1220, 560), (340, 100), title="VAE decode")
+    save = g.node("SemanticGenSaveVideo", (1220, 700), (340, 330), title="Save video",
+                  widgets={"filename_prefix": "SemanticGen/plan_render"})
+    g.group("2. Load the plan -> stage 2", (400, 490, 1180, 570), "#8A8")
+    g.link(m["text"], "text_encoder", prompt, "text_encoder")
+    g.link(m["stage1"], "stage1", stage1, "stage1")
+    g.link(prompt, "conditioning", stage1, "conditioning")
+    g.link(stage1, "plan", save_plan, "plan")
+    g.link(save_plan, "plan_path", load_plan, "plan_path")
+    g.link(m["stage2"], "stage2", stage2, "stage2")
+    g.link(load_plan, "plan", stage2, "plan")
+    g.link(prompt, "conditioning", stage2, "conditioning")
+    g.link(m["vae"], "vae", decode, "vae")
+    g.link(stage2, "latent", decode, "latent")
+    g.link(decode, "images", save, "images")
+    return g.to_json("save_plan_then_render", scale=0.62, offset=(60, 320))
+
+
+BUILDERS = {"text_to_video": text_to_video, "video_to_plan_rerender": video_to_plan_rerender,
+            "save_plan_then_render": save_plan_then_render}
+
+
+def write_example_video(path: Path) -> None:
+    """The bundled reference clip: 33 frames, 64x64 at 8 fps, from the procedural world."""
+    pack = load_pack()
+    import importlib
+
+    import torch
+
+    world = importlib.import_module(f"{pack.__name__}.semanticgen_core.data.world")
+    video = importlib.import_module(f"{pack.__name__}.nodes.video")
+    clip = world.sample_clip(seed=7, num_frames=33, height=64, width=64, fps=8.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    video.write_video(path, torch.from_numpy(clip.frames).float() / 255, 8.0, codec="vp9")
+    (path.parent / (path.stem + ".txt")).write_text(clip.caption + "\n")
+
+
+def main() -> None:
+    for name, build in BUILDERS.items():
+        path = WORKFLOWS / f"{name}.json"
+        path.write_text(json.dumps(build(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"wrote {path}")
+    example = WORKFLOWS / "media" / "semanticgen_example.mp4"
+    if not example.exists():
+        write_example_video(example)
+        print(f"wrote {example}")
+
+
+if __name__ == "__main__":
+    main()

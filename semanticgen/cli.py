@@ -1,0 +1,196 @@
+"""Command line: run a ComfyUI workflow headless, or make a video from a prompt.
+
+    python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
+    python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
+    python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
+
+Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
+$SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
+The embedded default needs none. Ctrl-C stops after the current step; a second Ctrl-C aborts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+from . import runner
+
+TEXT_TO_VIDEO = runner.WORKFLOWS / "text_to_video.json"
+
+
+def _default_dir(env: str, sub: str, fallback: str) -> Path:
+    if os.environ.get(env):
+        return Path(os.environ[env])
+    if os.environ.get("COMFYUI_DIR"):
+        return Path(os.environ["COMFYUI_DIR"]) / sub
+    return Path(fallback)
+
+
+@contextmanager
+def _interruptible():
+    """First Ctrl-C: ask the running node to stop at its next step. Second: abort at once."""
+    comfy = runner.load_pack().nodes.comfy
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        if comfy.interrupt_requested():
+            signal.signal(signal.SIGINT, previous)
+            raise KeyboardInterrupt
+        print("\ninterrupt: stopping after the current step (Ctrl-C again to abort)", file=sys.stderr)
+        comfy.request_interrupt()
+
+    try:
+        signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _progress_printer(quiet: bool):
+    comfy = runner.load_pack().nodes.comfy
+    if quiet:
+        return lambda: None
+
+    def show(what: str, step: int, total: int) -> None:
+        end = "\n" if step >= total else ""
+        print(f"\r  {what}: {step}/{total}", end=end, file=sys.stderr, flush=True)
+
+    return comfy.add_progress_listener(show)
+
+
+def _report(result: runner.RunResult, out=sys.stdout) -> None:
+    width = max([len(r.title) for r in result.runs] + [10])
+    for r in result.runs:
+        print(f"  {r.title:<{width}}  {r.seconds:7.2f} s", file=out)
+    print(f"  {'total':<{width}}  {result.seconds:7.2f} s  ({result.loads} model loads, "
+          f"{result.load_seconds:.2f} s)", file=out)
+
+
+def _folders(args) -> dict:
+    return dict(models=args.models or _default_dir("SEMANTICGEN_MODELS_DIR", "models", "models"),
+                input=args.input or _default_dir("SEMANTICGEN_INPUT_DIR", "input", "input"))
+
+
+def cmd_run(args) -> int:
+    remove = _progress_printer(args.quiet)
+    try:
+        with _interruptible():
+            result = runner.run(args.workflow, sets=args.set, output=args.out, **_folders(args))
+    finally:
+        remove()
+    _report(result)
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def frames_for(seconds: float, fps: float) -> int:
+    """The 4k+1 frame count closest to ``seconds`` of video (Wan's VAE takes 4k+1 frames)."""
+    return 4 * max(0, round(seconds * fps / 4)) + 1
+
+
+def cmd_generate(args) -> int:
+    api = runner.to_api(runner.load_workflow(TEXT_TO_VIDEO))
+    by_type = {n["class_type"]: i for i, n in api.items()}
+    stage1 = api[by_type["SemanticGenStage1Sample"]]["inputs"]
+    fps = float(stage1["fps"])
+    out = Path(args.out).resolve()
+    sets = {f"{by_type['SemanticGenTextEncode']}.prompt": args.prompt,
+            f"{by_type['SemanticGenStage1Sample']}.length": frames_for(args.seconds, fps),
+            f"{by_type['SemanticGenStage1Sample']}.seed": args.seed,
+            f"{by_type['SemanticGenStage2Sample']}.seed": args.seed,
+            f"{by_type['SemanticGenSaveVideo']}.filename_prefix": "video"}
+    if args.steps:
+        sets[f"{by_type['SemanticGenStage1Sample']}.steps"] = args.steps
+        sets[f"{by_type['SemanticGenStage2Sample']}.steps"] = args.steps
+    api = runner.apply_sets(api, sets)
+    api = runner.apply_sets(api, args.set or [])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pack = runner.load_pack()
+    remove = _progress_printer(args.quiet)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".semanticgen-") as tmp:
+        pack.nodes.comfy.configure(output=tmp, **_folders(args))
+        try:
+            with _interruptible():
+                result = runner.execute(api)
+        finally:
+            remove()
+        videos = [p for p in result.files if p.suffix == ".mp4"]
+        os.replace(videos[0], out)
+    print(f"{frames_for(args.seconds, fps)} frames at {fps:g} fps, seed {args.seed}:")
+    _report(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_api(args) -> int:
+    api = runner.apply_sets(runner.to_api(runner.load_workflow(args.workflow)), args.set or [])
+    json.dump(api, sys.stdout, indent=2)
+    print()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m semanticgen", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
+                       help="override an input (NODE: node id or title); repeatable")
+        p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
+        p.add_argument("--input", type=Path, help="input folder (videos for Load Video)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    p = sub.add_parser("run", help="run a workflow saved from ComfyUI (UI format 0.4, or API format)")
+    p.add_argument("workflow", help="a .json file, or the name of a shipped workflow (text_to_video, ...)")
+    p.add_argument("--out", type=Path, default=Path("output"), help="output folder (default ./output)")
+    common(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("generate", help="text -> video with the shipped text_to_video workflow")
+    p.add_argument("prompt")
+    p.add_argument("--seconds", type=float, default=4.0, help="video length (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the workflow's)")
+    p.add_argument("--out", default="semanticgen.mp4", help="the .mp4 to write (default semanticgen.mp4)")
+    common(p)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("api", help="print a workflow in the API format (what POST /prompt takes)")
+    p.add_argument("workflow")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
+    p.set_defaults(func=cmd_api)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (runner.WorkflowError, runner.NodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        errors = runner._errors()
+        if isinstance(e, errors.Interrupted):
+            print(f"stopped: {e}", file=sys.stderr)
+            return 130
+        if isinstance(e, errors.SemanticGenError):
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        raise

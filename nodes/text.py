@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..semanticgen_core.errors import SemanticGenError
+from ..semanticgen_core.shots import split_shots
 from . import comfy
 from .model_cache import LoadedModel
 
@@ -15,8 +16,8 @@ from .model_cache import LoadedModel
 class TextConditioning:
     """What flows on a SEMANTICGEN_CONDITIONING wire: both embeddings of classifier-free guidance."""
 
-    cond: torch.Tensor      # [1, L, D] float32 on the CPU
-    uncond: torch.Tensor    # [1, L, D] (the negative prompt, "" by default)
+    cond: torch.Tensor      # [1, L, D] float32 on the CPU; [1, S, L, D] for a prompt of S timed shots
+    uncond: torch.Tensor    # the same shape (the negative prompt, "" by default, for every shot)
     prompt: str
     negative_prompt: str
     encoder: str            # the text encoder's name, for messages
@@ -51,9 +52,10 @@ class SemanticGenTextEncode:
         return {"required": {
             "text_encoder": ("SEMANTICGEN_TEXT_ENCODER", {"tooltip": "From SemanticGen Load Text Encoder."}),
             "prompt": ("STRING", {"multiline": True, "default": "a red circle moving from left to right on a blue background",
-                                  "tooltip": "What the video shows. The embedded default was trained on captions of "
-                                             "its procedural world: coloured shapes (circle, square, triangle, star), "
-                                             "textures, backgrounds and motions."}),
+                                  "tooltip": "What the video shows. For several shots, give each its time range: "
+                                             "'0-8 s: a red circle bouncing; 8-20 s: a blue star growing'. The embedded "
+                                             "default was trained on captions of its procedural world: coloured shapes "
+                                             "(circle, square, triangle, star), textures, backgrounds and motions."}),
             "negative_prompt": ("STRING", {"multiline": False, "default": "",
                                            "tooltip": "What to steer away from (classifier-free guidance's "
                                                       "unconditional prompt); empty is the usual choice."}),
@@ -62,6 +64,11 @@ class SemanticGenTextEncode:
     def encode(self, text_encoder: LoadedModel, prompt: str, negative_prompt: str = ""):
         comfy.check_interrupt()
         encoder = text_encoder.ready()["text_encoder"]
-        cond, _ = encoder.encode([prompt])
-        uncond, _ = encoder.encode([negative_prompt])
+        shots = split_shots(prompt)  # "0-8 s: ...; 8-20 s: ...": one embedding per shot
+        if shots is None:
+            cond, _ = encoder.encode([prompt])
+            uncond, _ = encoder.encode([negative_prompt])
+        else:
+            cond = encoder.encode([text for _, _, text in shots])[0][None]
+            uncond = encoder.encode([negative_prompt] * len(shots))[0][None]
         return (TextConditioning(cond.float().cpu(), uncond.float().cpu(), prompt, negative_prompt, encoder.name),)

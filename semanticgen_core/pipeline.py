@@ -21,11 +21,13 @@ from .presets import Preset
 from .sampling import SamplingOptions, denoise, initial_noise
 from .semantic_dit import SemanticDiT
 from .semantic_encoder import SemanticEncoder
+from .shots import parse_shots, shot_starts
 from .text_encoders import MiniLMTextEncoder, TextEncoder
 from .vae import VideoVAE
 
 Progress = Callable[[int, int, torch.Tensor], None]
 ShouldStop = Callable[[], bool]
+TextPair = tuple[torch.Tensor, torch.Tensor]  # (conditional, unconditional) embeddings
 
 
 def latent_frames(num_frames: int) -> int:
@@ -88,39 +90,48 @@ class SemanticGenPipeline:
         return module
 
     # -- geometry ----------------------------------------------------------------------------------
-    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(conditional, unconditional) text embeddings on the pipeline's device."""
-        text, _ = self.text_encoder.encode(prompts)
-        empty, _ = self.text_encoder.encode([""] * len(prompts))
-        return text.to(self.device), empty.to(self.device)
-
-    def _text(self, prompt: str, text_embeddings: tuple[torch.Tensor, torch.Tensor] | None):
+    def shot_text(self, segments: list[Segment], text_embeddings: TextPair | None = None) -> TextPair:
+        """(conditional, unconditional) text for these shots: ``[1, L, D]`` for one shot, ``[1, S, L, D]``
+        for several. ``text_embeddings`` are precomputed ones (e.g. from a text-encode node)."""
         if text_embeddings is None:
-            return self.encode_text([prompt])
-        text, empty = text_embeddings
-        return text.to(self.device), empty.to(self.device)
+            cond = self.text_encoder.encode([s.prompt for s in segments])[0]
+            uncond = self.text_encoder.encode([""] * len(segments))[0]
+            text_embeddings = (cond[None], uncond[None]) if len(segments) > 1 else (cond, uncond)
+        cond, uncond = (t.to(self.device) for t in text_embeddings)
+        shots = cond.shape[1] if cond.ndim == 4 else 1
+        if shots != len(segments):
+            raise SemanticGenError(f"the text embeddings hold {shots} shot(s) but the prompt has {len(segments)}: "
+                                   "encode the same prompt that is sampled")
+        return cond, uncond
 
     # -- the arrows --------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_plan(self, prompt: str, num_frames: int, fps: float, height: int, width: int,
                       opts: SamplingOptions, progress: Progress | None = None,
                       should_stop: ShouldStop | None = None,
-                      text_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> SemanticPlan:
+                      text_embeddings: TextPair | None = None) -> SemanticPlan:
         """Stage 1: text -> plan, with full attention over the whole video.
 
-        ``text_embeddings``: precomputed ``(conditional, unconditional)`` embeddings of ``prompt`` (e.g.
-        from a separate text-encode node); without them the pipeline's text encoder embeds ``prompt``.
+        ``prompt`` is plain or per shot (``"0-8 s: ...; 8-20 s: ..."``, ``shots.py``): each shot's text
+        conditions its own span. ``text_embeddings``: precomputed ``(conditional, unconditional)``
+        embeddings of ``prompt`` (e.g. from a text-encode node); without them the text encoder embeds it.
         """
         stage1 = self._need("stage1")
         grid = self.preset.plan_grid(num_frames, fps, height, width)
         dtype = next(stage1.parameters()).dtype
         noise = initial_noise((1, *grid, stage1.config.in_channels), opts.seed, self.device, dtype)
-        text, empty = self._text(prompt, text_embeddings)
-        tokens = denoise(stage1.velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+        segments = parse_shots(prompt, num_frames / fps)
+        text, empty = self.shot_text(segments, text_embeddings)
+        starts = shot_starts(segments, num_frames / fps, grid[0])
+
+        def velocity(x, t, context):
+            return stage1.velocity(x, t, context, starts)
+
+        tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
         return SemanticPlan(
             tokens=tokens[0].float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=num_frames,
-            height=height, width=width, segments=[Segment(0.0, num_frames / fps, prompt)], seed=opts.seed,
-            encoder=f"stage1:{self.name}", compressor=self.name)
+            height=height, width=width, segments=segments, seed=opts.seed, encoder=f"stage1:{self.name}",
+            compressor=self.name)
 
     @torch.no_grad()
     def encode_video(self, frames: torch.Tensor, fps: float, prompt: str = "") -> SemanticPlan:
@@ -131,16 +142,16 @@ class SemanticGenPipeline:
         n, h, w = frames.shape[:3]
         return SemanticPlan(
             tokens=mean.float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=n, height=h, width=w,
-            segments=[Segment(0.0, n / fps, prompt)], seed=None, encoder=encoder.name, compressor=self.name)
+            segments=parse_shots(prompt, n / fps), seed=None, encoder=encoder.name, compressor=self.name)
 
     @torch.no_grad()
     def render_latents(self, plan: SemanticPlan, opts: SamplingOptions, prompt: str | None = None,
                        window_frames: int | None = -1, progress: Progress | None = None,
                        should_stop: ShouldStop | None = None,
-                       text_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       text_embeddings: TextPair | None = None) -> torch.Tensor:
         """Stage 2: plan (+ text) -> normalised VAE latents ``[1, 16, T', H/8, W/8]``.
 
-        ``prompt`` defaults to the plan's own (first segment's) prompt; ``window_frames=-1`` uses the
+        ``prompt`` (plain or per shot) defaults to the plan's own segments; ``window_frames=-1`` uses the
         model's configured attention window; ``text_embeddings`` as in ``generate_plan``.
         """
         stage2 = self._need("stage2")
@@ -153,13 +164,14 @@ class SemanticGenPipeline:
         dtype = next(stage2.parameters()).dtype
         shape = (1, stage2.config.in_channels, latent_frames(plan.num_frames), plan.height // 8, plan.width // 8)
         noise = initial_noise(shape, opts.seed, self.device, dtype)
-        prompt = plan.segments[0].prompt if prompt is None else prompt
-        text, empty = self._text(prompt, text_embeddings)
+        segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
+        text, empty = self.shot_text(segments, text_embeddings)
+        starts = shot_starts(segments, plan.duration_s, shape[2] // stage2.config.patch_size[0])
         sem = plan.tokens[None].to(self.device, dtype)
 
         def velocity(x, t, context):
             return stage2(x, t, context, semantic_tokens=sem.expand(x.shape[0], *sem.shape[1:]),
-                          window_frames=window_frames).sample
+                          window_frames=window_frames, shot_starts=starts).sample
 
         return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
 

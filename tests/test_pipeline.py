@@ -90,3 +90,22 @@ def test_bad_inputs_are_named(pipe, files):
     no_stage1 = SemanticGenPipeline.from_files(None, files / "stage2.safetensors", None)
     with pytest.raises(SemanticGenError, match="no stage1 loaded"):
         no_stage1.generate_plan("x", 9, 8.0, 64, 64, SamplingOptions())
+
+
+def test_multi_shot_prompt_conditions_each_span(pipe):
+    opts = SamplingOptions(seed=4, **OPTS)
+    prompt = "0-2 s: a red circle moving up; 2-4.125 s: a blue square shrinking"
+    plan = pipe.generate_plan(prompt, 33, 8.0, 64, 64, opts)
+    assert [(s.start_s, s.end_s, s.prompt) for s in plan.segments] == \
+        [(0.0, 2.0, "a red circle moving up"), (2.0, 4.125, "a blue square shrinking")]
+    # The same text for both shots is the single-prompt plan; another second shot changes the plan.
+    same = pipe.generate_plan("0-2 s: a red circle moving up; 2-4.125 s: a red circle moving up", 33, 8.0, 64, 64, opts)
+    single = pipe.generate_plan("a red circle moving up", 33, 8.0, 64, 64, opts)
+    torch.testing.assert_close(same.tokens, single.tokens, atol=1e-5, rtol=1e-5)
+    assert (plan.tokens - single.tokens).abs().max() > 1e-4
+    latents = pipe.render_latents(plan, opts)
+    assert latents.shape == (1, 16, 9, 8, 8)
+    cond, uncond = pipe.shot_text(plan.segments)
+    assert cond.shape[:2] == (1, 2) and uncond.shape == cond.shape
+    with pytest.raises(SemanticGenError, match="hold 2 shot\\(s\\) but the prompt has 1"):
+        pipe.generate_plan("a red circle", 33, 8.0, 64, 64, opts, text_embeddings=(cond, uncond))

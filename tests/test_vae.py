@@ -1,0 +1,228 @@
+"""VideoVAE: normalisation, 4k+1 frames, streaming, interrupts, file formats; the VAE training recipe."""
+
+import json
+import re
+
+import pytest
+import torch
+from diffusers import AutoencoderKLWan
+from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from safetensors.torch import save_file
+
+from semanticgen_core.checkpoints import init_empty_weights
+from semanticgen_core.errors import CheckpointError, Interrupted, ShapeError
+from semanticgen_core.model_files import read_metadata
+from semanticgen_core.recipes import train_vae
+from semanticgen_core.vae import VideoVAE, valid_frame_counts, wan21_vae_config
+
+# Wan2.1's layout (two res blocks, four levels) at toy width, so the original-key test covers every block.
+CONFIG = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+              temperal_downsample=[False, True, True],
+              latents_mean=[0.1 * i - 0.5 for i in range(16)], latents_std=[0.5 + 0.1 * i for i in range(16)])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Toy convs run many times faster on one thread than on two busy cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def vae(one_thread) -> VideoVAE:
+    torch.manual_seed(0)
+    return VideoVAE.from_config(CONFIG).eval()
+
+
+def frames(n: int, h: int = 16, w: int = 24) -> torch.Tensor:
+    return torch.rand(n, h, w, 3, generator=torch.Generator().manual_seed(n))
+
+
+def reference_moments(vae: VideoVAE, video: torch.Tensor) -> torch.Tensor:
+    """diffusers' own one-shot encode, posterior mean (raw)."""
+    with torch.no_grad():
+        return vae.wan.encode(video.permute(3, 0, 1, 2)[None] * 2 - 1).latent_dist.mean
+
+
+def test_normalisation_round_trip(vae):
+    video = frames(9)
+    latents, n = vae.encode(video)
+    assert n == 9 and latents.shape == (1, 16, 3, 2, 3)
+    raw = reference_moments(vae, video)
+    assert torch.allclose(vae.denormalize(latents), raw, atol=1e-5)
+    mean, std = torch.tensor(CONFIG["latents_mean"]), torch.tensor(CONFIG["latents_std"])
+    assert torch.allclose(latents, (raw - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1), atol=1e-5)
+    assert torch.equal(vae.encode(video)[0], latents)  # posterior mean: deterministic
+    sampled, _ = vae.encode(video, sample=True, generator=torch.Generator().manual_seed(1))
+    assert not torch.allclose(sampled, latents)
+
+
+def test_pad_to_4k_plus_1_and_trim(vae):
+    assert valid_frame_counts(10) == (9, 13) and valid_frame_counts(9) == (9, 13)
+    video = frames(10)
+    latents, n = vae.encode(video, pad=True)
+    assert n == 10 and latents.shape[2] == 4  # padded to 13 frames
+    repeated = torch.cat([video, video[-1:].expand(3, -1, -1, -1)])
+    assert torch.allclose(latents, vae.encode(repeated)[0], atol=1e-6)
+    assert vae.decode(latents, num_frames=n).shape == (10, 16, 24, 3)
+    assert vae.decode(latents).shape == (13, 16, 24, 3)
+
+
+def test_bad_frame_count_and_size_are_errors(vae):
+    with pytest.raises(ShapeError, match=r"10 frames.*9 or 13.*pad=True"):
+        vae.encode(frames(10))
+    with pytest.raises(ShapeError, match=r"30x24.*height 24 or 32"):
+        vae.encode(frames(9, h=30))
+    with pytest.raises(ShapeError, match=r"\[1, 16, T', H/8, W/8\]"):
+        vae.decode(torch.zeros(1, 4, 3, 2, 2))
+    with pytest.raises(ShapeError, match="num_frames=10"):
+        vae.decode(torch.zeros(1, 16, 2, 2, 2), num_frames=10)
+
+
+def test_streamed_decode_equals_one_shot(vae):
+    latents, _ = vae.encode(frames(17))
+    chunks = list(vae.decode_iter(latents, chunk=1))
+    assert [c.shape[0] for c in chunks] == [1, 4, 4, 4, 4]
+    streamed = torch.cat(chunks)
+    with torch.no_grad():  # diffusers' one-shot decode
+        reference = (vae.wan.decode(vae.denormalize(latents)).sample[0].permute(1, 2, 3, 0) + 1) / 2
+    assert torch.allclose(streamed, reference, atol=1e-5)
+    assert torch.allclose(vae.decode(latents, chunk=8), streamed, atol=1e-5)
+    assert [c.shape[0] for c in vae.decode_iter(latents, num_frames=7, chunk=1)] == [1, 4, 2]
+    # chunked encode equals diffusers' too
+    assert torch.allclose(vae.denormalize(vae.encode(frames(17), chunk=3)[0]),
+                          reference_moments(vae, frames(17)), atol=1e-5)
+
+
+def test_should_stop_interrupts_between_chunks(vae):
+    latents, _ = vae.encode(frames(13))
+    calls = []
+    with pytest.raises(Interrupted):
+        vae.decode(latents, progress=lambda i, n: calls.append((i, n)), should_stop=lambda: len(calls) >= 2)
+    assert calls == [(1, 4), (2, 4)]
+    with pytest.raises(Interrupted):
+        vae.encode(frames(13), should_stop=lambda: True)
+    assert vae.decode(latents).shape[0] == 13  # still usable
+
+
+def to_original_wan_keys(state: dict, num_res_blocks: int = 2) -> dict:
+    """diffusers AutoencoderKLWan names -> the original Wan2.1 ``WanVAE_`` names (wan/modules/vae.py):
+    flat ``downsamples``/``upsamples`` lists, ``middle`` and ``head`` Sequentials, ``residual`` Sequentials
+    (RMS_norm, SiLU, conv, RMS_norm, SiLU, Dropout, conv), ``conv1``/``conv2`` around the latent."""
+    per_level = num_res_blocks + 2  # the decoder's res blocks (num_res_blocks + 1), then an upsampler
+    out = {}
+    for key, value in state.items():
+        for a, b in ((".norm1.", ".residual.0."), (".conv1.", ".residual.2."), (".norm2.", ".residual.3."),
+                     (".conv2.", ".residual.6."), (".conv_shortcut.", ".shortcut.")):
+            key = key.replace(a, b)
+        key = re.sub(r"^(encoder|decoder)\.mid_block\.resnets\.(\d)\.",
+                     lambda m: f"{m[1]}.middle.{2 * int(m[2])}.", key)
+        key = re.sub(r"^(encoder|decoder)\.mid_block\.attentions\.0\.", r"\1.middle.1.", key)
+        key = re.sub(r"^encoder\.down_blocks\.", "encoder.downsamples.", key)
+        key = re.sub(r"^decoder\.up_blocks\.(\d)\.resnets\.(\d)\.",
+                     lambda m: f"decoder.upsamples.{int(m[1]) * per_level + int(m[2])}.", key)
+        key = re.sub(r"^decoder\.up_blocks\.(\d)\.upsamplers\.0\.",
+                     lambda m: f"decoder.upsamples.{int(m[1]) * per_level + num_res_blocks + 1}.", key)
+        for a, b in ((r"^(encoder|decoder)\.conv_in\.", r"\1.conv1."),
+                     (r"^(encoder|decoder)\.norm_out\.", r"\1.head.0."),
+                     (r"^(encoder|decoder)\.conv_out\.", r"\1.head.2."),
+                     (r"^quant_conv\.", "conv1."), (r"^post_quant_conv\.", "conv2.")):
+            key = re.sub(a, b, key)
+        out[key] = value
+    return out
+
+
+ORIGINAL_KEYS = ["encoder.conv1.weight", "encoder.downsamples.0.residual.0.gamma",
+                 "encoder.downsamples.2.resample.1.weight", "encoder.downsamples.5.time_conv.weight",
+                 "encoder.middle.1.to_qkv.weight", "encoder.head.2.bias",
+                 "decoder.middle.2.residual.6.weight", "decoder.upsamples.3.time_conv.weight",
+                 "decoder.upsamples.4.shortcut.weight", "decoder.upsamples.11.resample.1.weight",
+                 "decoder.upsamples.14.residual.3.gamma", "decoder.head.0.gamma", "conv1.weight", "conv2.bias"]
+
+
+def test_real_wan21_key_layout_round_trips():
+    with init_empty_weights():  # the full-size Wan2.1 VAE, without memory
+        full = AutoencoderKLWan(**wan21_vae_config())
+    original = to_original_wan_keys(full.state_dict())
+    assert set(ORIGINAL_KEYS) <= set(original)
+    assert original["decoder.conv1.weight"].shape == (384, 16, 3, 3, 3)
+    assert set(convert_wan_vae_to_diffusers(original)) == set(full.state_dict())
+
+
+def test_single_file_in_wan_layout_loads_strictly(vae, tmp_path):
+    path = tmp_path / "wan_2.1_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in to_original_wan_keys(vae.wan.state_dict()).items()}, path)
+    loaded = VideoVAE.from_pretrained(path, config=CONFIG)  # strict: raises on any missing/unexpected key
+    for key, value in vae.wan.state_dict().items():
+        assert torch.equal(loaded.wan.state_dict()[key], value), key
+    latents, _ = vae.encode(frames(5))
+    assert torch.equal(loaded.encode(frames(5))[0], latents)
+    assert torch.equal(loaded.decode(latents), vae.decode(latents))
+    # the same file does not fit the full-size Wan2.1 VAE (the default config): every shape is named
+    with pytest.raises(CheckpointError, match="Shape mismatches"):
+        VideoVAE.from_pretrained(path)
+
+
+def test_missing_file_names_path_and_comfy_folder(tmp_path):
+    missing = tmp_path / "wan_2.1_vae.safetensors"
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(missing))}.*models/vae"):
+        VideoVAE.from_pretrained(missing)
+
+
+def test_diffusers_folder_loads(vae, tmp_path):
+    vae.wan.save_pretrained(tmp_path / "repo" / "vae")
+    loaded = VideoVAE.from_pretrained(tmp_path / "repo")
+    latents, _ = vae.encode(frames(5))
+    assert torch.equal(loaded.encode(frames(5))[0], latents)
+
+
+def test_embedded_format_round_trips_exactly(vae, tmp_path):
+    path = tmp_path / "vae.safetensors"
+    vae.save(path, info={"steps": 7})
+    assert json.loads(read_metadata(path)["info"]) == {"steps": 7}
+    loaded = VideoVAE.from_pretrained(path)
+    assert loaded.config.latents_std == CONFIG["latents_std"]
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in vae.state_dict().items())
+    latents, _ = vae.encode(frames(5))
+    assert torch.equal(loaded.decode(latents), vae.decode(latents))
+
+
+TRAIN = dict(batch=2, frames=5, size=32, save_every=100, log_every=1, eval_every=2,
+             config={**CONFIG, "num_res_blocks": 1})
+
+
+def test_train_step_improves_reconstruction():
+    torch.manual_seed(0)
+    model = VideoVAE.from_config(TRAIN["config"])
+    x = train_vae.clip_batch([1, 2], frames=5, size=32)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    before = train_vae.psnr(model, x)
+    for _ in range(5):
+        parts = train_vae.train_step(model, optimizer, x, kl_weight=1e-6)
+    assert set(parts) == {"l1", "mse", "grad", "kl", "loss"}
+    assert train_vae.psnr(model, x) > before + 0.5
+
+
+def test_training_checkpoints_and_resumes(tmp_path, capsys):
+    out = tmp_path / "run"
+    train_vae.train(out, steps=2, **TRAIN)
+    assert (out / "last.pt").is_file() and (out / "config.json").is_file()
+    first = torch.load(out / "last.pt", weights_only=False)
+    assert first["step"] == 2
+    train_vae.train(out, steps=3, **TRAIN)
+    assert "resumed" in capsys.readouterr().out
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 3
+    logged = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [0, 1, 2] and "probe_psnr" in logged[0]
+    meta = read_metadata(out / "vae.safetensors")
+    assert json.loads(meta["info"])["steps"] == 3
+    stats = json.loads(meta["config"])["vae"]
+    assert stats["latents_mean"] != CONFIG["latents_mean"] and min(stats["latents_std"]) > 0
+    # weights only: resumes from the exported file with a fresh optimizer
+    (out / "last.pt").unlink()
+    vae = train_vae.train(out, steps=4, **TRAIN)
+    assert "fresh optimizer" in capsys.readouterr().out
+    assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
+    assert isinstance(vae, VideoVAE)

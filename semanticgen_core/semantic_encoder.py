@@ -257,13 +257,27 @@ class QwenVisionEncoder(SemanticEncoder):
         video = (video - self.mean) / self.std
         return qwen_patchify(video, self.patch_size, self.temporal_patch_size, self.merge_size)
 
-    @torch.no_grad()
-    def encode(self, frames: torch.Tensor, fps: float) -> torch.Tensor:
-        """Merged tokens of the video as a float32 grid ``[T_s, h, w, out_hidden_size]``."""
-        pixel_values, grid_thw = self.preprocess(frames, fps)
+    def features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Differentiable merged tokens of one or more videos patchified alike: ``[N, T_s, h, w, d]``.
+
+        ``pixel_values`` are the rows of the ``N`` videos one after another and ``grid_thw`` ``[N, 3]``
+        their (equal) grids, as ``preprocess`` returns them for one video (``torch.cat`` them for a batch).
+        ``encode`` calls this under ``no_grad``; training a tower from scratch calls it directly, after
+        ``self.model.requires_grad_(True)``.
+        """
+        if grid_thw.ndim != 2 or grid_thw.shape[1] != 3 or not bool((grid_thw == grid_thw[:1]).all()):
+            raise ShapeError(f"features() needs grid_thw [N, 3] with one grid for every video, got "
+                             f"{grid_thw.tolist()}; encode videos of different sizes separately.")
         out = self.model(pixel_values, grid_thw=grid_thw.to(pixel_values.device))
         # transformers 5 returns an output object holding the merged tokens; 4.x returns them directly.
         tokens = out.pooler_output if hasattr(out, "pooler_output") else out
         gt, gh, gw = grid_thw[0].tolist()
         # Merged tokens follow the (t, h-block, w-block) order of qwen_patchify's merge groups.
-        return tokens.float().reshape(gt, gh // self.merge_size, gw // self.merge_size, self.feature_dim)
+        return tokens.float().reshape(grid_thw.shape[0], gt, gh // self.merge_size, gw // self.merge_size,
+                                      self.feature_dim)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor, fps: float) -> torch.Tensor:
+        """Merged tokens of the video as a float32 grid ``[T_s, h, w, out_hidden_size]``."""
+        pixel_values, grid_thw = self.preprocess(frames, fps)
+        return self.features(pixel_values, grid_thw)[0]

@@ -307,6 +307,19 @@ def sample_clip(
     _check_size(height, width)
     if not 1 <= num_shots <= num_frames:
         raise SemanticGenError(f"num_shots must be in 1..num_frames ({num_frames}), got {num_shots}")
+    shots = sample_clip_shots(seed, num_frames, fps, num_shots)
+    frames = np.concatenate([render_shot(s, height, width) for s in shots])
+    return Clip(frames, float(fps), shots)
+
+
+def sample_clip_shots(seed: int, num_frames: int, fps: float = 8.0, num_shots: int = 1) -> list[ShotSpec]:
+    """The shots ``sample_clip(seed, ...)`` renders, without rendering them (same seed, same scenes)."""
+    if seed < 0:
+        raise SemanticGenError(f"seed must be >= 0, got {seed}")
+    if num_frames < 1:
+        raise SemanticGenError(f"num_frames must be >= 1, got {num_frames}")
+    if not 1 <= num_shots <= num_frames:
+        raise SemanticGenError(f"num_shots must be in 1..num_frames ({num_frames}), got {num_shots}")
     rng = np.random.default_rng(seed)
     bounds = [round(i * num_frames / num_shots) for i in range(num_shots + 1)]
     shots: list[ShotSpec] = []
@@ -316,8 +329,7 @@ def sample_clip(
         while shots and shot.background.color == shots[-1].background.color:
             shot = sample_shot(rng, end - start, fps)
         shots.append(replace(shot, start_frame=start))
-    frames = np.concatenate([render_shot(s, height, width) for s in shots])
-    return Clip(frames, float(fps), shots)
+    return shots
 
 
 # --------------------------------------------------------------------------- rendering
@@ -418,15 +430,25 @@ def _texture(obj: ObjectSpec, u: np.ndarray, v: np.ndarray, noise: np.ndarray | 
     return np.where(dark, _TEXTURE_DARK, 1.0).astype(np.float32)
 
 
-def _paint_object(frame: np.ndarray, obj: ObjectSpec, t: float, noise: np.ndarray | None) -> None:
-    height, width = frame.shape[:2]
+def _object_box(obj: ObjectSpec, t: float, height: int, width: int):
+    """``(cx, cy, r, x0, x1, y0, y1, mask)``: the object's uint8 anti-aliased mask over its clipped box,
+    or None when the box is outside the frame."""
     cx, cy, r = _object_state(obj, t, height, width)
     reach = 1.2 * r + 2  # bounding box of every shape, plus anti-aliasing margin
     x0, x1 = max(int(cx - reach), 0), min(int(math.ceil(cx + reach)) + 1, width)
     y0, y1 = max(int(cy - reach), 0), min(int(math.ceil(cy + reach)) + 1, height)
     if x0 >= x1 or y0 >= y1:
+        return None
+    return cx, cy, r, x0, x1, y0, y1, _draw_mask(obj.shape, cx - x0, cy - y0, r, (y1 - y0, x1 - x0))
+
+
+def _paint_object(frame: np.ndarray, obj: ObjectSpec, t: float, noise: np.ndarray | None) -> None:
+    height, width = frame.shape[:2]
+    box = _object_box(obj, t, height, width)
+    if box is None:
         return
-    alpha = _draw_mask(obj.shape, cx - x0, cy - y0, r, (y1 - y0, x1 - x0)).astype(np.float32) / 255.0
+    cx, cy, r, x0, x1, y0, y1, mask = box
+    alpha = mask.astype(np.float32) / 255.0
     u = (np.arange(x0, x1, dtype=np.float32)[None, :] - cx) / r
     v = (np.arange(y0, y1, dtype=np.float32)[:, None] - cy) / r
     colour = _texture(obj, u, v, noise)[..., None] * np.array(PALETTE[obj.color], np.float32)
@@ -448,6 +470,89 @@ def render_shot(shot: ShotSpec, height: int, width: int) -> np.ndarray:
         for obj, noise in zip(shot.objects, noises):
             _paint_object(frames[f], obj, f / shot.fps, noise)
     return frames
+
+
+def render_clip(shots: list[ShotSpec], height: int, width: int, frame_indices=None) -> np.ndarray:
+    """Frames of a clip made of consecutive ``shots`` (as ``sample_clip`` cuts them), uint8 [N, H, W, 3].
+
+    ``frame_indices`` (clip frame numbers) renders only those frames, byte-identical to the same frames
+    of the full render; the default renders every frame.
+    """
+    _check_size(height, width)
+    index = _clip_frame_index(shots, frame_indices)
+    frames = np.empty((len(index), height, width, 3), np.uint8)
+    cache: dict[int, tuple[np.ndarray, list]] = {}
+    for n, (s, f) in enumerate(index):
+        shot = shots[s]
+        if s not in cache:
+            noises = [_smooth_noise(o.texture_seed, 24, 24, (4,)) if o.texture == "noise" else None
+                      for o in shot.objects]
+            cache[s] = (_render_background(shot.background, height, width), noises)
+        background, noises = cache[s]
+        frames[n] = background
+        for obj, noise in zip(shot.objects, noises):
+            _paint_object(frames[n], obj, f / shot.fps, noise)
+    return frames
+
+
+def _clip_frame_index(shots: list[ShotSpec], frame_indices) -> list[tuple[int, int]]:
+    """(shot index, frame within the shot) for each requested clip frame."""
+    if not shots:
+        raise SemanticGenError("a clip needs at least one shot")
+    owner: list[tuple[int, int]] = []
+    for s, shot in enumerate(shots):
+        if shot.start_frame != len(owner):
+            raise SemanticGenError(f"shot {s} starts at frame {shot.start_frame}, expected {len(owner)}: shots "
+                                   "must follow each other without gaps, as sample_clip cuts them")
+        owner.extend((s, f) for f in range(shot.num_frames))
+    if frame_indices is None:
+        return owner
+    out = []
+    for f in frame_indices:
+        if not 0 <= int(f) < len(owner):
+            raise SemanticGenError(f"frame {f} is outside the clip's 0..{len(owner) - 1}")
+        out.append(owner[int(f)])
+    return out
+
+
+def label_maps(shots: list[ShotSpec], height: int, width: int, frame_indices=None) -> dict[str, np.ndarray]:
+    """Per-pixel ground truth of the frames ``render_clip`` draws (same ``frame_indices``).
+
+    A pixel belongs to the object drawn on top of it where that object's anti-aliased coverage is at
+    least one half (objects are painted in order, later ones over earlier ones). Returns int16 arrays:
+    ``object`` [N, H, W] (index into the frame's shot's objects, -1 for background), ``color`` [N, H, W]
+    (index into ``OBJECT_COLORS``, -1 for background), ``shape`` [N, H, W] (index into ``SHAPES``, -1),
+    ``background`` [N, H, W] (index into ``BACKGROUND_COLORS`` of the backdrop, everywhere) and
+    ``shot`` [N] (which shot each frame comes from).
+    """
+    _check_size(height, width)
+    index = _clip_frame_index(shots, frame_indices)
+    obj_map = np.full((len(index), height, width), -1, np.int16)
+    color = np.full_like(obj_map, -1)
+    shape = np.full_like(obj_map, -1)
+    background = np.empty_like(obj_map)
+    for n, (s, f) in enumerate(index):
+        shot = shots[s]
+        background[n] = BACKGROUND_COLORS.index(shot.background.color)
+        for k, obj in enumerate(shot.objects):
+            box = _object_box(obj, f / shot.fps, height, width)
+            if box is None:
+                continue
+            _, _, _, x0, x1, y0, y1, mask = box
+            inside = mask >= 128
+            obj_map[n, y0:y1, x0:x1][inside] = k
+            color[n, y0:y1, x0:x1][inside] = OBJECT_COLORS.index(obj.color)
+            shape[n, y0:y1, x0:x1][inside] = SHAPES.index(obj.shape)
+    shot_of = np.array([s for s, _ in index], np.int16)
+    return {"object": obj_map, "color": color, "shape": shape, "background": background, "shot": shot_of}
+
+
+def retexture_shot(shot: ShotSpec, rng: np.random.Generator) -> ShotSpec:
+    """The same scene with new surface detail: every object gets a random texture and texture seed and
+    the backdrop a new pattern seed. Colours, shapes, sizes, positions, motion and the backdrop's kind
+    (everything a caption names) stay, so the two renders differ only in what stage 2 adds."""
+    objects = [replace(o, texture=_pick(rng, TEXTURES), texture_seed=int(rng.integers(2**31))) for o in shot.objects]
+    return replace(shot, objects=objects, background=replace(shot.background, seed=int(rng.integers(2**31))))
 
 
 def object_track(shot: ShotSpec, obj_index: int, height: int, width: int) -> np.ndarray:

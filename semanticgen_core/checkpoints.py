@@ -210,6 +210,9 @@ def save_file_atomic(
     os.close(fd)
     try:
         save_file(dict(tensors), tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model or plan is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

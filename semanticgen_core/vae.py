@@ -23,6 +23,7 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, Interrupted, SemanticGenError, ShapeError
+from .formats import MODEL_FILE_FORMAT
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]
@@ -271,7 +272,7 @@ class VideoVAE(torch.nn.Module):
             return cls._load(config, load_state_dict(folder), f"Wan VAE from {folder}", dtype, device)
         from .model_files import load_model, read_metadata  # they import this module: import them late
 
-        if read_metadata(path).get("format") == "semanticgen-model":
+        if read_metadata(path).get("format") == MODEL_FILE_FORMAT:
             return load_model(path, "vae", dtype, device).modules["vae"]
         state = load_state_dict(path)
         if "encoder.conv1.weight" in state:  # the original Wan layout, as ComfyUI keeps it

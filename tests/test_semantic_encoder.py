@@ -17,7 +17,6 @@ from semanticgen_core.semantic_encoder import (
     tiny_vision_config,
 )
 
-torch.set_num_threads(1)
 
 
 def _encoder(seed: int = 0, **overrides) -> QwenVisionEncoder:

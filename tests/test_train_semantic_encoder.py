@@ -12,7 +12,6 @@ from semanticgen_core.data.world import (BACKGROUND_COLORS, OBJECT_COLORS, PALET
                                          sample_clip, sample_clip_shots)
 from semanticgen_core.recipes import train_semantic_encoder as rec
 
-torch.set_num_threads(1)
 H = W = 64
 NAMES = list(PALETTE)
 

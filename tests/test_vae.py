@@ -21,17 +21,8 @@ CONFIG = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, att
               latents_mean=[0.1 * i - 0.5 for i in range(16)], latents_std=[0.5 + 0.1 * i for i in range(16)])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy convs run many times faster on one thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def vae(one_thread) -> VideoVAE:
+def vae() -> VideoVAE:
     torch.manual_seed(0)
     return VideoVAE.from_config(CONFIG).eval()
 

@@ -35,8 +35,10 @@ def file_id(path: Path) -> str:
 
 
 @torch.no_grad()
-def encode_shard(index: int, vae: VideoVAE, encoder, text_encoder, first_seed: int) -> dict[str, torch.Tensor]:
-    clips = [sample_clip(first_seed + index * SHARD + i, NUM_FRAMES, SIZE, SIZE, FPS) for i in range(SHARD)]
+def encode_shard(index: int, vae: VideoVAE, encoder, text_encoder, first_seed: int,
+                 shard: int = SHARD) -> dict[str, torch.Tensor]:
+    seeds = [first_seed + index * shard + i for i in range(shard)]
+    clips = [sample_clip(seed, NUM_FRAMES, SIZE, SIZE, FPS) for seed in seeds]
     frames = torch.from_numpy(np.stack([c.frames for c in clips])).float() / 255  # [N, T, H, W, 3]
     latents = []
     for batch in frames.split(25):
@@ -45,12 +47,13 @@ def encode_shard(index: int, vae: VideoVAE, encoder, text_encoder, first_seed: i
     features = torch.stack([encoder.encode(f, FPS) for f in frames])
     text, _ = text_encoder.encode([c.caption for c in clips])
     return {"latents": torch.cat(latents).half(), "features": features.half(), "text": text.half(),
-            "seeds": torch.tensor([first_seed + index * SHARD + i for i in range(SHARD)])}
+            "seeds": torch.tensor(seeds)}
 
 
-def build(cache: Path, vae_path: Path, encoder_path: Path, num_clips: int, first_seed: int = 0) -> None:
+def build(cache: Path, vae_path: Path, encoder_path: Path, num_clips: int, first_seed: int = 0,
+          shard: int = SHARD) -> None:
     cache.mkdir(parents=True, exist_ok=True)
-    made_by = {"vae": file_id(vae_path), "encoder": file_id(encoder_path), "first_seed": first_seed}
+    made_by = {"vae": file_id(vae_path), "encoder": file_id(encoder_path), "first_seed": first_seed, "shard": shard}
     manifest = cache / "manifest.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != made_by:
         raise SemanticGenError(f"{cache} was built with other models or seeds ({manifest.read_text()}); "
@@ -59,12 +62,12 @@ def build(cache: Path, vae_path: Path, encoder_path: Path, num_clips: int, first
     vae = VideoVAE.from_pretrained(vae_path)
     encoder = load_model(encoder_path, "semantic_encoder").modules["encoder"]
     text_encoder = MiniLMTextEncoder.from_pretrained()
-    for index in range(-(-num_clips // SHARD)):
+    for index in range(-(-num_clips // shard)):
         path = cache / f"shard_{index:04d}.safetensors"
         if path.is_file():
             continue
-        save_file_atomic(encode_shard(index, vae, encoder, text_encoder, first_seed), path)
-        print(f"cached {path} ({(index + 1) * SHARD} clips)", flush=True)
+        save_file_atomic(encode_shard(index, vae, encoder, text_encoder, first_seed, shard), path)
+        print(f"cached {path} ({(index + 1) * shard} clips)", flush=True)
 
 
 class ClipCache:

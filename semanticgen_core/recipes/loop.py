@@ -80,7 +80,7 @@ class Run:
 
     def log(self, **values) -> None:
         record = {"step": self.step, "minutes": round(self.elapsed / 60, 2),
-                  **{k: round(float(v), 5) for k, v in values.items()}}
+                  **{k: round(float(v.detach() if torch.is_tensor(v) else v), 5) for k, v in values.items()}}
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

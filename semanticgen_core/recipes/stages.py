@@ -15,6 +15,7 @@ from .loop import Run
 
 
 def arguments(description: str, out: str) -> argparse.ArgumentParser:
+    """Options shared by both stage recipes (each adds its own)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--cache", type=Path, default=Path("runs/cache"), help="clips cached by recipes.dataset")
     p.add_argument("--out", type=Path, default=Path(out))

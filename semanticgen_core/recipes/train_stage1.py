@@ -17,10 +17,10 @@ from ..training import stage1_loss
 from .stages import arguments, train
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = arguments(__doc__.splitlines()[0], "runs/stage1")
     p.add_argument("--stage2", type=Path, required=True, help="the trained stage-2 file (its compressor is used)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     compressor = load_model(args.stage2, "stage2").modules["compressor"].requires_grad_(False)
     stage1 = SemanticDiT(**EMBEDDED.stage1)
 

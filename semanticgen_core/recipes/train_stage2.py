@@ -12,11 +12,11 @@ from ..training import stage2_loss
 from .stages import arguments, train
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = arguments(__doc__.splitlines()[0], "runs/stage2")
     p.add_argument("--kl", type=float, default=1e-3, help="KL weight of the compressor")
     p.add_argument("--plan-noise", type=float, default=0.3, help="max noise level of the plan augmentation")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     compressor, stage2 = SemanticCompressor(**EMBEDDED.compressor), LatentDiT(**EMBEDDED.stage2)
 
     def loss(batch, empty, generator):

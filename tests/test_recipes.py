@@ -1,0 +1,42 @@
+"""The stage recipes end to end on a tiny cache: encode clips once, train both stages, load the result."""
+
+import pytest
+import torch
+
+from semanticgen_core.model_files import save_model
+from semanticgen_core.pipeline import SemanticGenPipeline
+from semanticgen_core.presets import EMBEDDED, TINY
+from semanticgen_core.recipes import dataset, train_stage1, train_stage2
+from semanticgen_core.recipes.dataset import ClipCache
+from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.sampling import SamplingOptions
+from semanticgen_core.vae import VideoVAE, tiny_vae_config
+
+
+def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
+    torch.manual_seed(0)
+    assert TINY.encoder == EMBEDDED.encoder  # the tiny tower has the embedded one's layout and width
+    save_model(tmp_path / "enc.safetensors", "semantic_encoder", {"encoder": TINY.build()["encoder"]}, EMBEDDED)
+    VideoVAE.from_config(tiny_vae_config()).save(tmp_path / "vae.safetensors")
+    cache = tmp_path / "cache"
+    dataset.build(cache, tmp_path / "vae.safetensors", tmp_path / "enc.safetensors", num_clips=4, shard=2)
+    clips = ClipCache(cache)
+    assert len(clips) == 4 and clips.data["latents"].shape == (4, 16, 9, 8, 8)
+    assert clips.data["features"].shape == (4, 9, 4, 4, 64)   # 33 frames sampled at 4 fps: 17 -> 9 plan steps
+    assert clips.data["seeds"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(SemanticGenError, match="built with other models or seeds"):
+        dataset.build(cache, tmp_path / "vae.safetensors", tmp_path / "enc.safetensors", num_clips=4, shard=2,
+                      first_seed=10)
+
+    common = ["--cache", str(cache), "--batch", "2", "--warmup", "1"]
+    train_stage2.main([*common, "--out", str(tmp_path / "s2"), "--steps", "3"])
+    train_stage2.main([*common, "--out", str(tmp_path / "s2"), "--steps", "4"])  # resumes at step 3
+    assert "resumed" in capsys.readouterr().out
+    train_stage1.main([*common, "--out", str(tmp_path / "s1"), "--steps", "2",
+                       "--stage2", str(tmp_path / "s2" / "stage2.safetensors")])
+    pipe = SemanticGenPipeline.from_files(tmp_path / "s1" / "stage1.safetensors", tmp_path / "s2" / "stage2.safetensors",
+                                          tmp_path / "vae.safetensors")
+    frames = pipe("a red circle moving up", num_frames=9, opts=SamplingOptions(steps=2, guidance=1.0))
+    assert frames.shape == (9, 64, 64, 3)
+    from semanticgen_core.model_files import load_model
+    assert load_model(tmp_path / "s2" / "stage2.safetensors", "stage2").info["steps"] == 4

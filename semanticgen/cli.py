@@ -3,6 +3,7 @@
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
     python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
+    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--out eval.json] [--reference]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -12,11 +13,14 @@ The embedded default needs none. Ctrl-C stops after the current step; a second C
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import shlex
 import signal
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -141,6 +145,111 @@ def cmd_api(args) -> int:
     return 0
 
 
+def _core(module: str):
+    """A ``semanticgen_core`` module imported through the pack (so its errors are the ones main() catches)."""
+    runner.load_pack()
+    return importlib.import_module(f"{runner.PACK_NAME}.semanticgen_core.{module}")
+
+
+def _eval_table(results: dict, out=None) -> None:
+    out = out or sys.stdout  # looked up now: the stream may be replaced after import (tests capture it)
+    rows = [("colour", "color"), ("shape", "shape"), ("motion (direction)", "motion"),
+            ("motion (exact label)", "motion_exact")]
+
+    def cell(rate: dict) -> str:
+        if not rate["total"]:
+            return "-"
+        return f"{rate['accuracy']:6.1%} ({rate['correct']}/{rate['total']})"
+
+    print(f"  {'':<20}  {'all prompt objects':<22}  first object", file=out)
+    for title, key in rows:
+        print(f"  {title:<20}  {cell(results['objects'][key]):<22}  {cell(results['first_object'][key])}", file=out)
+    print(f"  {'all three right':<20}  {cell(results['all_correct'])} prompts", file=out)
+    print(f"  {'consistency':<20}  {results['consistency']:.3f}  (1 = smooth; shuffled frames ~0.1)", file=out)
+    print(f"  {'stability':<20}  {results['stability']:.3f}  (main object's colour/shape agreement over frames)",
+          file=out)
+
+
+def cmd_eval(args) -> int:
+    ev, world = _core("evaluation"), _core("data.world")
+    if args.prompts < 1:
+        raise _core("errors").SemanticGenError(f"--prompts must be at least 1, got {args.prompts}")
+    started = time.time()
+    pipe = None
+    if not args.reference:
+        pipe = _core("pipeline").SemanticGenPipeline.embedded()  # names the missing file if weights are absent
+        d = pipe.preset.defaults
+        fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
+    else:
+        fps, height, width = ev.CLIP_FPS, ev.CLIP_SIZE, ev.CLIP_SIZE
+    if height != width:
+        raise _core("errors").SemanticGenError(f"eval renders square reference clips; the model makes {height}x{width}")
+    num_frames = frames_for(args.seconds, fps)
+    start = world.HELDOUT_SEED_START + args.first
+    clips = ev.heldout_clips(args.prompts, start, num_frames, height, fps)
+    prompts = [clip.caption for clip in clips]
+    progress = None if args.quiet else (
+        lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
+    steps = None
+    if pipe is None:
+        generate = ev.reference_generator(clips)
+    else:
+        sampling = _core("sampling")
+        steps = args.steps or int(d["steps"])
+
+        def generate(prompt: str, seed: int):
+            opts = sampling.SamplingOptions(steps=steps, guidance=float(d["guidance"]), seed=seed)
+            return pipe(prompt, num_frames, fps, height, width, opts)
+
+    report = ev.evaluate(generate, prompts, args.seed, progress=progress)
+    per_prompt = report.pop("per_prompt")
+    psnr, psnr_skipped = None, None
+    n_psnr = args.prompts if args.psnr_clips is None else args.psnr_clips
+    if n_psnr > 0:
+        vae = pipe.vae if pipe is not None and args.vae is None else None
+        if vae is None:
+            try:
+                from_file = args.vae or _core("embedded").weights_path("vae")  # names the missing file
+            except _core("errors").CheckpointError as e:
+                if args.psnr_clips is not None:  # asked for explicitly: fail
+                    raise
+                psnr_skipped = str(e)  # --reference needs no model; say why the PSNR is absent
+            else:
+                vae = _core("vae").VideoVAE.from_pretrained(from_file)
+        if vae is not None:
+            psnr_clips = clips[:n_psnr] if n_psnr <= len(clips) else \
+                ev.heldout_clips(n_psnr, start, num_frames, height, fps)
+            psnr = ev.vae_psnr(vae, psnr_clips)
+            psnr["vae"] = str(args.vae) if args.vae else "embedded"
+    mode = "reference (ground-truth world clips: the detector's ceiling)" if args.reference else "embedded model"
+    print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
+          f"{num_frames} frames at {fps:g} fps" + (f", {steps} steps, seeds {args.seed}.." if steps else ""))
+    _eval_table(report)
+    if psnr is not None:
+        print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
+              f"{psnr['vae']} VAE)")
+    elif psnr_skipped:
+        print(f"  {'VAE PSNR':<20}  skipped: {psnr_skipped}")
+    seconds = time.time() - started
+    print(f"  {'time':<20}  {seconds:.1f} s")
+    if args.out:
+        record = {
+            "command": "python -m semanticgen " + shlex.join(args.argv),
+            "mode": "reference" if args.reference else "model",
+            "model": None if args.reference else pipe.name,
+            "heldout_seeds": [start, start + len(prompts) - 1],
+            "num_frames": num_frames, "fps": fps, "height": height, "width": width,
+            "steps": steps, "seed": args.seed, "seconds": round(seconds, 1),
+            "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
+            "per_prompt": per_prompt,
+        }
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m semanticgen", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("eval", help="judge the embedded default on held-out prompts with an independent detector",
+                       description="Generate a clip per held-out world prompt with the embedded default and judge "
+                                   "it with an OpenCV colour/shape detector (docs/evaluation.md): colour, shape and "
+                                   "motion accuracy, frame-to-frame consistency, and the VAE's reconstruction PSNR.")
+    p.add_argument("--prompts", type=int, default=100, help="held-out prompts to judge (default 100)")
+    p.add_argument("--first", type=int, default=0,
+                   help="skip this many held-out world seeds (default 0: start at the first held-out seed)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt; prompt i uses seed+i")
+    p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
+    p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
+    p.add_argument("--reference", action="store_true",
+                   help="judge the ground-truth world clips instead of generated ones (the detector's own "
+                        "accuracy; needs no model)")
+    p.add_argument("--psnr-clips", type=int, default=None,
+                   help="held-out clips for the VAE's PSNR (default: as many as --prompts; 0 skips it)")
+    p.add_argument("--vae", type=Path, help="VAE file for the PSNR (default: the embedded default's)")
+    p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=cmd_eval)
+
     p = sub.add_parser("api", help="print a workflow in the API format (what POST /prompt takes)")
     p.add_argument("workflow")
     p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE")
@@ -177,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.func(args)
     except (runner.WorkflowError, runner.NodeError) as e:

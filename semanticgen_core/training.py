@@ -41,7 +41,7 @@ def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, generator: torc
 
 
 def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torch.Tensor, features: torch.Tensor,
-                text: torch.Tensor, empty_text: torch.Tensor, *, kl_weight: float = 1e-3, plan_noise: float = 0.3,
+                text: torch.Tensor, empty_text: torch.Tensor, *, kl_weight: float = 1e-4, plan_noise: float = 0.3,
                 text_drop: float = 0.1, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Objective (a). latents ``[B, 16, T, H, W]``; features ``[B, T_s, h, w, d]`` from the frozen encoder."""
     mean, logvar = compressor(features)

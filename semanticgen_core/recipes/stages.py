@@ -29,9 +29,9 @@ def arguments(description: str, out: str) -> argparse.ArgumentParser:
 
 
 def train(args, kind: str, trained: dict[str, torch.nn.Module],
-          loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
+          loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Generator, int], dict[str, torch.Tensor]],
           info: dict) -> None:
-    """Train ``trained`` on the cache with ``loss_fn(batch, empty_text, generator)``; export as ``kind``."""
+    """Train ``trained`` on the cache with ``loss_fn(batch, empty_text, generator, step)``; export as ``kind``."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cache = ClipCache(args.cache)
@@ -51,7 +51,7 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
         for group in optimizer.param_groups:
             group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
         batch = cache.batch(torch.randint(len(cache), (args.batch,), generator=run.generator))
-        losses = loss_fn(batch, empty, run.generator)
+        losses = loss_fn(batch, empty, run.generator, step)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

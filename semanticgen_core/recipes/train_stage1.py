@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     compressor = load_model(args.stage2, "stage2").modules["compressor"].requires_grad_(False)
     stage1 = SemanticDiT(**EMBEDDED.stage1)
 
-    def loss(batch, empty, generator):
+    def loss(batch, empty, generator, step):
         with torch.no_grad():
             plan = compressor.sample(*compressor(batch["features"]), generator)
         return stage1_loss(stage1, plan, batch["text"], empty, generator=generator)

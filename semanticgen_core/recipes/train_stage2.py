@@ -14,18 +14,22 @@ from .stages import arguments, train
 
 def main(argv: list[str] | None = None) -> None:
     p = arguments(__doc__.splitlines()[0], "runs/stage2")
-    p.add_argument("--kl", type=float, default=1e-3, help="KL weight of the compressor")
+    p.add_argument("--kl", type=float, default=1e-4, help="KL weight of the compressor")
+    p.add_argument("--kl-warmup", type=int, default=1000,
+                   help="steps over which the KL weight ramps up from 0: stage 2's plan gate starts closed, so "
+                        "early on the KL is the compressor's only gradient and would collapse it to the prior")
     p.add_argument("--plan-noise", type=float, default=0.3, help="max noise level of the plan augmentation")
     args = p.parse_args(argv)
     compressor, stage2 = SemanticCompressor(**EMBEDDED.compressor), LatentDiT(**EMBEDDED.stage2)
 
-    def loss(batch, empty, generator):
+    def loss(batch, empty, generator, step):
         return stage2_loss(compressor, stage2, batch["latents"], batch["features"], batch["text"], empty,
-                           kl_weight=args.kl, plan_noise=args.plan_noise, generator=generator)
+                           kl_weight=args.kl * min(1.0, step / args.kl_warmup), plan_noise=args.plan_noise,
+                           generator=generator)
 
     train(args, "stage2", {"compressor": compressor, "stage2": stage2}, loss,
           {"objective": "rectified flow on VAE latents given the plan (noised) + text; KL on the compressor",
-           "kl_weight": args.kl, "plan_noise": args.plan_noise})
+           "kl_weight": args.kl, "kl_warmup": args.kl_warmup, "plan_noise": args.plan_noise})
 
 
 if __name__ == "__main__":

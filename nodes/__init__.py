@@ -12,6 +12,7 @@ IMAGE ``[T, H, W, 3]`` in 0..1 and latents core LATENT ``{"samples": [B, 16, T',
 
 from . import comfy
 from .decode import SemanticGenVAEDecode
+from .edit import SemanticGenEditPlan, SemanticGenPlanPreview
 from .loaders import (SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader,
                       SemanticGenTextEncoderLoader, SemanticGenVAELoader)
 from .plans import SemanticGenLoadPlan, SemanticGenSavePlan, SemanticGenSemanticEncode
@@ -35,6 +36,8 @@ _NODES = {
     "SemanticGenSemanticEncode": (SemanticGenSemanticEncode, "SemanticGen Plan from Video"),
     "SemanticGenSavePlan": (SemanticGenSavePlan, "SemanticGen Save Plan"),
     "SemanticGenLoadPlan": (SemanticGenLoadPlan, "SemanticGen Load Plan"),
+    "SemanticGenEditPlan": (SemanticGenEditPlan, "SemanticGen Edit Plan"),
+    "SemanticGenPlanPreview": (SemanticGenPlanPreview, "SemanticGen Plan Preview"),
     "SemanticGenLoadVideo": (SemanticGenLoadVideo, "SemanticGen Load Video"),
     "SemanticGenSaveVideo": (SemanticGenSaveVideo, "SemanticGen Save Video (mp4)"),
 }

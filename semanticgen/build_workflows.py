@@ -272,8 +272,66 @@ def save_plan_then_render() -> dict:
     return g.to_json("save_plan_then_render", scale=0.62, offset=(60, 320))
 
 
+EDIT_PLAN = """## Edit the plan, then render
+
+Stage 1 writes the **plan**: layout and motion of the whole video in a few thousand numbers. **Edit Plan**
+changes it before a single pixel is rendered. Its timeline shows the plan as thumbnails over time (tokens
+coloured by PCA); drag across it to select steps, then use the buttons or the right-click menu: delete,
+duplicate, reverse, interpolate, regenerate with a prompt, or drag the selection to move it. Every change
+is written to the node's edit list (saved with the workflow); undo and redo work. The timeline shows the
+plan of the last run: run the workflow once first.
+
+Here the edits **play the planned motion backwards** and **re-plan the first second** under another prompt
+with stage 1 (the rest of the plan is held). **Plan Preview** shows the edited plan; stage 2 renders it.
+Changing the edits re-runs only the edit node and what follows it; regenerated spans are cached."""
+
+EXAMPLE_EDITS = [{"op": "reverse"},
+                 {"op": "regenerate", "start_s": 0, "end_s": 1, "prompt": "a blue star growing on a grey background",
+                  "seed": 1}]
+
+
+def edits_text(edits: list[dict]) -> str:
+    """An edit list as the timeline editor writes it (one compact JSON object per line)."""
+    return "[\n" + ",\n".join("  " + json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in edits) + "\n]"
+
+
+def edit_plan_then_render() -> dict:
+    g = Graph()
+    g.note((0, -300), (820, 240), EDIT_PLAN, "What this workflow does")
+    g.note((860, -300), (700, 240), REAL_WEIGHTS, "Real weights")
+    m = _models(g, 20, 50)
+    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 240), title="Prompt")
+    stage1 = g.node("SemanticGenStage1Sample", (420, 330), (400, 380), title="Stage 1: plan", color=STAGE1_COLOR)
+    g.group("Prompt -> stage 1", (400, -20, 440, 750), "#88A")
+    edit = g.node("SemanticGenEditPlan", (880, 50), (640, 520), title="Edit plan",
+                  widgets={"edits": edits_text(EXAMPLE_EDITS)}, color=STAGE1_COLOR)
+    preview = g.node("SemanticGenPlanPreview", (880, 610), (640, 300), title="Plan preview")
+    g.group("Edit the plan", (860, -20, 680, 950), "#a1309b")
+    stage2 = g.node("SemanticGenStage2Sample", (1580, 50), (320, 300), title="Stage 2: render", color=STAGE2_COLOR)
+    decode = g.node("SemanticGenVAEDecode", (1580, 390), (320, 100), title="VAE decode")
+    save = g.node("SemanticGenSaveVideo", (1580, 530), (320, 330), title="Save video",
+                  widgets={"filename_prefix": "SemanticGen/edited_plan"})
+    g.group("Stage 2 -> video", (1560, -20, 360, 950), "#8A8")
+    g.link(m["text"], "text_encoder", prompt, "text_encoder")
+    g.link(m["stage1"], "stage1", stage1, "stage1")
+    g.link(prompt, "conditioning", stage1, "conditioning")
+    g.link(stage1, "plan", edit, "plan")
+    g.link(m["stage1"], "stage1", edit, "stage1")
+    g.link(prompt, "conditioning", edit, "conditioning")
+    g.link(m["text"], "text_encoder", edit, "text_encoder")
+    g.link(edit, "plan", preview, "plan")
+    g.link(m["stage2"], "stage2", stage2, "stage2")
+    g.link(edit, "plan", stage2, "plan")
+    g.link(prompt, "conditioning", stage2, "conditioning")
+    g.link(m["vae"], "vae", decode, "vae")
+    g.link(stage2, "latent", decode, "latent")
+    g.link(decode, "images", save, "images")
+    return g.to_json("edit_plan_then_render", scale=0.6, offset=(60, 340))
+
+
 BUILDERS = {"text_to_video": text_to_video, "video_to_plan_rerender": video_to_plan_rerender,
-            "save_plan_then_render": save_plan_then_render}
+            "save_plan_then_render": save_plan_then_render, "edit_plan_then_render": edit_plan_then_render}
 
 
 def write_example_video(path: Path) -> None:

@@ -71,15 +71,22 @@ def write_tiny_models(models_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def tiny_models(pack, tmp_path_factory):
-    """A ComfyUI-style models folder with tiny random SemanticGen files; the pack's folders point at it
-    (models, and empty input/output folders). Returns {"dir": models dir, part: file name}."""
+def tiny_model_files(tmp_path_factory):
+    """A ComfyUI-style folder tree with tiny random SemanticGen files, written once per session."""
     root = tmp_path_factory.mktemp("comfy")
     names = write_tiny_models(root / "models")
     (root / "input").mkdir()
+    return {"dir": root / "models", "root": root, **names}
+
+
+@pytest.fixture
+def tiny_models(pack, tiny_model_files):
+    """Point the pack's folders (models, input, output) at the tiny files; re-applied for every test, since
+    a headless run may point them elsewhere. Returns {"dir": models dir, part: file name}."""
+    root = tiny_model_files["root"]
     pack.nodes.comfy.configure(models=root / "models", input=root / "input", output=root / "output",
                                temp=root / "temp")
-    return {"dir": root / "models", "root": root, **names}
+    return tiny_model_files
 
 
 def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> dict:

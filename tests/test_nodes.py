@@ -62,7 +62,8 @@ def test_node_list_and_categories(pack):
         "SemanticGenTextEncoderLoader", "SemanticGenStage1Loader", "SemanticGenStage2Loader", "SemanticGenVAELoader",
         "SemanticGenSemanticEncoderLoader", "SemanticGenTextEncode", "SemanticGenStage1Sample",
         "SemanticGenStage2Sample", "SemanticGenVAEDecode", "SemanticGenSemanticEncode", "SemanticGenSavePlan",
-        "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo"}
+        "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo", "SemanticGenEditPlan",
+        "SemanticGenPlanPreview"}
     assert pack.WEB_DIRECTORY == "./web"
 
 

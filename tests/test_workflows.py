@@ -28,8 +28,9 @@ def count_frames(path: Path) -> int:
     return count
 
 
-def test_the_three_workflows_ship():
-    assert [p.stem for p in WORKFLOWS] == ["save_plan_then_render", "text_to_video", "video_to_plan_rerender"]
+def test_the_example_workflows_ship():
+    assert [p.stem for p in WORKFLOWS] == ["edit_plan_then_render", "save_plan_then_render", "text_to_video",
+                                           "video_to_plan_rerender"]
     assert (ROOT / "workflows" / "media" / "semanticgen_example.mp4").is_file()
 
 

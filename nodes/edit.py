@@ -1,0 +1,308 @@
+"""Editing a semantic plan: apply a list of edits to it, and look at it as images.
+
+``SemanticGenEditPlan`` applies a JSON edit list (its ``edits`` widget, which the timeline editor in
+``web/`` writes, so a saved workflow carries the edits) with ``semanticgen_core.plan_ops.apply_edits``,
+and sends the frontend thumbnails of its input and output plans (a PCA strip) so the editor shows the
+last execution. ``SemanticGenPlanPreview`` shows a plan as images (tokens projected to RGB by PCA, one
+image per plan step), and outputs them as a core IMAGE batch.
+
+What is reused when a workflow runs again after an edit:
+
+* ComfyUI re-executes a node only when its inputs (widget values, and the signatures of the nodes it is
+  linked to) change. Changing the edit list re-runs the edit node and what depends on it (preview, stage
+  2, decode, save); the loaders, the text encoding and stage 1 upstream are not run again.
+* Inside the edit node, regenerated spans are cached (``REGENERATED``) by the plan before the edit, the
+  edit, its sampling options, and the identity of stage 1, the conditioning and the text encoder. Adding,
+  removing or changing edits *after* a ``regenerate`` therefore does not sample it again, and undoing
+  back to an earlier list reuses what was sampled. The result is the same tensor a re-run would give
+  (sampling is seeded), so the reuse is exact. Cheap edits (cut, move, ...) are simply re-applied.
+* Stage 2 itself re-renders whenever the edit list changes (its input signature changed), even if the
+  resulting plan is unchanged; ``plan_ops.plan_fingerprint`` is the key a stage-2 result cache would use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+import uuid
+from collections import OrderedDict
+
+import torch
+
+from ..semanticgen_core.errors import SemanticGenError
+from . import comfy
+from .loaders import ready
+from .model_cache import LoadedModel, _file_key
+from .text import TextConditioning
+
+EDITS_TOOLTIP = (
+    "The edits, as a JSON list applied in order; the timeline above writes it (select steps with the mouse, "
+    "then use the buttons or the right-click menu), or type it. Times are seconds of the plan as the edits "
+    "before left it. Operations: cut {start_s, end_s}; move {start_s, end_s, to_s}; reverse {[start_s, end_s]}; "
+    "repeat {[start_s, end_s, times]}; interpolate {[start_s, end_s, from_s, to_s, mode: linear|slerp]}; "
+    "regenerate {[start_s, end_s, prompt, seed, steps, guidance, shift, sampler]} (needs stage1 and "
+    "conditioning); splice {source: self|other, at_s, [start_s, end_s]}; concatenate {source}; "
+    "blend {source, weight, [start_s, end_s, mode]}.")
+UI_KEY = "semanticgen_plan"
+
+# Regenerated plans, keyed by what determines them (see the module docstring); small (a plan is KBs).
+REGENERATED: OrderedDict = OrderedDict()
+REGENERATED_MAX = 32
+_lock = threading.Lock()
+
+
+class _LRU:
+    """A bounded view of the regenerate cache (most recently used last), as ``apply_edits`` uses it."""
+
+    def __init__(self, store: OrderedDict, limit: int):
+        self.store, self.limit = store, limit
+
+    def __contains__(self, key) -> bool:
+        return key in self.store
+
+    def __getitem__(self, key):
+        with _lock:
+            self.store.move_to_end(key)
+            return self.store[key]
+
+    def __setitem__(self, key, value) -> None:
+        with _lock:
+            self.store[key] = value
+            while len(self.store) > self.limit:
+                self.store.popitem(last=False)
+
+
+class ConditioningText:
+    """The text-encoder interface (``encode(prompts) -> (embeddings, mask)``) over a conditioning wire:
+    its prompt and negative prompt come from the wire; other prompts need a real text encoder."""
+
+    def __init__(self, conditioning: TextConditioning | None, encoder=None):
+        self.conditioning, self.encoder = conditioning, encoder
+        self.name = encoder.name if encoder is not None else (conditioning.encoder if conditioning else "none")
+
+    def encode(self, prompts: list[str]):
+        rows, c = [], self.conditioning
+        for p in prompts:
+            if c is not None and p == c.prompt:
+                rows.append(c.cond.float().cpu())
+            elif c is not None and p == c.negative_prompt:
+                rows.append(c.uncond.float().cpu())
+            elif self.encoder is not None:
+                rows.append(self.encoder.encode([p])[0].float().cpu())
+            else:
+                have = f"the conditioning's prompt {c.prompt!r}" if c is not None else "no conditioning"
+                raise SemanticGenError(
+                    f"regenerate: the prompt {p!r} needs encoding, but the edit node has {have} and no text encoder: "
+                    "connect SemanticGen Load Text Encoder to the edit node's text_encoder input.")
+        length = max(r.shape[1] for r in rows)
+        rows = [torch.nn.functional.pad(r, (0, 0, 0, length - r.shape[1])) for r in rows]  # zero past the tokens
+        return torch.cat(rows), None
+
+
+def _tensor_key(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _model_key(model: LoadedModel | None) -> str:
+    if model is None:
+        return "-"
+    try:
+        from pathlib import Path
+
+        ident = _file_key(Path(model.path))
+    except OSError:
+        ident = "?"
+    return f"{model.kind}:{model.path}:{ident}:{model.dtype}"
+
+
+# -- thumbnails for the frontend -------------------------------------------------------------------
+
+
+def _png_data_url(rgb: torch.Tensor) -> str:
+    """``[H, W, 3]`` in 0..1 -> a PNG data URL."""
+    import cv2
+
+    image = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy()[..., ::-1]
+    ok, data = cv2.imencode(".png", image)
+    if not ok:
+        raise SemanticGenError("could not encode the plan thumbnails as PNG")
+    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
+
+
+def plan_payload(plan, basis=None) -> dict:
+    """What the timeline editor needs to show a plan: its time base and segments, and a PNG strip of its
+    steps side by side (one pixel per token, coloured by ``basis``, the PCA of the node's input plan)."""
+    from ..semanticgen_core.plan_ops import pca_rgb
+
+    rgb = pca_rgb(plan.tokens, basis)                 # [T, h, w, 3]
+    steps, h, w = plan.grid
+    strip = rgb.permute(1, 0, 2, 3).reshape(h, steps * w, 3)
+    return {"fps": plan.fps, "video_fps": plan.video_fps, "num_frames": plan.num_frames,
+            "duration_s": plan.duration_s, "steps": steps, "grid": [steps, h, w],
+            "channels": plan.tokens.shape[-1], "height": plan.height, "width": plan.width,
+            "segments": plan.metadata()["segments"], "encoder": plan.encoder, "compressor": plan.compressor,
+            "edits_in_history": len(plan.history), "strip": _png_data_url(strip)}
+
+
+def editor_payload(plan, result, edits: list, other=None) -> dict:
+    """The edit node's message to the editor: input, output (and other) plans in the input's colours, and
+    the edit list that turned the input into the output."""
+    from ..semanticgen_core.plan_ops import pca_basis
+
+    basis = pca_basis(plan.tokens)
+    same_space = other is not None and other.tokens.shape[-1] == plan.tokens.shape[-1]
+    return {"input": plan_payload(plan, basis), "output": plan_payload(result, basis),
+            "other": plan_payload(other, basis) if same_space else None, "edits": edits}
+
+
+def format_edits(edits: list[dict]) -> str:
+    """The edit list as the editor writes it: one compact JSON object per line."""
+    if not edits:
+        return "[]"
+    return "[\n" + ",\n".join("  " + json.dumps(e, separators=(",", ":"), ensure_ascii=False) for e in edits) + "\n]"
+
+
+# -- nodes -----------------------------------------------------------------------------------------
+
+
+class SemanticGenEditPlan:
+    CATEGORY = "SemanticGen/plan"
+    FUNCTION = "edit"
+    RETURN_TYPES = ("SEMANTIC_PLAN",)
+    RETURN_NAMES = ("plan",)
+    OUTPUT_TOOLTIPS = ("The edited plan (its history lists the edits); render it with stage 2.",)
+    DESCRIPTION = ("Edits a semantic plan before anything is rendered: cut, move, reverse, repeat, interpolate or "
+                   "regenerate time ranges (with stage 1, optionally under a new prompt), or splice, concatenate and "
+                   "blend another plan. The timeline shows the plan as thumbnails over time; select steps with the "
+                   "mouse and use the buttons or the right-click menu. The edit list is saved with the workflow.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "plan": ("SEMANTIC_PLAN", {"tooltip": "The plan to edit (from stage 1, Plan from Video or Load "
+                                                      "Plan)."}),
+                "edits": ("STRING", {"multiline": True, "default": "[]", "tooltip": EDITS_TOOLTIP}),
+            },
+            "optional": {
+                "other": ("SEMANTIC_PLAN", {"tooltip": "A second plan for splice, concatenate and blend "
+                                                       "(source \"other\"); it must come from the same model family "
+                                                       "and video size."}),
+                "stage1": ("SEMANTICGEN_STAGE1", {"tooltip": "Stage 1, for regenerate edits (re-samples a span while "
+                                                             "the rest of the plan is held)."}),
+                "conditioning": ("SEMANTICGEN_CONDITIONING", {"tooltip": "Text embeddings of the plan's prompt (and the "
+                                                                         "negative prompt), for regenerate edits."}),
+                "text_encoder": ("SEMANTICGEN_TEXT_ENCODER", {"tooltip": "For regenerate edits with a new prompt: "
+                                                                         "encodes it (the conditioning holds only "
+                                                                         "its own prompt)."}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, edits=None):
+        if edits is None:  # linked from another node: checked when it runs
+            return True
+        from ..semanticgen_core.plan_ops import parse_edits
+
+        try:
+            parse_edits(edits)
+        except SemanticGenError as e:
+            return f"edit list: {e}"
+        return True
+
+    def edit(self, plan, edits: str = "[]", other=None, stage1: LoadedModel | None = None,
+             conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None):
+        from ..semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
+
+        comfy.check_interrupt()
+        checked = parse_edits(edits)
+        context = EditContext(sources={"other": other}, should_stop=comfy.should_stop)
+        regenerates = [k for k, e in enumerate(checked, 1) if e["op"] == "regenerate"]
+        if regenerates:
+            context = self._regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder)
+        result = apply_edits(plan, checked, context)
+        return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]}, "result": (result,)}
+
+    @staticmethod
+    def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder):
+        from ..semanticgen_core.sampling import SamplingOptions
+
+        which = f"edit{'s' if len(regenerates) > 1 else ''} {', '.join(map(str, regenerates))}"
+        if stage1 is None or (conditioning is None and text_encoder is None):
+            raise SemanticGenError(
+                f"the edit list regenerates a span ({which}): connect SemanticGen Load Stage 1 to the edit node's "
+                "stage1 input, and SemanticGen Text Encode to its conditioning input (plus SemanticGen Load Text "
+                "Encoder to text_encoder for a new prompt).")
+        ready(stage1)
+        dit = stage1["stage1"]
+        family = stage1.preset.name if stage1.preset is not None else stage1.name
+        if family != plan.compressor:
+            raise SemanticGenError(
+                f"regenerate ({which}): this plan lives in the space of compressor {plan.compressor!r} but stage 1 "
+                f"({stage1.name}) writes plans for {family!r}: use the stage 1 of the plan's model family.")
+        if conditioning is not None:
+            conditioning.check(dit.config.text_dim, f"stage 1 ({stage1.name})")
+        encoder = text_encoder.ready()["text_encoder"] if text_encoder is not None else None
+        defaults = stage1.preset.defaults if stage1.preset is not None else {}
+        context.stage1 = dit
+        context.text_encoder = ConditioningText(conditioning, encoder)
+        context.negative_prompt = conditioning.negative_prompt if conditioning is not None else ""
+        context.opts = SamplingOptions(steps=int(defaults.get("steps", 20)),
+                                       guidance=float(defaults.get("guidance", 4.0)), seed=int(plan.seed or 0))
+        context.progress = comfy.Progress("regenerate", context.opts.steps)
+        cond_key = (_tensor_key(conditioning.cond, conditioning.uncond) + conditioning.prompt + "\0" +
+                    conditioning.negative_prompt) if conditioning is not None else "-"
+        context.cache = _LRU(REGENERATED, REGENERATED_MAX)
+        context.cache_key = f"{_model_key(stage1)}|{cond_key}|{_model_key(text_encoder)}"
+        return context
+
+
+class SemanticGenPlanPreview:
+    CATEGORY = "SemanticGen/plan"
+    FUNCTION = "preview"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("One image per plan step (tokens projected to RGB by PCA, upscaled), as a core IMAGE batch.",)
+    DESCRIPTION = ("Shows a semantic plan as images: its tokens projected to RGB by PCA (one basis for the whole plan, "
+                   "so a colour means the same thing at every step), one image per plan step. Similar colours are "
+                   "similar semantics; watch a colour blob move to see the planned motion.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "plan": ("SEMANTIC_PLAN", {"tooltip": "The plan to show."}),
+            "size": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16,
+                             "tooltip": "Longer side of each image in pixels (tokens are shown as square blocks)."}),
+        }}
+
+    def preview(self, plan, size: int = 256):
+        from ..semanticgen_core.plan_ops import pca_rgb
+
+        rgb = pca_rgb(plan.tokens)  # [T, h, w, 3]
+        _, h, w = plan.grid
+        scale = max(1, size // max(h, w))
+        images = rgb.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).contiguous()
+        return {"ui": {"images": _save_temp_pngs(images)}, "result": (images,)}
+
+
+def _save_temp_pngs(images: torch.Tensor) -> list[dict]:
+    """Write ``[B, H, W, 3]`` images as PNGs in the temp folder, for the node's preview in the UI."""
+    import cv2
+
+    folder = comfy.temp_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"semanticgen_plan_{uuid.uuid4().hex[:8]}"
+    out = []
+    for k, image in enumerate(images):
+        name = f"{stem}_{k:05d}.png"
+        data = (image.clamp(0, 1) * 255).round().to(torch.uint8).numpy()[..., ::-1]
+        if not cv2.imwrite(str(folder / name), data):
+            raise SemanticGenError(f"could not write the plan preview {folder / name}")
+        out.append({"filename": name, "subfolder": "", "type": "temp"})
+    return out

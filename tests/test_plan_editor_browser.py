@@ -1,0 +1,515 @@
+"""The plan timeline editor (web/) in headless Chromium, driven like a person: real mouse and key events.
+
+A bare page (tests/web/editor_page.html) loads the real ``web/plan_editor`` modules with a real plan
+exported by Python (a video encoded by tiny random models, with two shots; the edit node's own
+``editor_payload``). The test selects ranges, clicks buttons and menu items, drags a selection to move
+it, types a prompt, undoes and redoes, takes screenshots, and then applies the edit list the page wrote
+with ``apply_edits`` in Python: the tokens must have moved exactly as the user asked. A second test checks
+that the editor's simulation of edits (what the strip shows before the node runs) matches Python's result
+for many edit lists and time bases.
+
+Where ``COMFYUI_DIR`` points at a ComfyUI checkout (see tests/test_comfyui_integration.py), the extension is
+also loaded into the real ComfyUI frontend: the edit-plan workflow runs, the timeline fills from the node's
+execution message, and a mouse edit on the timeline changes the node's ``edits`` widget and the prompt.
+
+Needs Debian's ``chromium`` (or $CHROMIUM); skips without it. SEMANTICGEN_SCREENSHOT_DIR=DIR keeps the
+screenshots there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import http.server
+import importlib
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "web"))
+from cdp import Browser, find_chromium  # noqa: E402
+
+CHROMIUM = find_chromium()
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium, or set CHROMIUM): "
+                                                         "the timeline editor is tested in a headless browser")
+CTRL, SHIFT = 2, 8
+
+
+def core(pack, name: str):
+    return importlib.import_module(f"{pack.__name__}.semanticgen_core.{name}")
+
+
+def keep_screenshot(png: bytes, tmp_path: Path, name: str) -> Path:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    path = tmp_path / name
+    path.write_bytes(png)
+    if os.environ.get("SEMANTICGEN_SCREENSHOT_DIR"):
+        folder = Path(os.environ["SEMANTICGEN_SCREENSHOT_DIR"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(png)
+    return path
+
+
+# -- a real plan -------------------------------------------------------------------------------------
+
+
+def two_shot_video(frames: int = 65, size: int = 64) -> torch.Tensor:
+    """8 fps: a red disc crossing a blue frame left to right for 4 s, then a yellow square falling on green."""
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    video = np.zeros((frames, size, size, 3), np.float32)
+    for t in range(frames):
+        if t < 32:
+            video[t] = (0.15, 0.25, 0.85)
+            cx = 0.15 + 0.7 * t / 31
+            video[t][(xx - cx) ** 2 + (yy - 0.5) ** 2 < 0.15 ** 2] = (0.9, 0.15, 0.15)
+        else:
+            video[t] = (0.2, 0.7, 0.25)
+            cy = 0.15 + 0.7 * (t - 32) / 32
+            video[t][(abs(xx - 0.5) < 0.14) & (abs(yy - cy) < 0.14)] = (0.95, 0.9, 0.1)
+    return torch.from_numpy(video)
+
+
+@pytest.fixture(scope="module")
+def models(pack):
+    torch.set_num_threads(1)
+    presets = core(pack, "presets")
+    preset = dataclasses.replace(presets.TINY, name="tiny-minilm", text_encoder="minilm",
+                                 stage1={**presets.TINY.stage1, "text_dim": 384},
+                                 stage2={**presets.TINY.stage2, "text_dim": 384})
+    torch.manual_seed(0)
+    return preset, preset.build()
+
+
+@pytest.fixture(scope="module")
+def real_plan(pack, models):
+    """9 plan steps (1 a second, 8.125 s at 8 fps) of a two-shot video, taken by the tiny encoder."""
+    preset, parts = models
+    pipe = core(pack, "pipeline").SemanticGenPipeline(preset, None, parts["stage1"], parts["compressor"], None, None,
+                                                      parts["encoder"], name=preset.name)
+    plan = pipe.encode_video(two_shot_video(), 8.0, "a red disc moving right over blue")
+    Segment = core(pack, "plan").Segment
+    plan = dataclasses.replace(plan, segments=[Segment(0.0, 4.0, "a red disc moving right over blue"),
+                                               Segment(4.0, plan.duration_s, "a yellow square falling on green")])
+    assert plan.grid == (9, 4, 4) and plan.fps == 1.0 and plan.num_frames == 65
+    return plan
+
+
+# -- the page ----------------------------------------------------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    payload: bytes = b"{}"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(ROOT), **kwargs)
+
+    def do_GET(self):  # noqa: N802
+        if self.path == "/plan.json":
+            body = type(self).payload
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if self.path == "/":
+            self.path = "/tests/web/editor_page.html"
+        if not (self.path.startswith("/web/") or self.path.startswith("/tests/web/")):
+            self.send_error(404)
+            return
+        super().do_GET()
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-store")
+        super().end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    handler = type("Handler", (_Handler,), {})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield handler, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    b = Browser.launch(CHROMIUM, width=800, height=460)
+    yield b
+    b.close()
+
+
+def open_editor(browser, server, payload: dict):
+    handler, url = server
+    handler.payload = json.dumps(payload).encode()
+    page = browser.page
+    page.goto(url + "/")
+    page.wait_for("window.sg && window.sg.ready", what="the editor page")
+    if (payload.get("input") or {}).get("strip"):
+        page.wait_for("window.sg.view.loaded()", what="the thumbnails")
+    return page
+
+
+# -- the test a person would do ------------------------------------------------------------------------
+
+
+def test_mouse_edits_on_the_timeline_apply_in_python(pack, models, real_plan, server, browser, tmp_path):
+    edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
+    ops = core(pack, "plan_ops")
+    plan = real_plan
+    # The edit node's message after a first run with no edits: what the frontend receives.
+    page = open_editor(browser, server, edit_nodes.editor_payload(plan, plan, [], None))
+    assert page.eval("sg.editor.plan.steps.length") == 9
+    g = "sg.view.geometry()"
+    step_x = lambda k: page.eval(f"{g}.stepX({k})")  # noqa: E731
+    boundary_x = lambda b: page.eval(f"{g}.boundaryX({b})")  # noqa: E731
+    y = page.eval(f"{g}.tileY")
+    edits = lambda: page.eval("sg.editor.edits")  # noqa: E731
+    button = lambda name: page.center(f'.sg-toolbar button[data-action="{name}"]')  # noqa: E731
+    menu_item = lambda name: page.center(f'.sg-menu button[data-action="{name}"]')  # noqa: E731
+
+    # 1. Drag across steps 1-2, press Delete.                          steps now: 0 3 4 5 6 7 8
+    page.drag(step_x(1), y, step_x(2), y)
+    assert page.eval("sg.editor.selection") == {"start": 1, "end": 3}
+    page.click(*button("delete"))
+    # 2. Select steps 0-1, drag the selection to the boundary before step 4.   4 5 0 3 6 7 8
+    page.drag(step_x(0), y, step_x(1), y)
+    page.drag(step_x(0), y, boundary_x(4), y, steps=12)
+    assert page.eval("sg.editor.selection") == {"start": 2, "end": 4}  # the moved block stays selected
+    # 3. Click step 4, shift-click step 6, right-click it: Reverse.    4 5 0 3 8 7 6
+    page.click(step_x(4), y)
+    page.click(step_x(6), y, modifiers=SHIFT)
+    page.click(step_x(5), y, button="right")
+    assert page.eval("!document.querySelector('.sg-menu').hidden")
+    page.click(*menu_item("reverse"))
+    assert page.eval("document.querySelector('.sg-menu').hidden")
+    # 4. Click step 1, Duplicate.                                      4 5 5 0 3 8 7 6
+    page.click(step_x(1), y)
+    page.click(*button("duplicate"))
+    # 5. Select steps 3-5, right-click: Interpolate (linear); keep a screenshot with the menu open.
+    page.drag(step_x(3), y, step_x(5), y)
+    page.click(step_x(4), y, button="right")
+    menu_png = keep_screenshot(page.screenshot(), tmp_path, "plan_editor_menu.png")
+    page.click(*menu_item("interpolate"))
+    # 6. Select the last two steps, right-click: Regenerate with a prompt..., type it, Enter.
+    page.drag(step_x(6), y, step_x(7), y)
+    page.click(step_x(7), y, button="right")
+    page.click(*menu_item("regenerate_prompt"))
+    assert page.eval("document.activeElement === document.querySelector('.sg-prompt')")
+    page.type("a blue star growing")
+    page.key("Enter", "Enter", key_code=13)
+    # 7. Undo with the button, redo with Ctrl+Shift+Z.
+    full = edits()
+    page.click(*button("undo"))
+    assert edits() == full[:-1]
+    page.key("Z", "KeyZ", modifiers=CTRL | SHIFT, key_code=90)
+    assert edits() == full
+
+    expected = [
+        {"op": "cut", "start_s": 1, "end_s": 3},
+        {"op": "move", "start_s": 0, "end_s": 2, "to_s": 4},
+        {"op": "reverse", "start_s": 4, "end_s": 6.125},
+        {"op": "repeat", "start_s": 1, "end_s": 2, "times": 2},
+        {"op": "interpolate", "start_s": 3, "end_s": 6},
+        {"op": "regenerate", "start_s": 6, "end_s": 7.125, "prompt": "a blue star growing", "seed": 100},
+    ]
+    assert full == expected
+    saved = page.eval("document.getElementById('saved').textContent")
+    assert json.loads(saved) == expected  # the widget text is the same list, in the Python format
+    assert ops.parse_edits(saved) == expected
+    final_png = keep_screenshot(page.screenshot(), tmp_path, "plan_editor.png")
+    # the strip is drawn: many distinct colours in the thumbnail row
+    colours = page.eval("""(() => { const c = document.querySelector('canvas.sg-strip');
+        const d = c.getContext('2d').getImageData(0, 18, c.width, 72).data; const s = new Set();
+        for (let i = 0; i < d.length; i += 4) s.add(d[i] << 16 | d[i+1] << 8 | d[i+2]); return s.size; })()""")
+    assert colours > 50, colours
+
+    # Apply the page's edit list in Python.
+    preset, parts = models
+    MiniLM = core(pack, "text_encoders").MiniLMTextEncoder
+    opts = core(pack, "sampling").SamplingOptions(steps=3, guidance=2.0)
+    context = ops.EditContext(stage1=parts["stage1"], text_encoder=MiniLM.from_pretrained(), opts=opts)
+    result = ops.apply_edits(plan, full, context)
+    x = plan.tokens
+    assert result.grid == (8, 4, 4) and result.num_frames == 57
+    for k, src in enumerate([4, 5, 5]):
+        assert torch.equal(result.tokens[k], x[src])
+    for k, w in zip((3, 4, 5), (0.25, 0.5, 0.75)):  # a transition from step 2 (5) to step 6 (7)
+        assert torch.allclose(result.tokens[k], (1 - w) * x[5] + w * x[7], atol=1e-6)
+    before = ops.apply_edits(plan, full[:-1])
+    assert torch.equal(result.tokens[:6], before.tokens[:6])  # regenerate held the rest exactly
+    assert not torch.allclose(result.tokens[6:], before.tokens[6:])  # and changed its span
+    assert [h["op"] for h in result.history] == [e["op"] for e in expected]
+    assert result.segments[-1].prompt == "a blue star growing" and result.segments[-1].start_s == 6.0
+    # what the strip showed before running is what Python made
+    js_plan = page.eval("(() => { const p = sg.editor.plan; return {n: p.num_frames, segments: p.segments, "
+                        "refs: p.steps.map(s => s.src ? s.index : s.mix ? 'mix' : 'regen')}; })()")
+    assert js_plan["n"] == result.num_frames
+    assert js_plan["refs"] == [4, 5, 5, "mix", "mix", "mix", "regen", "regen"]
+    assert [(s["start_s"], s["end_s"], s["prompt"]) for s in js_plan["segments"]] == \
+        [(s.start_s, s.end_s, s.prompt) for s in result.segments]
+    print(f"\nscreenshots: {final_png} {menu_png}")
+
+
+def test_the_timeline_shows_the_exact_result_after_a_run(pack, real_plan, server, browser, tmp_path):
+    """Once the node has run with the current edits, the strip shows its output thumbnails (exact, including
+    regenerated spans) and says so; an edit after that switches back to the simulation."""
+    edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
+    ops = core(pack, "plan_ops")
+    edits = [{"op": "reverse", "start_s": 0, "end_s": 4}, {"op": "cut", "start_s": 6, "end_s": 8.125}]
+    result = ops.apply_edits(real_plan, edits)
+    page = open_editor(browser, server, edit_nodes.editor_payload(real_plan, result, edits, None))
+    assert page.eval("sg.editor.executedCurrent") is True
+    assert "as last run" in page.eval("sg.view.elements.statusRight.textContent")
+    assert page.eval("sg.editor.plan.steps.map(s => s.index)") == [3, 2, 1, 0, 4, 5]
+    keep_screenshot(page.screenshot(), tmp_path, "plan_editor_after_run.png")
+    y = page.eval("sg.view.geometry().tileY")
+    page.click(page.eval("sg.view.geometry().stepX(0)"), y)
+    page.key("Delete", "Delete", key_code=46)
+    assert page.eval("sg.editor.edits")[-1] == {"op": "cut", "start_s": 0, "end_s": 1}
+    assert page.eval("sg.editor.executedCurrent") is False
+    assert "run to apply" in page.eval("sg.view.elements.statusRight.textContent")
+    # an unknown operation typed into the widget is refused, naming it
+    error = page.eval("(() => { try { sg.parseEdits('[{\"op\": \"explode\"}]'); } catch (e) { return e.message; } })()")
+    assert "unknown operation \"explode\"" in error and "cut" in error
+
+
+# -- the editor's simulation equals Python's result ----------------------------------------------------
+
+
+def meta_of(plan) -> dict:
+    return {"fps": plan.fps, "video_fps": plan.video_fps, "num_frames": plan.num_frames, "steps": plan.grid[0],
+            "grid": list(plan.grid), "channels": plan.tokens.shape[-1], "compressor": plan.compressor,
+            "segments": plan.metadata()["segments"]}
+
+
+def random_edit(rng: random.Random, plan) -> dict:
+    steps, duration = plan.grid[0], plan.duration_s
+
+    def t(b):  # a time at boundary b, or somewhere inside a step (the range then covers that step)
+        if rng.random() < 0.6:
+            return b / plan.fps if b < steps else duration
+        return round(min(duration, (b + rng.random() * 0.9) / plan.fps), 3)
+
+    a = rng.randrange(steps)
+    b = rng.randrange(a + 1, steps + 1)
+    op = rng.choice(["cut", "move", "reverse", "repeat", "interpolate", "splice", "concatenate"])
+    if op == "cut" and b - a == steps:
+        b -= 1
+        if b == a:
+            op = "reverse"
+    span = {"start_s": a / plan.fps, "end_s": t(b) if b < steps else duration}
+    if op == "move":
+        to = rng.choice([k for k in range(steps + 1) if k <= a or k >= b])
+        return {"op": "move", **span, "to_s": to / plan.fps if to < steps else duration}
+    if op == "repeat":
+        return {"op": "repeat", **span, "times": rng.randrange(1, 4)}
+    if op == "splice":
+        return {"op": "splice", "source": "self", "at_s": round(rng.uniform(0, duration), 3), **span}
+    if op == "concatenate":
+        return {"op": "concatenate", "source": "self"} if steps < 20 else {"op": "reverse"}
+    return {"op": op, **span}
+
+
+@pytest.mark.parametrize("fps,video_fps,frames", [(1.0, 8.0, 65), (0.8, 16.0, 81), (0.8, 30.0, 97), (2.0, 8.0, 33)])
+def test_editor_simulation_matches_python(pack, server, browser, fps, video_fps, frames):
+    ops, plan_mod = core(pack, "plan_ops"), core(pack, "plan")
+    duration = frames / video_fps
+    steps = max(1, int(np.ceil(duration * fps - 1e-9)))
+    tokens = torch.arange(steps, dtype=torch.float32)[:, None, None, None].expand(steps, 2, 3, 4).contiguous()
+    plan = plan_mod.SemanticPlan(
+        tokens=tokens, fps=fps, video_fps=video_fps, num_frames=frames, height=32, width=48,
+        segments=[plan_mod.Segment(0.0, min(duration, 1.7 / fps), "first shot"),
+                  plan_mod.Segment(min(duration, 1.7 / fps), duration, "second shot")],
+        encoder="test", compressor="test")
+    rng = random.Random(f"{fps}-{video_fps}-{frames}")
+    cases = []
+    for _ in range(25):
+        current, edits = plan, []
+        for _ in range(rng.randrange(1, 5)):
+            edit = random_edit(rng, current)
+            try:
+                current = ops.apply_edit(current, edit)
+            except Exception:  # noqa: BLE001  (an edit Python refuses is not a case)
+                continue
+            edits.append(edit)
+        cases.append((edits, current))
+    page = open_editor(browser, server, {"input": meta_of(plan), "output": None, "other": None, "edits": []})
+    got = page.eval(f"""(() => {{ const meta = {json.dumps(meta_of(plan))};
+        return {json.dumps([e for e, _ in cases])}.map(edits => {{
+            const r = sg.simulate(meta, edits);
+            return {{error: r.error, n: r.plan.num_frames, steps: r.plan.steps.map(s => s.src ? s.index : -1),
+                     segments: r.plan.segments.map(s => [s.start_s, s.end_s, s.prompt])}};
+        }}); }})()""")
+    for (edits, want), js in zip(cases, got):
+        assert js["error"] is None, (edits, js["error"])
+        assert js["n"] == want.num_frames, edits
+        assert len(js["steps"]) == want.grid[0], edits
+        for k, source in enumerate(js["steps"]):  # each plain step shows the input step Python put there
+            if source >= 0:
+                assert want.tokens[k, 0, 0, 0].item() == source, (edits, k)
+        assert [tuple(s) for s in js["segments"]] == [(s.start_s, s.end_s, s.prompt) for s in want.segments], edits
+
+
+# -- inside the real ComfyUI frontend (where COMFYUI_DIR is set) ----------------------------------------
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def comfyui(pack, tiny_models, tmp_path_factory):
+    """ComfyUI on the CPU with this pack linked into custom_nodes and the tiny models (as in
+    tests/test_comfyui_integration.py; COMFYUI_PYTHON and COMFYUI_PYTHONPATH work the same way)."""
+    if not COMFYUI_DIR:
+        pytest.skip("set COMFYUI_DIR to a ComfyUI checkout to test the timeline inside ComfyUI's frontend")
+    comfy_dir = Path(COMFYUI_DIR)
+    if not (comfy_dir / "main.py").is_file():
+        pytest.fail(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no main.py)")
+    base = tmp_path_factory.mktemp("comfyui-editor")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / "ComfyUI-SemanticGen").symlink_to(ROOT, target_is_directory=True)
+    (base / "models").mkdir()
+    (base / "models" / "semanticgen").symlink_to(tiny_models["dir"] / "semanticgen", target_is_directory=True)
+    for sub in ("input", "output", "user", "temp"):
+        (base / sub).mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if os.environ.get("COMFYUI_PYTHONPATH"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = base / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen",
+                                    "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--base-directory",
+                                    str(base)], cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
+            try:
+                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    pytest.fail(f"ComfyUI did not answer in 180 s:\n{log_path.read_text()[-4000:]}")
+                time.sleep(0.5)
+        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
+                           ("Comfy.Graph.CanvasInfo", False)):
+            request = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
+                                             headers={"Content-Type": "application/json"})
+            urllib.request.urlopen(request, timeout=10).read()
+        yield {"url": url, "log": log_path}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
+    workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    try:
+        page = b.page
+        page.goto(comfyui["url"] + "/")
+        page.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI frontend")
+        page.eval("window.app.ui.settings.setSettingValueAsync('Comfy.Minimap.Visible', false)")
+        page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
+        time.sleep(1.0)
+        files = {"SemanticGenStage1Loader": tiny_models["stage1"], "SemanticGenStage2Loader": tiny_models["stage2"],
+                 "SemanticGenVAELoader": tiny_models["vae"]}
+        edit_id = page.eval(f"""(() => {{
+            const files = {json.dumps(files)}; let edit = null;
+            for (const node of window.app.graph._nodes) {{
+                const w = (name) => node.widgets?.find((x) => x.name === name);
+                if (files[node.type]) w("model_name").value = files[node.type];
+                if (node.type.endsWith("Sample")) w("steps").value = 2;
+                if (node.type === "SemanticGenStage1Sample") w("length").value = 33;
+                if (node.type === "SemanticGenEditPlan") edit = node.id;
+            }}
+            return edit; }})()""", wait=False)
+        node = f"window.app.graph.getNodeById({edit_id})"
+        # the extension put the timeline on the node, holding the workflow's edit list
+        assert page.eval(f"!!{node}.semanticgen && {node}.widgets.some(w => w.name === 'plan_timeline')")
+        saved_edits = json.loads(page.eval(f"{node}.widgets.find(w => w.name === 'edits').value"))
+        assert page.eval(f"{node}.semanticgen.editor.edits") == saved_edits
+        assert page.eval(f"{node}.semanticgen.editor.canUndo") is False  # a loaded workflow starts a fresh history
+        # run: the node's execution message fills the strip
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{node}.semanticgen.editor.payload !== null", timeout=240, what="the edit node's execution")
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")
+        assert page.eval(f"{node}.semanticgen.editor.executedCurrent") is True
+        assert page.eval(f"{node}.semanticgen.editor.plan.steps.length") == 5  # 33 frames, 1 plan step a second
+        # select steps 1-2 with the mouse and press the timeline's Delete button
+        geometry = f"{node}.semanticgen.view.geometry()"
+        y = page.eval(f"{geometry}.tileY")
+        x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
+        assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
+        page.drag(x1, y, x2, y)
+        delete = page.eval(f"(() => {{ const r = {node}.semanticgen.view.elements.buttons.delete.getBoundingClientRect();"
+                           " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        page.click(*delete)
+        new_edits = saved_edits + [{"op": "cut", "start_s": 1, "end_s": 3}]
+        widget_value = f"JSON.parse({node}.widgets.find(w => w.name === 'edits').value)"
+        assert page.eval(widget_value) == new_edits
+        # undo with the timeline's button, redo with Ctrl+Shift+Z: the widget follows, the graph's own undo does not fire
+        undo = page.eval(f"(() => {{ const r = {node}.semanticgen.view.elements.buttons.undo.getBoundingClientRect();"
+                         " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        page.click(*undo)
+        assert page.eval(widget_value) == saved_edits
+        page.key("Z", "KeyZ", modifiers=CTRL | SHIFT, key_code=90)
+        assert page.eval(widget_value) == new_edits
+        assert page.eval(f"window.app.graph.getNodeById({edit_id}) !== null")
+        prompt = page.eval("window.app.graphToPrompt().then(p => p.output)")
+        assert json.loads(prompt[str(edit_id)]["inputs"]["edits"]) == new_edits
+        assert "plan_timeline" not in prompt[str(edit_id)]["inputs"]
+        saved = json.loads(page.eval("JSON.stringify(window.app.graph.serialize())", wait=False))
+        widgets = next(n["widgets_values"] for n in saved["nodes"] if n["id"] == edit_id)
+        assert len(widgets) == 1 and json.loads(widgets[0]) == new_edits  # the workflow saves only the edit list
+        keep_screenshot(page.screenshot(), tmp_path, "plan_editor_comfyui_edited.png")
+        # run again: the strip now shows the new output (3 steps)
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{node}.semanticgen.editor.executedCurrent && {node}.semanticgen.editor.payload.output.steps === 3",
+                      timeout=240, what="the second run")
+        time.sleep(0.5)
+        keep_screenshot(page.screenshot(), tmp_path, "plan_editor_comfyui.png")
+        # typing into the edits text updates the timeline, and the text stays as typed
+        textarea = page.eval(f"(() => {{ const r = {node}.widgets.find(w => w.name === 'edits').inputEl"
+                             ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        page.click(*textarea)
+        page.key("a", "KeyA", modifiers=CTRL, key_code=65)
+        typed = '[{"op": "reverse"}]'
+        page.type(typed)
+        assert page.eval(f"{node}.widgets.find(w => w.name === 'edits').value") == typed
+        assert page.eval(f"{node}.semanticgen.editor.edits") == [{"op": "reverse"}]
+        assert page.eval(f"{node}.semanticgen.editor.plan.steps.map(s => s.index)") == [4, 3, 2, 1, 0]
+        errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
+        assert not errors, errors
+    finally:
+        b.close()

@@ -1,0 +1,112 @@
+// ComfyUI glue for the plan timeline editor (the editor itself is in plan_editor/, free of ComfyUI).
+//
+// On every "SemanticGen Edit Plan" node: a DOM widget with the timeline under the node's `edits` text
+// widget. Every change in the timeline is written to `edits` (what the server runs and what a saved
+// workflow keeps); text typed into `edits` is read back into the timeline; the node's execution message
+// (`semanticgen_plan`: thumbnails of its input and output plans) updates the strip.
+
+import { app } from "../../scripts/app.js";
+import { PlanEditor, parseEdits } from "./plan_editor/core.js";
+import { mountPlanEditor } from "./plan_editor/view.js";
+
+const NODE_TYPE = "SemanticGenEditPlan";
+const WIDGET_NAME = "plan_timeline";
+const TIMELINE_HEIGHT = 176;
+
+function editsOf(widget) {
+  try {
+    return parseEdits(widget.value);
+  } catch {
+    return null; // being typed: keep the timeline as it is
+  }
+}
+
+function attachTimeline(node) {
+  const edits = node.widgets?.find((w) => w.name === "edits");
+  if (!edits || node.semanticgen) return;
+  const editor = new PlanEditor({ edits: editsOf(edits) ?? [] });
+  const root = document.createElement("div");
+  const view = mountPlanEditor(root, editor);
+
+  let writing = false; // the timeline is writing the widget
+  let reading = false; // the widget (typed text) is updating the timeline: leave the text as typed
+  editor.subscribe((reason) => {
+    if (reason !== "edits" || reading) return;
+    const text = editor.text;
+    if (edits.value === text) return;
+    writing = true;
+    try {
+      edits.value = text; // the setter also calls the widget's callback
+    } finally {
+      writing = false;
+    }
+    node.setDirtyCanvas?.(true, true);
+    app.graph?.change?.();
+  });
+
+  const syncFromWidget = (undoable) => {
+    const parsed = editsOf(edits);
+    if (!parsed) return;
+    reading = true;
+    try {
+      if (undoable) editor.setEdits(parsed);
+      else editor.reset(parsed);
+    } finally {
+      reading = false;
+    }
+  };
+  const callback = edits.callback;
+  edits.callback = function (...args) {
+    const result = callback?.apply(this, args);
+    if (!writing) syncFromWidget(true);
+    return result;
+  };
+
+  const widget = node.addDOMWidget(WIDGET_NAME, "semanticgen_plan_timeline", root, {
+    serialize: false, // not a value: widgets_values and the prompt keep only `edits`
+    hideOnZoom: false,
+    getMinHeight: () => TIMELINE_HEIGHT,
+    getMaxHeight: () => TIMELINE_HEIGHT,
+    getValue: () => undefined,
+    setValue: () => {},
+  });
+  widget.serialize = false;
+  node.semanticgen = { editor, view, widget, syncFromWidget };
+
+  const onRemoved = node.onRemoved;
+  node.onRemoved = function (...args) {
+    view.destroy();
+    return onRemoved?.apply(this, args);
+  };
+  if (node.size[0] < 560) node.setSize([560, Math.max(node.size[1], 420)]);
+}
+
+app.registerExtension({
+  name: "SemanticGen.PlanTimeline",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_TYPE) return;
+
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function (...args) {
+      const result = onNodeCreated?.apply(this, args);
+      attachTimeline(this);
+      return result;
+    };
+
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function (...args) {
+      const result = onConfigure?.apply(this, args);
+      this.semanticgen?.syncFromWidget(false); // a loaded workflow: its edits, with a fresh undo history
+      return result;
+    };
+
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output, ...rest) {
+      const result = onExecuted?.apply(this, [output, ...rest]);
+      const payload = output?.semanticgen_plan?.[0];
+      if (payload && this.semanticgen) this.semanticgen.editor.setPayload(payload);
+      return result;
+    };
+  },
+});

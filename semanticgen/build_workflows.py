@@ -156,21 +156,24 @@ def _models(g: Graph, x: float, y: float, parts=("text", "stage1", "stage2", "va
     return out
 
 
-def text_to_video() -> dict:
+def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt: dict | None = None,
+                  plan: dict | None = None) -> dict:
+    """Prompt -> stage 1 -> stage 2 -> decode -> mp4; ``prompt``/``plan``: widget values to set."""
     g = Graph()
-    g.note((0, -290), (700, 230), OVERVIEW, "What this workflow does")
+    g.note((0, -290), (700, 230), overview, "What this workflow does")
     g.note((740, -290), (700, 230), REAL_WEIGHTS, "Real weights")
     m = _models(g, 20, 50)
     g.group("Models", (0, -20, 380, 580), "#3f789e")
-    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 260), title="Prompt")
+    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 260), title="Prompt", widgets=prompt or {})
     g.group("Prompt", (400, -20, 440, 580), "#a1309b")
-    stage1 = g.node("SemanticGenStage1Sample", (880, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR)
+    stage1 = g.node("SemanticGenStage1Sample", (880, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR,
+                    widgets=plan or {})
     g.group("Stage 1: plan", (860, -20, 360, 580), "#88A")
     stage2 = g.node("SemanticGenStage2Sample", (1260, 50), (320, 300), title="Stage 2: render", color=STAGE2_COLOR)
     g.group("Stage 2: render", (1240, -20, 360, 580), "#8A8")
     decode = g.node("SemanticGenVAEDecode", (1640, 50), (320, 100), title="VAE decode")
     save = g.node("SemanticGenSaveVideo", (1640, 190), (320, 330), title="Save video",
-                  widgets={"filename_prefix": "SemanticGen/text_to_video"})
+                  widgets={"filename_prefix": f"SemanticGen/{name}"})
     g.group("Decode and save", (1620, -20, 360, 580), "#b58b2a")
     g.link(m["text"], "text_encoder", prompt, "text_encoder")
     g.link(m["stage1"], "stage1", stage1, "stage1")
@@ -181,7 +184,25 @@ def text_to_video() -> dict:
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
     g.link(decode, "images", save, "images")
-    return g.to_json("text_to_video")
+    return g.to_json(name)
+
+
+LONG = """## A 60-second multi-shot video
+
+Give each shot its time range in the prompt: `0-15 s: ...; 15-30 s: ...`. **Stage 1** plans the whole
+minute at once with full attention (the plan is small: 2 steps a second of 4x4 tokens), each shot's text
+conditioning its own span, with a cut between shots. **Stage 2** renders the plan in shifted windows of
+2 s, so its cost grows linearly with the length, and the VAE decodes in chunks.
+
+The embedded models were trained on 4-second clips: a minute-long plan is far beyond their training, so
+expect the shots to hold their colours and shapes better than their motion."""
+
+
+def long_multi_shot() -> dict:
+    shots = ("0-15 s: a red circle bouncing over blue stripes; 15-30 s: a large yellow star growing on a grey "
+             "gradient; 30-45 s: a green square moving from left to right over purple noise; 45-60 s: a cyan "
+             "triangle moving up on an orange gradient")
+    return text_to_video("long_multi_shot", LONG, prompt={"prompt": shots}, plan={"length": 481})
 
 
 RERENDER = """## Video -> plan -> re-render
@@ -330,8 +351,9 @@ def edit_plan_then_render() -> dict:
     return g.to_json("edit_plan_then_render", scale=0.6, offset=(60, 340))
 
 
-BUILDERS = {"text_to_video": text_to_video, "video_to_plan_rerender": video_to_plan_rerender,
-            "save_plan_then_render": save_plan_then_render, "edit_plan_then_render": edit_plan_then_render}
+BUILDERS = {"text_to_video": text_to_video, "long_multi_shot": long_multi_shot,
+            "video_to_plan_rerender": video_to_plan_rerender, "save_plan_then_render": save_plan_then_render,
+            "edit_plan_then_render": edit_plan_then_render}
 
 
 def write_example_video(path: Path) -> None:

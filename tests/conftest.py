@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from semanticgen_core.shots import split_shots
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))
@@ -94,6 +96,8 @@ def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> d
     loaders = {"SemanticGenStage1Loader": "stage1", "SemanticGenStage2Loader": "stage2",
                "SemanticGenVAELoader": "vae", "SemanticGenSemanticEncoderLoader": "semantic_encoder"}
     sets = {}
+    prompts = [n["inputs"]["prompt"] for n in api.values() if n["class_type"] == "SemanticGenTextEncode"]
+    timed_end = max((shots[-1][1] for p in prompts if (shots := split_shots(p))), default=None)
     for node_id, node in api.items():
         kind = node["class_type"]
         if kind in loaders:
@@ -102,6 +106,9 @@ def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> d
             sets[f"{node_id}.steps"] = steps
             if kind == "SemanticGenStage1Sample":
                 sets[f"{node_id}.length"] = frames
+                if timed_end:  # keep every shot of a timed prompt: the same seconds at 1 fps
+                    sets[f"{node_id}.fps"] = 1.0
+                    sets[f"{node_id}.length"] = int(timed_end) + 1
         elif kind == "SemanticGenLoadVideo":
             sets[f"{node_id}.max_frames"] = frames
     return sets

@@ -29,8 +29,8 @@ def count_frames(path: Path) -> int:
 
 
 def test_the_example_workflows_ship():
-    assert [p.stem for p in WORKFLOWS] == ["edit_plan_then_render", "save_plan_then_render", "text_to_video",
-                                           "video_to_plan_rerender"]
+    assert [p.stem for p in WORKFLOWS] == ["edit_plan_then_render", "long_multi_shot", "save_plan_then_render",
+                                           "text_to_video", "video_to_plan_rerender"]
     assert (ROOT / "workflows" / "media" / "semanticgen_example.mp4").is_file()
 
 
@@ -83,9 +83,11 @@ def test_workflow_runs_headless(pack, tiny_models, tiny_sets, path):
 
     api = runner.to_api(load(path))
     assert all(n["inputs"] for n in api.values())
-    result = runner.run(path, sets=tiny_sets(api, tiny_models))
+    sets = tiny_sets(api, tiny_models)
+    result = runner.run(path, sets=sets)
     videos = [f for f in result.files if f.suffix == ".mp4"]
-    assert len(videos) == 1 and count_frames(videos[0]) == 9
+    length = next((v for k, v in sets.items() if k.endswith(".length")), 9)  # 61 for the 60 s multi-shot one
+    assert len(videos) == 1 and count_frames(videos[0]) == length
     if path.stem == "save_plan_then_render":
         from comfyui_semanticgen.semanticgen_core.plan import SemanticPlan
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from .data import world
 from .errors import SemanticGenError, ShapeError
+from .shots import split_shots
 
 NAMES: tuple[str, ...] = tuple(world.PALETTE)  # colour classes, indexed as world.classify_pixels returns
 
@@ -393,7 +394,7 @@ def judge(frames, prompt: str, detections: list[list[Detection]] | None = None) 
     the main track's colour and shape stability; 0 when nothing was found).
     """
     frames = as_uint8_frames(frames)
-    if len(world.parse_clip_caption(prompt)) > 1:
+    if split_shots(prompt) is not None:
         raise SemanticGenError("judge takes a one-shot prompt; this one has several timed shots "
                                f"(\"0-2 s: ...; 2-4 s: ...\"): judge each shot's frames with its own text: {prompt!r}")
     targets = world.parse_caption(prompt)

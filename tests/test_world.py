@@ -18,12 +18,12 @@ from semanticgen_core.data.world import (
     color_mask,
     object_track,
     parse_caption,
-    parse_clip_caption,
     render_shot,
     sample_clip,
     sample_shot,
 )
 from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.shots import split_shots
 
 H = W = 64
 
@@ -159,14 +159,14 @@ def test_multishot_cuts_and_captions():
         assert cuts == [8, 16]
         within = np.delete(diff, [c - 1 for c in cuts])
         assert diff[[c - 1 for c in cuts]].min() > 3 * within.max() + 5, (clip.caption, diff)
-        entries = parse_clip_caption(clip.caption)
+        entries = split_shots(clip.caption)  # multi-shot captions use the prompts' shot syntax
         assert [(a, b) for a, b, _ in entries] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
         assert [t for _, _, t in entries] == [s.caption for s in clip.shots]
     uneven = sample_clip(4, 10, fps=8.0, num_shots=3)
     assert [s.num_frames for s in uneven.shots] == [3, 4, 3]
     assert uneven.caption.startswith("0-0.38 s: ") and "; 0.38-0.88 s: " in uneven.caption
     single = sample_clip(4, 10)
-    assert parse_clip_caption(single.caption) == [(None, None, single.caption)]
+    assert split_shots(single.caption) is None
 
 
 def test_parse_caption_recovers_parameters():

@@ -709,11 +709,3 @@ def parse_caption(caption: str) -> list[dict]:
             r["motion"] = r["motion"] or results[-1]["motion"]
     return results
 
-
-def parse_clip_caption(caption: str) -> list[tuple[float | None, float | None, str]]:
-    """Split a multi-shot caption "0-2 s: ...; 2-4 s: ..." into (start_s, end_s, shot caption);
-    a caption without times is one shot with (None, None)."""
-    shots = re.findall(r"(\d+(?:\.\d+)?)\s*-\s*(\d+(?:\.\d+)?)\s*s\s*:\s*([^;]*)", caption)
-    if not shots:
-        return [(None, None, caption.strip())]
-    return [(float(a), float(b), text.strip()) for a, b, text in shots]

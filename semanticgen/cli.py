@@ -73,12 +73,12 @@ def _progress_printer(quiet: bool):
     return comfy.add_progress_listener(show)
 
 
-def _report(result: runner.RunResult, out=sys.stdout) -> None:
+def _report(result: runner.RunResult) -> None:
+    """Time of each node and the total, on the current stdout."""
     width = max([len(r.title) for r in result.runs] + [10])
     for r in result.runs:
-        print(f"  {r.title:<{width}}  {r.seconds:7.2f} s", file=out)
-    print(f"  {'total':<{width}}  {result.seconds:7.2f} s  ({result.loads} model loads, "
-          f"{result.load_seconds:.2f} s)", file=out)
+        print(f"  {r.title:<{width}}  {r.seconds:7.2f} s")
+    print(f"  {'total':<{width}}  {result.seconds:7.2f} s  ({result.loads} model loads, {result.load_seconds:.2f} s)")
 
 
 def _folders(args) -> dict:

@@ -136,7 +136,7 @@ def post(path: str, body: dict | None = None):
 
 
 @pytest.fixture(scope="module")
-def server(pack, tiny_models, tmp_path_factory):
+def server(pack, tiny_model_files, tmp_path_factory):
     comfy_dir = Path(COMFYUI_DIR)
     if not (comfy_dir / "main.py").is_file():
         pytest.fail(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no main.py)")
@@ -147,7 +147,7 @@ def server(pack, tiny_models, tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
     (base / "models").mkdir()
-    (base / "models" / "semanticgen").symlink_to(tiny_models["dir"] / "semanticgen", target_is_directory=True)
+    (base / "models" / "semanticgen").symlink_to(tiny_model_files["dir"] / "semanticgen", target_is_directory=True)
     for sub in ("input", "output", "user", "temp"):
         (base / sub).mkdir()
     env = dict(os.environ)

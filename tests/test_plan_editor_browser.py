@@ -381,7 +381,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def comfyui(pack, tiny_models, tmp_path_factory):
+def comfyui(pack, tiny_model_files, tmp_path_factory):
     """ComfyUI on the CPU with this pack linked into custom_nodes and the tiny models (as in
     tests/test_comfyui_integration.py; COMFYUI_PYTHON and COMFYUI_PYTHONPATH work the same way)."""
     if not COMFYUI_DIR:
@@ -393,7 +393,7 @@ def comfyui(pack, tiny_models, tmp_path_factory):
     (base / "custom_nodes").mkdir()
     (base / "custom_nodes" / "ComfyUI-SemanticGen").symlink_to(ROOT, target_is_directory=True)
     (base / "models").mkdir()
-    (base / "models" / "semanticgen").symlink_to(tiny_models["dir"] / "semanticgen", target_is_directory=True)
+    (base / "models" / "semanticgen").symlink_to(tiny_model_files["dir"] / "semanticgen", target_is_directory=True)
     for sub in ("input", "output", "user", "temp"):
         (base / sub).mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")

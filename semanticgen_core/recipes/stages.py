@@ -42,8 +42,8 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
 
     def export():
         save_model(args.out / f"{kind}.safetensors", kind, trained, EMBEDDED,
-                   {**info, "steps": run.step, "cpu_minutes": round(run.elapsed / 60, 1), "clips": len(cache),
-                    "batch": args.batch, "lr": args.lr, "data": cache.made_by})
+                   {**info, "steps": run.step, "wall_minutes": round(run.elapsed / 60, 1), "threads": args.threads,
+                    "clips": len(cache), "batch": args.batch, "lr": args.lr, "data": cache.made_by})
 
     for m in trained.values():
         m.train()

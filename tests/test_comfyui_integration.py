@@ -268,7 +268,8 @@ def test_workflow_runs_through_the_server(server, tiny_models, tiny_sets, path):
     frames = 0
     while cap.read()[0]:
         frames += 1
-    assert frames == 9
+    lengths = [n["inputs"]["length"] for n in api.values() if n["class_type"] == "SemanticGenStage1Sample"]
+    assert frames == (lengths[0] if lengths else 9)  # 61 for the 60 s multi-shot workflow (at 1 fps here)
     print(f"\n{path.stem}: {time.time() - start:.1f} s, {kinds.count('executed')} output nodes, "
           f"{len(progress)} progress messages, outputs: "
           + ", ".join(f"{i['subfolder']}/{i['filename']}" for out in entry["outputs"].values()

@@ -21,9 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -35,6 +33,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "web"))
+from cdp import WebSocket, find_chromium  # noqa: E402  (the browser tests' DevTools client)
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 PORT = int(os.environ.get("COMFYUI_PORT", "8199"))
 URL = f"http://127.0.0.1:{PORT}"
@@ -42,81 +42,6 @@ PACK_DIR_NAME = "ComfyUI-SemanticGen"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run this test")
-
-
-# -- a minimal websocket client (RFC 6455; the test needs no extra package) --------------------------
-
-
-class WebSocket:
-    def __init__(self, host: str, port: int, path: str, timeout: float = 300.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                           f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(4096)
-            if not chunk:
-                raise ConnectionError("websocket handshake: connection closed")
-            self.buf += chunk
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n")[0]:
-            raise ConnectionError(f"websocket handshake refused: {head[:200]!r}")
-
-    def _read(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("websocket closed")
-            self.buf += chunk
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def _send(self, opcode: int, payload: bytes) -> None:
-        mask = os.urandom(4)
-        header = bytes([0x80 | opcode])
-        n = len(payload)
-        if n < 126:
-            header += bytes([0x80 | n])
-        elif n < 65536:
-            header += bytes([0x80 | 126]) + struct.pack(">H", n)
-        else:
-            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
-        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    def receive(self) -> dict | None:
-        """The next JSON (text) message; None for a binary one (previews)."""
-        message, opcode = b"", None
-        while True:
-            b0, b1 = self._read(2)
-            op, n = b0 & 0x0F, b1 & 0x7F
-            if n == 126:
-                n = struct.unpack(">H", self._read(2))[0]
-            elif n == 127:
-                n = struct.unpack(">Q", self._read(8))[0]
-            mask = self._read(4) if b1 & 0x80 else None
-            payload = self._read(n)
-            if mask:
-                payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if op == 0x9:
-                self._send(0xA, payload)
-                continue
-            if op == 0x8:
-                raise ConnectionError("websocket closed by the server")
-            if op in (0x1, 0x2):
-                opcode = op
-            message += payload
-            if b0 & 0x80:
-                return json.loads(message) if opcode == 0x1 else None
-
-    def send_json(self, message: dict) -> None:
-        self._send(0x1, json.dumps(message).encode())
-
-    def close(self) -> None:
-        try:
-            self._send(0x8, b"")
-        finally:
-            self.sock.close()
 
 
 # -- the server ------------------------------------------------------------------------------------
@@ -342,8 +267,7 @@ class DevTools:
 
 @pytest.fixture(scope="module")
 def frontend(server, tmp_path_factory):
-    exe = os.environ.get("CHROMIUM") or next(filter(None, map(shutil.which, (
-        "chromium", "chromium-browser", "google-chrome", "google-chrome-stable"))), None)
+    exe = find_chromium()
     if not exe:
         pytest.skip("no Chromium: checking the frontend's own conversion needs a headless browser")
     with socket.socket() as s:

@@ -32,9 +32,10 @@ def find_chromium() -> str | None:
 
 
 class WebSocket:
-    """A minimal RFC 6455 client: text frames out (masked), text frames in."""
+    """A minimal RFC 6455 client (no extra package): masked frames out, JSON text frames in; answers
+    pings, and skips binary frames (ComfyUI's previews) by returning None for them."""
 
-    def __init__(self, host: str, port: int, path: str, timeout: float = 60.0):
+    def __init__(self, host: str, port: int, path: str, timeout: float = 300.0):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock.sendall((f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -51,30 +52,31 @@ class WebSocket:
 
     def _read(self, n: int) -> bytes:
         while len(self.buf) < n:
-            chunk = self.sock.recv(1 << 20)
+            chunk = self.sock.recv(65536)
             if not chunk:
                 raise ConnectionError("websocket closed")
             self.buf += chunk
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
-    def send(self, text: str) -> None:
-        payload, mask = text.encode(), os.urandom(4)
+    def _send(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        header = bytes([0x80 | opcode])
         n = len(payload)
         if n < 126:
-            header = bytes([0x81, 0x80 | n])
+            header += bytes([0x80 | n])
         elif n < 65536:
-            header = bytes([0x81, 0x80 | 126]) + struct.pack(">H", n)
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
         else:
-            header = bytes([0x81, 0x80 | 127]) + struct.pack(">Q", n)
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-        self.sock.sendall(header + mask + masked)
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
 
-    def receive(self) -> dict:
-        message = b""
+    def receive(self) -> dict | None:
+        """The next JSON (text) message; None for a binary one (previews)."""
+        message, opcode = b"", None
         while True:
             b0, b1 = self._read(2)
-            n = b1 & 0x7F
+            op, n = b0 & 0x0F, b1 & 0x7F
             if n == 126:
                 n = struct.unpack(">H", self._read(2))[0]
             elif n == 127:
@@ -83,14 +85,25 @@ class WebSocket:
             payload = self._read(n)
             if mask:
                 payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-            if b0 & 0x0F == 0x8:
-                raise ConnectionError("websocket closed by the browser")
+            if op == 0x9:
+                self._send(0xA, payload)
+                continue
+            if op == 0x8:
+                raise ConnectionError("websocket closed by the server")
+            if op in (0x1, 0x2):
+                opcode = op
             message += payload
             if b0 & 0x80:
-                return json.loads(message)
+                return json.loads(message) if opcode == 0x1 else None
+
+    def send_json(self, message: dict) -> None:
+        self._send(0x1, json.dumps(message).encode())
 
     def close(self) -> None:
-        self.sock.close()
+        try:
+            self._send(0x8, b"")
+        finally:
+            self.sock.close()
 
 
 class Page:
@@ -102,9 +115,11 @@ class Page:
 
     def call(self, method: str, **params):
         self.next_id += 1
-        self.ws.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        self.ws.send_json({"id": self.next_id, "method": method, "params": params})
         while True:
             message = self.ws.receive()
+            if message is None:
+                continue
             if message.get("method") == "Runtime.consoleAPICalled":
                 args = message["params"].get("args", [])
                 self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))

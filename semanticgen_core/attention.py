@@ -100,7 +100,7 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
                             windows: list[Window], gate: torch.Tensor | None):
     """Self-attention of a Wan ``attn1`` over video tokens ``xv`` and semantic tokens ``xs``.
 
-    Returns the attention outputs for both (``None`` for the semantic side when there is none).
+    Returns the attention outputs for both (the semantic side as given when it has no tokens).
     ``gate`` is ``[heads]``: the weight of the semantic softmax branch.
     """
 
@@ -131,5 +131,5 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
     def project(o):
         return attn.to_out[1](attn.to_out[0](o.transpose(1, 2).flatten(2)))
 
-    return project(ov), (project(os_) if has_sem else None)
+    return project(ov), (project(os_) if has_sem else xs)  # xs: None, or no tokens in this part of a video
 

@@ -30,6 +30,7 @@ from .attention import time_windows
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, ShapeError
 from .wan_blocks import WanRunner, cell_centres, shot_routing
+from .window_stream import stream_forward
 
 
 class LatentDiT(WanRunner, WanTransformer3DModel):
@@ -73,6 +74,7 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         semantic_timestep: torch.Tensor | None = None,
         window_frames: int | None = -1,
         shot_starts: Sequence[float] | None = None,
+        stream_frames: int | None = None,
         return_dict: bool = True,
     ):
         """Predict the flow velocity of the latents.
@@ -83,31 +85,40 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         semantic_tokens: ``[B, T_s, h_s, w_s, semantic_dim]`` the plan (covers the same time span and
         frame as the latents); semantic_timestep: ``[B]``, 0 (default) for a clean plan;
         window_frames: attention window in latent frames; ``None`` for full attention, ``-1`` (default)
-        for the value in the config.
+        for the value in the config; stream_frames: with windows, run the blocks as a pipeline over time
+        taking this many latent frames at a time (``window_stream.py``: the same output in memory bounded
+        by the window), None for one pass.
         """
         b = hidden_states.shape[0]
         window = self.config.window_frames if window_frames == -1 else window_frames
         dtype = hidden_states.dtype
-        xv, rope_v, video_times, grid = self.patchify(hidden_states)
         temb, mod_v = self.time_modulation(timestep, dtype)
         context = self.text_context(encoder_hidden_states)
-
-        xs = rope_s = mod_s = semantic_times = None
-        times = video_times
+        mod_s = None
         if semantic_tokens is not None:
             if semantic_tokens.ndim != 5 or semantic_tokens.shape[0] != b or \
                     semantic_tokens.shape[-1] != self.config.semantic_dim:
                 raise ShapeError(
                     f"semantic_tokens must be [B={b}, T_s, h, w, {self.config.semantic_dim}], got "
                     f"{tuple(semantic_tokens.shape)}")
-            ts, hs, ws = semantic_tokens.shape[1:4]
-            xs = self.semantic_proj(semantic_tokens.to(dtype).flatten(1, 3))
-            rope_s = self.grid_rope(ts, hs, ws, grid)
-            semantic_times = cell_centres(ts, grid[0]).repeat_interleave(hs * ws)
-            times = torch.cat([video_times, semantic_times])
             if semantic_timestep is None:
                 semantic_timestep = torch.zeros_like(timestep)
             mod_s = self.time_modulation(semantic_timestep, dtype)[1]
+        if stream_frames is not None and window is not None:
+            out = stream_forward(self, hidden_states, semantic_tokens, context, temb, mod_v, mod_s, window,
+                                 stream_frames, shot_starts)
+            return Transformer2DModelOutput(sample=out) if return_dict else (out,)
+
+        xv, rope_v, video_times, grid = self.patchify(hidden_states)
+        xs = rope_s = semantic_times = None
+        times = video_times
+        if semantic_tokens is not None:
+            ts, hs, ws = semantic_tokens.shape[1:4]
+            xs = self.semantic_proj(semantic_tokens.to(dtype).flatten(1, 3))
+            rope_s = self.grid_rope(ts, hs, ws, grid)
+            # a plan cell belongs to the window and shot of the video it overlaps, also at the ends
+            semantic_times = cell_centres(ts, grid[0]).clamp(0, grid[0] - 1).repeat_interleave(hs * ws)
+            times = torch.cat([video_times, semantic_times])
 
         shots = shot_routing(times, shot_starts, 1 if context.ndim == 3 else context.shape[1])
         layouts = [time_windows(video_times, semantic_times, window, shifted=False),

@@ -28,6 +28,7 @@ from .vae import VideoVAE
 Progress = Callable[[int, int, torch.Tensor], None]
 ShouldStop = Callable[[], bool]
 TextPair = tuple[torch.Tensor, torch.Tensor]  # (conditional, unconditional) embeddings
+STREAM_WINDOWS = 4  # stage 2 takes this many attention windows of a long video at a time
 
 
 def latent_frames(num_frames: int) -> int:
@@ -45,19 +46,21 @@ class SemanticGenPipeline:
     vae: VideoVAE | None
     semantic_encoder: SemanticEncoder | None = None
     name: str = "semanticgen"
+    baseline: LatentDiT | None = None  # the single-stage model the claims are measured against
 
     @classmethod
     def from_files(cls, stage1: str | None, stage2: str | None, vae: str | None, semantic_encoder: str | None = None,
                    text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> "SemanticGenPipeline":
+                   dtype: torch.dtype = torch.float32, baseline: str | None = None) -> "SemanticGenPipeline":
         """Load SemanticGen part files (``model_files``); any part may be None. The text encoder defaults
         to the one the preset names when it needs no files (MiniLM)."""
         from .model_files import load_model
 
         parts = {kind: load_model(path, kind, dtype, device) for kind, path in
-                 (("stage1", stage1), ("stage2", stage2), ("semantic_encoder", semantic_encoder)) if path}
+                 (("stage1", stage1), ("stage2", stage2), ("semantic_encoder", semantic_encoder),
+                  ("baseline", baseline)) if path}
         if not parts:
-            raise SemanticGenError("give at least a stage-1 or stage-2 model file")
+            raise SemanticGenError("give at least a stage-1, stage-2 or baseline model file")
         preset = next(iter(parts.values())).preset
         if text_encoder is None:
             if preset.text_encoder != "minilm":
@@ -66,7 +69,7 @@ class SemanticGenPipeline:
         modules = {name: m for part in parts.values() for name, m in part.modules.items()}
         return cls(preset, text_encoder, modules.get("stage1"), modules.get("compressor"), modules.get("stage2"),
                    VideoVAE.from_pretrained(vae, dtype=dtype, device=device) if vae else None,
-                   modules.get("encoder"), name=preset.name)
+                   modules.get("encoder"), name=preset.name, baseline=modules.get("baseline"))
 
     @classmethod
     def embedded(cls, with_encoder: bool = False) -> "SemanticGenPipeline":
@@ -78,7 +81,7 @@ class SemanticGenPipeline:
 
     @property
     def device(self) -> torch.device:
-        for m in (self.stage2, self.stage1, self.compressor):
+        for m in (self.stage2, self.stage1, self.compressor, self.baseline):
             if m is not None:
                 return next(m.parameters()).device
         return torch.device("cpu")
@@ -152,7 +155,8 @@ class SemanticGenPipeline:
         """Stage 2: plan (+ text) -> normalised VAE latents ``[1, 16, T', H/8, W/8]``.
 
         ``prompt`` (plain or per shot) defaults to the plan's own segments; ``window_frames=-1`` uses the
-        model's configured attention window; ``text_embeddings`` as in ``generate_plan``.
+        model's configured attention window; ``text_embeddings`` as in ``generate_plan``. With windows the
+        blocks stream over time (``window_stream.py``), so memory stays flat however long the video is.
         """
         stage2 = self._need("stage2")
         if plan.tokens.shape[-1] != stage2.config.semantic_dim:
@@ -168,12 +172,32 @@ class SemanticGenPipeline:
         text, empty = self.shot_text(segments, text_embeddings)
         starts = shot_starts(segments, plan.duration_s, shape[2] // stage2.config.patch_size[0])
         sem = plan.tokens[None].to(self.device, dtype)
+        window = stage2.config.window_frames if window_frames == -1 else window_frames
+        stream = None if window is None else STREAM_WINDOWS * window
 
         def velocity(x, t, context):
             return stage2(x, t, context, semantic_tokens=sem.expand(x.shape[0], *sem.shape[1:]),
-                          window_frames=window_frames, shot_starts=starts).sample
+                          window_frames=window, shot_starts=starts, stream_frames=stream).sample
 
         return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+
+    @torch.no_grad()
+    def render_baseline(self, prompt: str, num_frames: int, fps: float, height: int, width: int,
+                        opts: SamplingOptions, progress: Progress | None = None,
+                        should_stop: ShouldStop | None = None) -> torch.Tensor:
+        """The single-stage baseline: text -> normalised VAE latents with full attention, no plan."""
+        baseline = self._need("baseline")
+        dtype = next(baseline.parameters()).dtype
+        shape = (1, baseline.config.in_channels, latent_frames(num_frames), height // 8, width // 8)
+        segments = parse_shots(prompt, num_frames / fps)
+        text, empty = self.shot_text(segments)
+        starts = shot_starts(segments, num_frames / fps, shape[2] // baseline.config.patch_size[0])
+
+        def velocity(x, t, context):
+            return baseline(x, t, context, window_frames=None, shot_starts=starts).sample
+
+        return denoise(velocity, initial_noise(shape, opts.seed, self.device, dtype), text.to(dtype),
+                       empty.to(dtype), opts, progress, should_stop)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, num_frames: int | None = None, progress=None,

@@ -52,10 +52,11 @@ class WanRunner:
         temb = ce.time_embedder(t).to(dtype)
         return temb, ce.time_proj(ce.act_fn(temb)).unflatten(1, (6, -1))
 
-    def grid_rope(self, t: int, h: int, w: int, units: tuple[int, int, int]) -> Rope:
-        """Rotary embedding of a ``t x h x w`` token grid laid over ``units`` of the patch grid."""
-        tt, hh, ww = torch.meshgrid(cell_centres(t, units[0]), cell_centres(h, units[1]), cell_centres(w, units[2]),
-                                    indexing="ij")
+    def grid_rope(self, t: int, h: int, w: int, units: tuple[int, int, int], steps: slice = slice(None)) -> Rope:
+        """Rotary embedding of a ``t x h x w`` token grid laid over ``units`` of the patch grid
+        (only the time ``steps`` given, for a part of a long video)."""
+        tt, hh, ww = torch.meshgrid(cell_centres(t, units[0])[steps], cell_centres(h, units[1]),
+                                    cell_centres(w, units[2]), indexing="ij")
         return rope_at(self.rope, tt.flatten(), hh.flatten(), ww.flatten())
 
     def patchify(self, hidden_states: torch.Tensor):

@@ -1,7 +1,8 @@
 """SemanticGen's own model files: one safetensors file per part, with its architecture in the metadata.
 
 A part is what one loader node loads: ``stage1`` (SemanticDiT), ``stage2`` (compressor + LatentDiT,
-trained together), ``semantic_encoder`` and ``vae``. The metadata also carries the preset (plan
+trained together), ``semantic_encoder`` and ``vae``; and ``baseline``, the single-stage model (stage 2's
+DiT from text alone, full attention) that long-video and convergence figures compare against. The metadata also carries the preset (plan
 geometry, text encoder, sampling defaults), so a file is self-describing: no config file beside it to
 lose or mismatch. Files are written atomically; loading checks the kind, the format version and every key.
 """
@@ -48,6 +49,7 @@ BUILDERS: dict[str, Callable[[dict, Preset], dict[str, torch.nn.Module]]] = {
     "semantic_encoder": lambda c, p: {"encoder": QwenVisionEncoder.from_config(c["encoder"], p.sample_fps,
                                                                                name=f"qwen2.5-vl-vision:{p.name}")},
     "vae": lambda c, p: {"vae": VideoVAE.from_config(_clean(c["vae"]))},
+    "baseline": lambda c, p: {"baseline": LatentDiT(**_clean(c["baseline"]))},
 }
 
 

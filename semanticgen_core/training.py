@@ -4,7 +4,9 @@
     for robustness to imperfect stage-1 plans (RAE-style augmentation), then the rectified-flow loss of
     the VAE latents given the plan and the text.
 (b) stage 1: the rectified-flow loss of the frozen compressor's plans given the text.
-Both drop the text at a small rate so classifier-free guidance has an unconditional model to use.
+(c) the single-stage baseline the claims are measured against: the same DiT as stage 2, trained on the
+    same latents from the text alone, with full attention.
+All drop the text at a small rate so classifier-free guidance has an unconditional model to use.
 """
 
 from __future__ import annotations
@@ -62,4 +64,12 @@ def stage1_loss(stage1: SemanticDiT, plan_tokens: torch.Tensor, text: torch.Tens
     """Objective (b). plan_tokens ``[B, T_s, h, w, c]`` from the frozen compressor."""
     text = drop_text(text, empty_text, text_drop, generator)
     flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text), plan_tokens, generator)
+    return {"loss": flow, "flow": flow.detach()}
+
+
+def baseline_loss(model: LatentDiT, latents: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor, *,
+                  text_drop: float = 0.1, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Objective (c). latents ``[B, 16, T, H, W]``; no plan, one window over the whole clip."""
+    text = drop_text(text, empty_text, text_drop, generator)
+    flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, generator)
     return {"loss": flow, "flow": flow.detach()}

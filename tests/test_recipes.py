@@ -6,7 +6,7 @@ import torch
 from semanticgen_core.model_files import save_model
 from semanticgen_core.pipeline import SemanticGenPipeline
 from semanticgen_core.presets import EMBEDDED, TINY
-from semanticgen_core.recipes import dataset, train_stage1, train_stage2
+from semanticgen_core.recipes import dataset, train_baseline, train_stage1, train_stage2
 from semanticgen_core.recipes.dataset import ClipCache
 from semanticgen_core.errors import SemanticGenError
 from semanticgen_core.sampling import SamplingOptions
@@ -40,3 +40,23 @@ def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
     assert frames.shape == (9, 64, 64, 3)
     from semanticgen_core.model_files import load_model
     assert load_model(tmp_path / "s2" / "stage2.safetensors", "stage2").info["steps"] == 4
+
+    # The single-stage baseline: same data and recipe, text only, full attention.
+    train_baseline.main([*common, "--out", str(tmp_path / "base"), "--steps", "2", "--export-dtype", "float16",
+                         "--init", str(tmp_path / "s2" / "stage2.safetensors"), "--lr", "0"])
+    base = load_model(tmp_path / "base" / "baseline.safetensors", "baseline")
+    assert base.info["steps"] == 2 and base.modules["baseline"].config.window_frames is None
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "base" / "baseline.safetensors"), "pt") as f:
+        assert f.get_tensor("baseline.proj_out.weight").dtype == torch.float16
+    # --init: the baseline starts from stage 2's DiT (lr 0 keeps it there, up to float16 rounding)
+    stage2_dit = load_model(tmp_path / "s2" / "stage2.safetensors", "stage2").modules["stage2"]
+    torch.testing.assert_close(base.modules["baseline"].proj_out.weight, stage2_dit.proj_out.weight,
+                               rtol=1e-3, atol=1e-3)
+    pipe = SemanticGenPipeline.from_files(None, None, tmp_path / "vae.safetensors",
+                                          baseline=tmp_path / "base" / "baseline.safetensors")
+    opts = SamplingOptions(steps=2, guidance=2.0)
+    latents = pipe.render_baseline("a red circle moving up", 9, 8.0, 64, 64, opts)
+    assert latents.shape == (1, 16, 3, 8, 8)
+    assert torch.equal(latents, pipe.render_baseline("a red circle moving up", 9, 8.0, 64, 64, opts))
+    assert not torch.equal(latents, pipe.render_baseline("a blue star moving down", 9, 8.0, 64, 64, opts))

@@ -25,6 +25,8 @@ def arguments(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
+                   help="precision of the exported model file (training state stays float32)")
     return p
 
 
@@ -43,7 +45,8 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
     def export():
         save_model(args.out / f"{kind}.safetensors", kind, trained, EMBEDDED,
                    {**info, "steps": run.step, "wall_minutes": round(run.elapsed / 60, 1), "threads": args.threads,
-                    "clips": len(cache), "batch": args.batch, "lr": args.lr, "data": cache.made_by})
+                    "clips": len(cache), "batch": args.batch, "lr": args.lr, "data": cache.made_by},
+                   dtype=getattr(torch, args.export_dtype))
 
     for m in trained.values():
         m.train()

@@ -11,7 +11,7 @@ IMAGE ``[T, H, W, 3]`` in 0..1 and latents core LATENT ``{"samples": [B, 16, T',
 """
 
 from . import comfy
-from .decode import SemanticGenVAEDecode
+from .decode import SemanticGenDecodeToVideo, SemanticGenVAEDecode
 from .edit import SemanticGenEditPlan, SemanticGenPlanPreview
 from .loaders import (SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader,
                       SemanticGenTextEncoderLoader, SemanticGenVAELoader)
@@ -33,6 +33,7 @@ _NODES = {
     "SemanticGenStage1Sample": (SemanticGenStage1Sample, "SemanticGen Stage 1: Plan from Text"),
     "SemanticGenStage2Sample": (SemanticGenStage2Sample, "SemanticGen Stage 2: Render Plan"),
     "SemanticGenVAEDecode": (SemanticGenVAEDecode, "SemanticGen VAE Decode (chunked)"),
+    "SemanticGenDecodeToVideo": (SemanticGenDecodeToVideo, "SemanticGen VAE Decode to Video"),
     "SemanticGenSemanticEncode": (SemanticGenSemanticEncode, "SemanticGen Plan from Video"),
     "SemanticGenSavePlan": (SemanticGenSavePlan, "SemanticGen Save Plan"),
     "SemanticGenLoadPlan": (SemanticGenLoadPlan, "SemanticGen Load Plan"),

@@ -1,6 +1,9 @@
-"""VAE decode: LATENT -> IMAGE frames, decoded chunk by chunk and streamed to the CPU."""
+"""VAE decode: LATENT -> IMAGE frames, or straight to an mp4, decoded chunk by chunk and streamed to the CPU."""
 
 from __future__ import annotations
+
+import logging
+from typing import Iterator
 
 import torch
 
@@ -8,6 +11,32 @@ from ..semanticgen_core.errors import ShapeError
 from . import comfy, latent_format
 from .loaders import ready
 from .model_cache import LoadedModel
+from .plans import next_path
+from .video import SAVE_INPUTS, VideoFileWriter, video_ui
+
+log = logging.getLogger("SemanticGen")
+
+CHUNK_INPUT = ("INT", {"default": 1, "min": 1, "max": 64,
+                       "tooltip": "Latent frames decoded per step (each is 4 video frames). 1 uses the least "
+                                  "memory; larger is a little faster on a CPU."})
+
+
+def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Iterator[Iterator[torch.Tensor]]:
+    """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar."""
+    samples = latent["samples"]
+    if samples.ndim != 5:
+        raise ShapeError(f"{node} takes video latents [B, 16, T', H/8, W/8], got {list(samples.shape)}: "
+                         "an image latent? Use core VAE Decode for images.")
+    ready(vae)
+    model = vae["vae"]
+    num_frames = latent.get("semanticgen_num_frames")
+    steps_per_video = 1 + -(-(samples.shape[2] - 1) // chunk)
+    progress = comfy.Progress("VAE decode", steps_per_video * samples.shape[0])
+    for b in range(samples.shape[0]):
+        done = b * steps_per_video
+        yield model.decode_iter(latent_format.from_comfy(samples[b:b + 1]), num_frames=num_frames, chunk=chunk,
+                                progress=lambda i, total, done=done: progress(done + i, progress.total),
+                                should_stop=comfy.should_stop)
 
 
 class SemanticGenVAEDecode:
@@ -25,26 +54,42 @@ class SemanticGenVAEDecode:
             "vae": ("SEMANTICGEN_VAE", {"tooltip": "From SemanticGen Load VAE (the VAE stage 2 was trained with)."}),
             "latent": ("LATENT", {"tooltip": "Wan2.1-layout video latents [B, 16, T', H/8, W/8], raw as in core "
                                              "ComfyUI (from SemanticGen Stage 2, or core Wan nodes)."}),
-            "chunk": ("INT", {"default": 1, "min": 1, "max": 64,
-                              "tooltip": "Latent frames decoded per step (each is 4 video frames). 1 uses the least "
-                                         "memory; larger is a little faster on a CPU."}),
+            "chunk": CHUNK_INPUT,
         }}
 
     def decode(self, vae: LoadedModel, latent: dict, chunk: int = 1):
-        samples = latent["samples"]
-        if samples.ndim != 5:
-            raise ShapeError(f"SemanticGen VAE Decode takes video latents [B, 16, T', H/8, W/8], got "
-                             f"{list(samples.shape)}: an image latent? Use core VAE Decode for images.")
-        ready(vae)
-        model = vae["vae"]
-        num_frames = latent.get("semanticgen_num_frames")
-        steps_per_video = 1 + -(-(samples.shape[2] - 1) // chunk)
-        progress = comfy.Progress("VAE decode", steps_per_video * samples.shape[0])
-        videos = []
-        for b in range(samples.shape[0]):
-            done = b * steps_per_video
-            frames = model.decode(latent_format.from_comfy(samples[b:b + 1]), num_frames=num_frames, chunk=chunk,
-                                  progress=lambda i, total: progress(done + i, progress.total),
-                                  should_stop=comfy.should_stop)
-            videos.append(frames)
+        videos = [torch.cat(list(stream)) for stream in decode_streams(vae, latent, chunk, "SemanticGen VAE Decode")]
         return (torch.cat(videos).float(),)
+
+
+class SemanticGenDecodeToVideo:
+    CATEGORY = "SemanticGen/latent"
+    FUNCTION = "decode"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ()
+    DESCRIPTION = ("Decodes video latents chunk by chunk and writes each chunk straight into an .mp4 in ComfyUI's "
+                   "output folder, shown on the node: memory holds a few frames, never the whole video. Use it "
+                   "instead of VAE Decode + Save Video for long videos, whose frames would not fit in RAM; use "
+                   "those two when something else needs the frames.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": ("SEMANTICGEN_VAE", {"tooltip": "From SemanticGen Load VAE (the VAE stage 2 was trained with)."}),
+            "latent": ("LATENT", {"tooltip": "Wan2.1-layout video latents [B, 16, T', H/8, W/8], raw as in core "
+                                             "ComfyUI. Several videos in the batch write one file each."}),
+            **SAVE_INPUTS,
+            "chunk": CHUNK_INPUT,
+        }}
+
+    def decode(self, vae: LoadedModel, latent: dict, fps: float = 8.0, filename_prefix: str = "SemanticGen/video",
+               codec: str = "vp9", chunk: int = 1):
+        videos = []
+        for stream in decode_streams(vae, latent, chunk, "SemanticGen VAE Decode to Video"):
+            path, subfolder = next_path(comfy.output_dir(), filename_prefix, ".mp4")
+            with VideoFileWriter(path, fps, codec) as writer:
+                for frames in stream:
+                    writer.write(frames)
+            log.info("SemanticGen: wrote %s (%d frames at %g fps)", path, writer.frames, fps)
+            videos.append((path, subfolder, writer.frames))
+        return {"ui": video_ui(videos)}

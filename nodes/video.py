@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,17 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".gif")
 # Example clips shipped with the pack (rendered by the procedural world), listed after the input folder's.
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "workflows" / "media"
 CODECS = {"vp9": "vp09", "mp4v": "mp4v"}
+# The inputs of a node that writes an mp4 (Save Video, VAE Decode to Video).
+SAVE_INPUTS = {
+    "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1, "round": 0.01,
+                      "tooltip": "Frame rate written into the file (8 for the embedded default)."}),
+    "filename_prefix": ("STRING", {"default": "SemanticGen/video",
+                                   "tooltip": "File name prefix inside the output folder; may contain sub-folders. "
+                                              "A counter is appended (video_00001.mp4)."}),
+    "codec": (list(CODECS), {"default": "vp9",
+                             "tooltip": "vp9: plays in browsers (and the preview here). mp4v: MPEG-4 part 2, for "
+                                        "players without VP9."}),
+}
 
 
 def _videos(folder: Path) -> list[str]:
@@ -90,23 +103,66 @@ def read_video(path: Path, force_rate: float = 0.0, width: int = 0, height: int 
     return torch.from_numpy(np.stack(frames)).float() / 255.0, float(rate)
 
 
-def write_video(path: Path, frames: torch.Tensor, fps: float, codec: str = "vp9") -> None:
-    import cv2
+class VideoFileWriter:
+    """Writes frames to an mp4 chunk by chunk (``with VideoFileWriter(...) as w: w.write(frames)``), so a
+    video never has to be in memory whole. Frames go to a hidden file beside ``path`` (same folder, so the
+    final rename is atomic; .mp4 suffix, so opencv picks the container) that becomes ``path`` only when
+    the block completes and is deleted on an error or an interrupt: no half-written video is ever left."""
 
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise SemanticGenError(f"expected IMAGE frames [T, H, W, 3], got {list(frames.shape)}")
-    h, w = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*CODECS[codec]), float(fps), (w, h))
-    if not writer.isOpened():
-        raise SemanticGenError(f"opencv cannot write {codec} video here; choose codec mp4v.")
-    try:
-        for i in range(frames.shape[0]):
-            if i % 16 == 0:
+    def __init__(self, path: Path, fps: float, codec: str = "vp9"):
+        if codec not in CODECS:
+            raise SemanticGenError(f"unknown codec {codec!r}; choose one of {', '.join(CODECS)}.")
+        self.path, self.fps, self.codec = Path(path), float(fps), codec
+        self.tmp = self.path.with_name(f".{self.path.stem}.{uuid.uuid4().hex[:8]}.partial{self.path.suffix}")
+        self.frames = 0
+        self._writer, self._size = None, None
+
+    def __enter__(self) -> VideoFileWriter:
+        return self
+
+    def write(self, frames: torch.Tensor) -> None:
+        """Append frames ``[t, H, W, 3]`` in 0..1 (every chunk the same size)."""
+        import cv2
+
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise SemanticGenError(f"expected IMAGE frames [T, H, W, 3], got {list(frames.shape)}")
+        size = tuple(frames.shape[1:3])
+        if self._writer is None:
+            self._writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*CODECS[self.codec]), self.fps,
+                                           (size[1], size[0]))
+            self._size = size
+            if not self._writer.isOpened():
+                raise SemanticGenError(f"opencv cannot write {self.codec} video here; choose codec mp4v.")
+        elif size != self._size:
+            raise SemanticGenError(f"frames of {list(size)} after frames of {list(self._size)}: one size per video")
+        for frame in frames:  # one frame at a time: no uint8 copy of the whole chunk
+            if self.frames % 16 == 0:
                 comfy.check_interrupt()
-            rgb = (frames[i].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-            writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    finally:
-        writer.release()
+            rgb = (frame.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+            self._writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            self.frames += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.release()
+            if exc_type is None:
+                if not self.frames:
+                    raise SemanticGenError(f"no frames to write to {self.path.name}")
+                os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_video(path: Path, frames: torch.Tensor, fps: float, codec: str = "vp9") -> None:
+    with VideoFileWriter(path, fps, codec) as writer:
+        writer.write(frames)
+
+
+def video_ui(videos: list[tuple[Path, str, int]]) -> dict:
+    """The ``ui`` of a node that wrote videos (path, subfolder, frame count): the frontend previews them."""
+    return {"images": [{"filename": path.name, "subfolder": sub, "type": "output"} for path, sub, _ in videos],
+            "animated": [True], "frames": [count for *_, count in videos]}
 
 
 class SemanticGenLoadVideo:
@@ -178,14 +234,7 @@ class SemanticGenSaveVideo:
     def INPUT_TYPES(cls):
         return {"required": {
             "images": ("IMAGE", {"tooltip": "The frames to write, [T, H, W, 3] in 0..1."}),
-            "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1, "round": 0.01,
-                              "tooltip": "Frame rate written into the file (8 for the embedded default)."}),
-            "filename_prefix": ("STRING", {"default": "SemanticGen/video",
-                                           "tooltip": "File name prefix inside the output folder; may contain "
-                                                      "sub-folders. A counter is appended (video_00001.mp4)."}),
-            "codec": (list(CODECS), {"default": "vp9",
-                                     "tooltip": "vp9: plays in browsers (and the preview here). mp4v: MPEG-4 "
-                                                "part 2, for players without VP9."}),
+            **SAVE_INPUTS,
         }}
 
     def save(self, images: torch.Tensor, fps: float = 8.0, filename_prefix: str = "SemanticGen/video",
@@ -194,5 +243,4 @@ class SemanticGenSaveVideo:
         path, subfolder = next_path(out, filename_prefix, ".mp4")
         write_video(path, images, fps, codec)
         log.info("SemanticGen: wrote %s (%d frames at %g fps)", path, images.shape[0], fps)
-        return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
-                       "animated": [True], "frames": [int(images.shape[0])]}}
+        return {"ui": video_ui([(path, subfolder, int(images.shape[0]))])}

@@ -157,8 +157,9 @@ def _models(g: Graph, x: float, y: float, parts=("text", "stage1", "stage2", "va
 
 
 def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt: dict | None = None,
-                  plan: dict | None = None) -> dict:
-    """Prompt -> stage 1 -> stage 2 -> decode -> mp4; ``prompt``/``plan``: widget values to set."""
+                  plan: dict | None = None, streamed: bool = False) -> dict:
+    """Prompt -> stage 1 -> stage 2 -> decode -> mp4; ``prompt``/``plan``: widget values to set; ``streamed``:
+    one VAE Decode to Video node, which writes the frames as they are decoded, instead of Decode + Save."""
     g = Graph()
     g.note((0, -290), (700, 230), overview, "What this workflow does")
     g.note((740, -290), (700, 230), REAL_WEIGHTS, "Real weights")
@@ -171,9 +172,13 @@ def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt:
     g.group("Stage 1: plan", (860, -20, 360, 580), "#88A")
     stage2 = g.node("SemanticGenStage2Sample", (1260, 50), (320, 300), title="Stage 2: render", color=STAGE2_COLOR)
     g.group("Stage 2: render", (1240, -20, 360, 580), "#8A8")
-    decode = g.node("SemanticGenVAEDecode", (1640, 50), (320, 100), title="VAE decode")
-    save = g.node("SemanticGenSaveVideo", (1640, 190), (320, 330), title="Save video",
-                  widgets={"filename_prefix": f"SemanticGen/{name}"})
+    if streamed:
+        decode = g.node("SemanticGenDecodeToVideo", (1640, 50), (320, 470), title="Decode to video",
+                        widgets={"filename_prefix": f"SemanticGen/{name}"})
+    else:
+        decode = g.node("SemanticGenVAEDecode", (1640, 50), (320, 100), title="VAE decode")
+        save = g.node("SemanticGenSaveVideo", (1640, 190), (320, 330), title="Save video",
+                      widgets={"filename_prefix": f"SemanticGen/{name}"})
     g.group("Decode and save", (1620, -20, 360, 580), "#b58b2a")
     g.link(m["text"], "text_encoder", prompt, "text_encoder")
     g.link(m["stage1"], "stage1", stage1, "stage1")
@@ -183,7 +188,8 @@ def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt:
     g.link(prompt, "conditioning", stage2, "conditioning")
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
-    g.link(decode, "images", save, "images")
+    if not streamed:
+        g.link(decode, "images", save, "images")
     return g.to_json(name)
 
 
@@ -192,7 +198,8 @@ LONG = """## A 60-second multi-shot video
 Give each shot its time range in the prompt: `0-15 s: ...; 15-30 s: ...`. **Stage 1** plans the whole
 minute at once with full attention (the plan is small: 2 steps a second of 4x4 tokens), each shot's text
 conditioning its own span, with a cut between shots. **Stage 2** renders the plan in shifted windows of
-2 s, so its cost grows linearly with the length, and the VAE decodes in chunks.
+2 s, so its cost grows linearly with the length. **Decode to video** decodes a few frames at a time and
+writes them straight into the mp4, so the minute of frames is never held in memory.
 
 The embedded models were trained on 4-second clips: a minute-long plan is far beyond their training, so
 expect the shots to hold their colours and shapes better than their motion."""
@@ -202,7 +209,7 @@ def long_multi_shot() -> dict:
     shots = ("0-15 s: a red circle bouncing over blue stripes; 15-30 s: a large yellow star growing on a grey "
              "gradient; 30-45 s: a green square moving from left to right over purple noise; 45-60 s: a cyan "
              "triangle moving up on an orange gradient")
-    return text_to_video("long_multi_shot", LONG, prompt={"prompt": shots}, plan={"length": 481})
+    return text_to_video("long_multi_shot", LONG, prompt={"prompt": shots}, plan={"length": 481}, streamed=True)
 
 
 RERENDER = """## Video -> plan -> re-render

@@ -61,9 +61,9 @@ def test_node_list_and_categories(pack):
     assert ids == {
         "SemanticGenTextEncoderLoader", "SemanticGenStage1Loader", "SemanticGenStage2Loader", "SemanticGenVAELoader",
         "SemanticGenSemanticEncoderLoader", "SemanticGenTextEncode", "SemanticGenStage1Sample",
-        "SemanticGenStage2Sample", "SemanticGenVAEDecode", "SemanticGenSemanticEncode", "SemanticGenSavePlan",
-        "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo", "SemanticGenEditPlan",
-        "SemanticGenPlanPreview"}
+        "SemanticGenStage2Sample", "SemanticGenVAEDecode", "SemanticGenDecodeToVideo", "SemanticGenSemanticEncode",
+        "SemanticGenSavePlan", "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo",
+        "SemanticGenEditPlan", "SemanticGenPlanPreview"}
     assert pack.WEB_DIRECTORY == "./web"
 
 

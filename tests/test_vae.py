@@ -187,13 +187,25 @@ TRAIN = dict(batch=2, frames=5, size=32, save_every=100, log_every=1, eval_every
 def test_train_step_improves_reconstruction():
     torch.manual_seed(0)
     model = VideoVAE.from_config(TRAIN["config"])
-    x = train_vae.clip_batch([1, 2], frames=5, size=32)
+    x, weight = train_vae.clip_batch([1, 2], frames=5, size=32, object_weight=4.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     before = train_vae.psnr(model, x)
     for _ in range(5):
-        parts = train_vae.train_step(model, optimizer, x, kl_weight=1e-6)
+        parts = train_vae.train_step(model, optimizer, x, kl_weight=1e-6, weight=weight)
     assert set(parts) == {"l1", "mse", "grad", "kl", "loss"}
     assert train_vae.psnr(model, x) > before + 0.5
+
+
+def test_object_weights_cover_the_objects_of_the_label_maps():
+    from semanticgen_core.data.world import label_maps, sample_clip
+
+    x, weight = train_vae.clip_batch([3], frames=5, size=32, object_weight=4.0)
+    objects = torch.from_numpy(label_maps(sample_clip(3, 5, 32, 32, 8.0).shots, 32, 32)["object"] >= 0)
+    assert objects.any() and not objects.all()
+    assert (weight[0, 0][objects] == 4.0).all()             # every object pixel is weighted...
+    assert (weight[0, 0] == 4.0).sum() > objects.sum()       # ...and a rim around it
+    assert (weight[0, 0] == 1.0).sum() > 0.5 * weight[0, 0].numel()  # the background keeps weight 1
+    assert torch.equal(train_vae.clip_batch([3], frames=5, size=32)[1], torch.ones_like(weight))
 
 
 def test_training_checkpoints_and_resumes(tmp_path, capsys):

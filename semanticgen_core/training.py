@@ -37,8 +37,9 @@ def flow_matching_loss(predict: Callable[[torch.Tensor, torch.Tensor], torch.Ten
 
 
 def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator | None = None):
-    """Replace each sample's text by the empty-prompt embedding with probability ``p``."""
-    drop = (torch.rand(text.shape[0], generator=generator) < p).to(text.device).view(-1, 1, 1)
+    """Replace each prompt (each sample's, or each shot's for ``[B, S, L, D]``) by the empty prompt with
+    probability ``p``."""
+    drop = (torch.rand(text.shape[:-2], generator=generator) < p).to(text.device)[..., None, None]
     return torch.where(drop, empty.expand_as(text), text)
 
 
@@ -60,10 +61,12 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
 
 
 def stage1_loss(stage1: SemanticDiT, plan_tokens: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor, *,
-                text_drop: float = 0.1, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Objective (b). plan_tokens ``[B, T_s, h, w, c]`` from the frozen compressor."""
+                shot_starts: list[float] | None = None, text_drop: float = 0.1,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Objective (b). plan_tokens ``[B, T_s, h, w, c]`` from the frozen compressor; text ``[B, L, D]``, or
+    per shot ``[B, S, L, D]`` with ``shot_starts`` (as ``SemanticDiT.velocity`` takes them)."""
     text = drop_text(text, empty_text, text_drop, generator)
-    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text), plan_tokens, generator)
+    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text, shot_starts), plan_tokens, generator)
     return {"loss": flow, "flow": flow.detach()}
 
 

@@ -60,3 +60,17 @@ def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
     assert latents.shape == (1, 16, 3, 8, 8)
     assert torch.equal(latents, pipe.render_baseline("a red circle moving up", 9, 8.0, 64, 64, opts))
     assert not torch.equal(latents, pipe.render_baseline("a blue star moving down", 9, 8.0, 64, 64, opts))
+
+
+def test_stage1_strings_cached_clips_into_multi_shot_plans():
+    from semanticgen_core.plan import Segment
+    from semanticgen_core.recipes.train_stage1 import string_shots
+    from semanticgen_core.shots import shot_starts
+
+    plan, text = torch.randn(5, 9, 4, 4, 8), torch.randn(5, 32, 384)
+    long, shots, starts = string_shots(plan, text, 2)
+    assert long.shape == (2, 18, 4, 4, 8) and shots.shape == (2, 2, 32, 384)
+    assert torch.equal(long[1, 9:], plan[3]) and torch.equal(shots[1, 1], text[3])   # clip 3 = 2nd shot of plan 1
+    # the same shot boundaries as a real two-shot prompt over the same plan steps
+    assert starts == shot_starts([Segment(0, 4, "a"), Segment(4, 8, "b")], 8.0, 18)
+    assert string_shots(plan, text, 1)[2] is None

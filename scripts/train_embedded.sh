@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 T=${THREADS:-1}
 W=semanticgen_core/weights
 python -m semanticgen_core.recipes.train_vae --out runs/vae --threads "$T" --minutes "${VAE_MIN:-120}"
-python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder --minutes "${ENC_MIN:-22}"
+if [ "${ENC_MIN:-22}" != 0 ]; then  # ENC_MIN=0 keeps the encoder (and a cache built with it) as it is
+    python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder --minutes "${ENC_MIN:-22}"
+fi
 cp runs/vae/vae.safetensors runs/semantic_encoder/semantic_encoder.safetensors "$W/"
 # the cache belongs to this VAE and encoder: a new pair gets a new folder
 CACHE=runs/cache-$(cat "$W/vae.safetensors" "$W/semantic_encoder.safetensors" | sha256sum | cut -c1-8)

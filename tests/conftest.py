@@ -118,3 +118,20 @@ def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> d
 def tiny_sets():
     """``tiny_overrides`` as a fixture (tests import nothing from conftest)."""
     return tiny_overrides
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_cache(tmp_path_factory):
+    """A 4-clip training cache (recipes.dataset) made by a tiny random VAE and semantic encoder:
+    {"cache": folder, "vae": VAE file}."""
+    from semanticgen_core.model_files import save_model
+    from semanticgen_core.presets import EMBEDDED, TINY
+    from semanticgen_core.recipes import dataset
+    from semanticgen_core.vae import VideoVAE, tiny_vae_config
+
+    root = tmp_path_factory.mktemp("clips")
+    torch.manual_seed(0)
+    save_model(root / "enc.safetensors", "semantic_encoder", {"encoder": TINY.build()["encoder"]}, EMBEDDED)
+    VideoVAE.from_config(tiny_vae_config()).save(root / "vae.safetensors")
+    dataset.build(root / "cache", root / "vae.safetensors", root / "enc.safetensors", num_clips=4, shard=2)
+    return {"cache": root / "cache", "vae": root / "vae.safetensors"}

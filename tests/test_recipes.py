@@ -74,3 +74,58 @@ def test_stage1_strings_cached_clips_into_multi_shot_plans():
     # the same shot boundaries as a real two-shot prompt over the same plan steps
     assert starts == shot_starts([Segment(0, 4, "a"), Segment(4, 8, "b")], 8.0, 18)
     assert string_shots(plan, text, 1)[2] is None
+
+
+def test_vae_latents_as_plan_features_are_each_plan_cells_2x2_patch():
+    from semanticgen_core.recipes.plan_sources import latents_as_features, plan_preset
+
+    latents = torch.randn(2, 16, 9, 8, 8)
+    features = latents_as_features(latents)
+    assert features.shape == (2, 9, 4, 4, 64)  # the encoder's plan grid and width
+    b, t, i, j, c, p, q = 1, 5, 2, 3, 7, 1, 0
+    assert features[b, t, i, j, c * 4 + p * 2 + q] == latents[b, c, t, 2 * i + p, 2 * j + q]
+    assert plan_preset(8) == EMBEDDED  # the default plan width is the embedded default itself
+
+
+def test_plan_source_and_width_options_train_export_and_load(tiny_clip_cache, tmp_path, monkeypatch):
+    from semanticgen_core.compressor import SemanticCompressor
+    from semanticgen_core.model_files import load_model
+    from semanticgen_core.recipes.plan_sources import latents_as_features
+
+    seen = []
+    forward = SemanticCompressor.forward
+
+    def spy(self, features):
+        seen.append(features.detach().clone())
+        return forward(self, features)
+
+    monkeypatch.setattr(SemanticCompressor, "forward", spy)
+    clips = ClipCache(tiny_clip_cache["cache"]).batch(torch.arange(4))
+
+    def rows_of(inputs, source):  # every compressor input row is one cached clip's
+        return bool(inputs) and all(any(torch.equal(row, s) for s in source) for x in inputs for row in x)
+
+    common = ["--cache", str(tiny_clip_cache["cache"]), "--batch", "2", "--warmup", "1", "--steps", "1"]
+    train_stage2.main([*common, "--out", str(tmp_path / "enc")])
+    assert rows_of(seen, clips["features"]) and load_model(tmp_path / "enc" / "stage2.safetensors",
+                                                           "stage2").info["plan_from"] == "encoder"
+    seen.clear()
+    train_stage2.main([*common, "--out", str(tmp_path / "s2"), "--plan-from", "vae", "--plan-dim", "16"])
+    patches = latents_as_features(clips["latents"])
+    assert rows_of(seen, patches) and not rows_of(seen, clips["features"])
+    s2 = load_model(tmp_path / "s2" / "stage2.safetensors", "stage2")
+    assert s2.info["plan_from"] == "vae" and s2.modules["compressor"].config.out_dim == 16
+    assert s2.modules["stage2"].config.semantic_dim == 16 and s2.preset.compressor["out_dim"] == 16
+
+    seen.clear()  # stage 1 takes the plan source and width from the stage-2 file
+    train_stage1.main([*common, "--out", str(tmp_path / "s1"), "--stage2", str(tmp_path / "s2" / "stage2.safetensors")])
+    assert rows_of(seen, patches)
+    s1 = load_model(tmp_path / "s1" / "stage1.safetensors", "stage1")
+    assert s1.info["plan_from"] == "vae" and s1.modules["stage1"].config.in_channels == 16
+    assert s1.modules["stage1"].config.out_channels == 16 and s1.preset.stage1["in_channels"] == 16
+
+    pipe = SemanticGenPipeline.from_files(tmp_path / "s1" / "stage1.safetensors",
+                                          tmp_path / "s2" / "stage2.safetensors", tiny_clip_cache["vae"])
+    opts = SamplingOptions(steps=1, guidance=1.0)
+    assert pipe.generate_plan("a red circle moving up", 9, 8.0, 64, 64, opts).tokens.shape[-1] == 16
+    assert pipe("a red circle moving up", num_frames=9, opts=opts).shape == (9, 64, 64, 3)

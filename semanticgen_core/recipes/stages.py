@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from ..model_files import save_model
-from ..presets import EMBEDDED
+from ..presets import EMBEDDED, Preset
 from .dataset import ClipCache, empty_text
 from .loop import Run
 
@@ -32,8 +32,9 @@ def arguments(description: str, out: str) -> argparse.ArgumentParser:
 
 def train(args, kind: str, trained: dict[str, torch.nn.Module],
           loss_fn: Callable[[dict[str, torch.Tensor], torch.Tensor, torch.Generator, int], dict[str, torch.Tensor]],
-          info: dict) -> None:
-    """Train ``trained`` on the cache with ``loss_fn(batch, empty_text, generator, step)``; export as ``kind``."""
+          info: dict, preset: Preset = EMBEDDED) -> None:
+    """Train ``trained`` on the cache with ``loss_fn(batch, empty_text, generator, step)``; export as ``kind``
+    with ``preset`` (the one the modules were built from) in the file."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cache = ClipCache(args.cache)
@@ -43,7 +44,7 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
     empty = empty_text()
 
     def export():
-        save_model(args.out / f"{kind}.safetensors", kind, trained, EMBEDDED,
+        save_model(args.out / f"{kind}.safetensors", kind, trained, preset,
                    {**info, "steps": run.step, "wall_minutes": round(run.elapsed / 60, 1), "threads": args.threads,
                     "clips": len(cache), "batch": args.batch, "lr": args.lr, "data": cache.made_by},
                    dtype=getattr(torch, args.export_dtype))

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from ..model_files import load_model
-from ..presets import EMBEDDED
 from ..semantic_dit import SemanticDiT
 from ..training import stage1_loss
+from .plan_sources import plan_features, plan_preset
 from .stages import arguments, train
 
 
@@ -29,19 +29,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-shots", type=int, default=8, help="longest training plan, in cached clips (a power of 2)")
     args = p.parse_args(argv)
     shot_counts = [2 ** i for i in range(args.max_shots.bit_length()) if 2 ** i <= min(args.max_shots, args.batch)]
-    compressor = load_model(args.stage2, "stage2").modules["compressor"].requires_grad_(False)
-    stage1 = SemanticDiT(**EMBEDDED.stage1)
+    stage2_file = load_model(args.stage2, "stage2")
+    compressor = stage2_file.modules["compressor"].requires_grad_(False)
+    plan_from = stage2_file.info.get("plan_from", "encoder")  # files from before the option: the encoder
+    preset = plan_preset(compressor.config.out_dim)
+    stage1 = SemanticDiT(**preset.stage1)
 
     def loss(batch, empty, generator, step):
         with torch.no_grad():
-            plan = compressor.sample(*compressor(batch["features"]), generator)
+            plan = compressor.sample(*compressor(plan_features(batch, plan_from)), generator)
         k = shot_counts[int(torch.randint(len(shot_counts), (1,), generator=generator))]
         plan, text, starts = string_shots(plan, batch["text"], k)
         return stage1_loss(stage1, plan, text, empty, shot_starts=starts, generator=generator)
 
     train(args, "stage1", {"stage1": stage1}, loss,
           {"objective": "rectified flow on compressed plans (sampled) given text; clips strung into plans of "
-                        f"{', '.join(map(str, shot_counts))} shots", "stage2": str(args.stage2)})
+                        f"{', '.join(map(str, shot_counts))} shots", "stage2": str(args.stage2),
+           "plan_from": plan_from}, preset)
 
 
 def string_shots(plan: torch.Tensor, text: torch.Tensor, k: int):

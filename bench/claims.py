@@ -1,0 +1,495 @@
+"""The paper's claims, measured: convergence in semantic vs VAE space (its Fig. 9) and plan width (its Table 3).
+
+Every variant is the embedded default's two-stage pipeline trained from scratch on the same cache with the
+same recipes, steps, batch and seed; only the plan differs:
+
+    semantic-8    the paper's plan: the semantic encoder's features compressed to 8 channels
+    vae-8         the plan compressed from the VAE latents instead (2x2 patches: 64 wide, like the features)
+    semantic-16   wider plans; 64 is the encoder's own width here, so "full" and "64" coincide
+    semantic-64
+
+Stage 2 (with its compressor) trains for ``--s2-steps``; stage 1 then trains on the frozen compressor's
+plans and is evaluated at step 0 (so "steps to reach" can interpolate from the untrained start) and at
+``--checkpoints`` evenly spaced steps up to ``--s1-steps``: the full pipeline makes one clip per held-out
+prompt, judged by the independent OpenCV detector (``semanticgen_core/evaluation.py``). Training runs
+in-process through the recipes' ``main``, one folder per variant under ``--runs``; a rerun continues
+where it stopped and reuses every checkpoint and evaluation already made.
+
+    python bench/claims.py --cache runs/cache --vae runs/vae/vae.safetensors \
+        [--s2-steps 600 --s1-steps 600 --checkpoints 5 --prompts 24 --sample-steps 10] [--out docs]
+
+Writes ``<out>/claims.md`` (generated from the numbers), ``<out>/claims.json`` (every number) and
+``<out>/img/convergence.png``, then regenerates ``bench/plan_transfer.py``'s figure and write-up in ``<out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import line_plot, plan_transfer  # noqa: E402
+from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_core.data import world  # noqa: E402
+from semanticgen_core.errors import SemanticGenError  # noqa: E402
+from semanticgen_core.model_files import read_metadata  # noqa: E402
+from semanticgen_core.presets import EMBEDDED  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Variant:
+    plan_from: str
+    plan_dim: int
+    about: str
+
+
+VARIANTS = {
+    "semantic-8": Variant("encoder", 8, "semantic-encoder features compressed to 8 channels (the paper's)"),
+    "vae-8": Variant("vae", 8, "VAE latents (2x2 patches) compressed to 8 channels"),
+    "semantic-16": Variant("encoder", 16, "semantic-encoder features compressed to 16 channels"),
+    "semantic-64": Variant("encoder", 64, "semantic-encoder features at 64 channels: full width here"),
+}
+CLAIMS = {  # figure row -> the variants it compares, the reference first
+    "convergence: semantic vs VAE space": ("semantic-8", "vae-8"),
+    "compression: plan width": ("semantic-8", "semantic-16", "semantic-64"),
+}
+ATTRIBUTES = ("color", "shape", "motion")  # what "adherence" averages: colour, shape, motion direction
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+def checkpoint_steps(total: int, count: int) -> list[int]:
+    """Step 0 and ``count`` evenly spaced steps up to ``total``."""
+    return sorted({round(i * total / count) for i in range(count + 1)})
+
+
+def prompt_adherence(judgement: dict) -> float:
+    """Fraction of a prompt's colour, shape and motion-direction judgements (over all its objects) that
+    are right."""
+    marks = [o[a] for o in judgement["objects"] for a in ATTRIBUTES if o[a] is not None]
+    return sum(marks) / len(marks)
+
+
+def _se(values) -> float | None:
+    v = np.asarray(values, np.float64)
+    return float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else None
+
+
+def quality(report: dict) -> dict:
+    """The figures of one checkpoint from ``evaluation.evaluate``'s report: adherence (mean over prompts)
+    with its standard error, each attribute's accuracy over all prompt objects, consistency."""
+    per_prompt = [prompt_adherence(j) for j in report["per_prompt"]]
+    return {"adherence": float(np.mean(per_prompt)), "adherence_se": _se(per_prompt),
+            **{a: report["objects"][a]["accuracy"] for a in ATTRIBUTES},
+            "all_correct": report["all_correct"]["accuracy"], "consistency": report["consistency"],
+            "per_prompt_adherence": per_prompt}
+
+
+def steps_to_reach(xs: list[float], ys: list[float], target: float) -> float | None:
+    """Where the piecewise-linear curve through ``(xs, ys)`` first reaches ``target``: interpolated between
+    the last point below it and the first at or above it; None if no point reaches it."""
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        if y >= target:
+            if i == 0:
+                return float(x)
+            x0, y0 = xs[i - 1], ys[i - 1]
+            return float(x0 + (target - y0) / (y - y0) * (x - x0))
+    return None
+
+
+def reach(points: list[dict], target: float) -> dict:
+    """``steps_to_reach`` on both axes: training steps and cumulative CPU minutes."""
+    ys = [p["adherence"] for p in points]
+    return {"step": steps_to_reach([p["step"] for p in points], ys, target),
+            "cpu_minutes": steps_to_reach([p["cpu_minutes"] for p in points], ys, target)}
+
+
+def compare(a: str, b: str, curves: dict[str, list[dict]]) -> dict:
+    """``a`` against ``b``: final adherences, their paired difference over the same prompts and seeds, and
+    where each curve reaches the other's final adherence (and its own, for the ratio)."""
+    pa, pb = curves[a], curves[b]
+    fa, fb = pa[-1], pb[-1]
+    diffs = np.subtract(fa["per_prompt_adherence"], fb["per_prompt_adherence"])
+    return {"a": a, "b": b, "final_a": fa["adherence"], "final_b": fb["adherence"],
+            "diff": float(diffs.mean()), "diff_se": _se(diffs), "prompts": int(diffs.size),
+            "a_reaches_b": reach(pa, fb["adherence"]), "b_reaches_b": reach(pb, fb["adherence"]),
+            "b_reaches_a": reach(pb, fa["adherence"]), "a_reaches_a": reach(pa, fa["adherence"]),
+            "best_a": max(p["adherence"] for p in pa), "best_b": max(p["adherence"] for p in pb),
+            "steps_a": pa[-1]["step"], "steps_b": pb[-1]["step"]}
+
+
+def _at(r: dict) -> str:
+    return f"step {r['step']:.0f} ({r['cpu_minutes']:.1f} CPU min)"
+
+
+def _reaching(x: str, y: str, c: dict) -> str:
+    """Where ``x``'s curve reaches ``y``'s final adherence, against where ``y``'s own curve first did."""
+    got, own, target = c[f"{x}_reaches_{y}"], c[f"{y}_reaches_{y}"], c[f"final_{y}"]
+    nx, ny = c[x], c[y]
+    if got["step"] is None:
+        return (f"{nx} did not reach {ny}'s final adherence {target:.3f} within {c[f'steps_{x}']} steps "
+                f"(its best: {c[f'best_{x}']:.3f}).")
+    ratio = f": {ny} needed {own['step'] / got['step']:.1f}x the steps" if got["step"] > 0 else ""
+    return f"{nx} reached {ny}'s final adherence {target:.3f} at {_at(got)}; {ny} itself first reached it at " \
+           f"{_at(own)}{ratio}."
+
+
+def statements(c: dict) -> list[str]:
+    """Plain sentences read off ``compare``'s numbers."""
+    a, b = c["a"], c["b"]
+    out = [_reaching("a", "b", c), _reaching("b", "a", c)]
+    se = c["diff_se"]
+    noise = "no standard error with one prompt" if se is None else (
+        "larger than 2 standard errors" if abs(c["diff"]) > 2 * se else "within 2 standard errors: not settled")
+    out.append(f"Final adherence {a} {c['final_a']:.3f} vs {b} {c['final_b']:.3f}: paired difference "
+               f"{c['diff']:+.3f}" + (f" ± {se:.3f}" if se is not None else "") +
+               f" over {c['prompts']} prompts (same prompts and seeds), {noise}.")
+    return out
+
+
+def verdict(c: dict, claim: str) -> str:
+    """Whether ``claim`` (that ``a`` beats ``b``) held: by the paired final difference against 2 standard
+    errors, with the steps each needed to reach ``b``'s final quality."""
+    se = c["diff_se"]
+    if se is None:
+        how = "not settled (one prompt)"
+    elif abs(c["diff"]) <= 2 * se:
+        how = "not settled at this scale"
+    else:
+        how = "held" if c["diff"] > 0 else "did not hold (reversed)"
+    ab, bb = c["a_reaches_b"]["step"], c["b_reaches_b"]["step"]
+    if ab is None:
+        speed = f"{c['a']} never reached {c['b']}'s final quality"
+    else:
+        speed = f"{c['b']}'s final quality took {c['a']} {ab:.0f} steps and {c['b']} {bb:.0f}"
+    se_text = "" if se is None else f" ± {se:.3f}"
+    return f"**{claim}: {how}** (final adherence {c['diff']:+.3f}{se_text}; {speed})."
+
+
+# --------------------------------------------------------------------------- training and evaluation
+
+
+def file_info(path: Path) -> dict:
+    return json.loads(read_metadata(path).get("info", "{}"))
+
+
+def _check_steps(path: Path, want: int) -> None:
+    info = file_info(path)
+    if info["steps"] < want:
+        raise SemanticGenError(f"{path} stopped at step {info['steps']} before step {want} (interrupted?): "
+                               "rerun the same command to continue")
+    if info["steps"] > want:
+        raise SemanticGenError(f"{path} is already trained to step {info['steps']}, past step {want}: keep "
+                               f"--s1-steps/--s2-steps/--checkpoints as they were, or delete {path.parent}")
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+class Bench:
+    """Trains and evaluates the variants with one set of options (``parse_args``)."""
+
+    def __init__(self, args, log=print):
+        import torch
+
+        from semanticgen_core.text_encoders import MiniLMTextEncoder
+
+        self.args, self.log, self.torch = args, log, torch
+        torch.set_num_threads(args.threads)
+        self.prompts = evaluation.heldout_prompts(args.prompts)
+        self.text_encoder = MiniLMTextEncoder.from_pretrained()
+
+    def _common(self, out: Path, steps: int) -> list[str]:
+        a = self.args
+        return ["--cache", str(a.cache), "--out", str(out), "--steps", str(steps), "--batch", str(a.batch),
+                "--threads", str(a.threads)]
+
+    def _recipe(self, main, argv: list[str]) -> None:
+        self.torch.manual_seed(self.args.seed)  # the recipes build their modules from the global generator
+        main(argv)
+
+    def stage2(self, name: str) -> tuple[Path, list[str]]:
+        """The variant's stage-2 file, trained (or resumed) to ``--s2-steps``, and its recipe's arguments."""
+        from semanticgen_core.recipes import train_stage2
+
+        v, folder = VARIANTS[name], self.args.runs / name
+        path = folder / "stage2" / "stage2.safetensors"
+        argv = self._common(path.parent, self.args.s2_steps) + ["--plan-from", v.plan_from,
+                                                                "--plan-dim", str(v.plan_dim)]
+        if not path.is_file() or file_info(path)["steps"] != self.args.s2_steps:
+            if (folder / "stage1" / "last.pt").is_file():
+                raise SemanticGenError(f"{folder / 'stage1'} was trained on another stage 2 than the "
+                                       f"{self.args.s2_steps} steps asked for: delete {folder} to start over")
+            self.log(f"{name}: stage 2, {self.args.s2_steps} steps")
+            self._recipe(train_stage2.main, argv)
+        _check_steps(path, self.args.s2_steps)
+        return path, argv
+
+    def stage1_at(self, name: str, stage2: Path, step: int) -> tuple[Path, list[str]]:
+        """A copy of stage 1 exported at ``step`` (trained on from where its run stopped)."""
+        from semanticgen_core.recipes import train_stage1
+
+        out = self.args.runs / name / "stage1"
+        checkpoint = out / "checkpoints" / f"stage1_{step:06d}.safetensors"
+        argv = self._common(out, step) + ["--stage2", str(stage2)]
+        if not checkpoint.is_file():
+            self.log(f"{name}: stage 1 to step {step}")
+            self._recipe(train_stage1.main, argv)
+            _check_steps(out / "stage1.safetensors", step)
+            _copy_atomic(out / "stage1.safetensors", checkpoint)
+        return checkpoint, argv
+
+    def evaluate(self, name: str, stage1: Path, stage2: Path, step: int) -> dict:
+        """The checkpoint's record (cached beside the run, keyed by the exact models and settings)."""
+        from semanticgen_core.pipeline import SemanticGenPipeline
+        from semanticgen_core.recipes.dataset import file_id
+        from semanticgen_core.sampling import SamplingOptions
+
+        a = self.args
+        key = {"stage1": file_id(stage1), "stage2": file_id(stage2), "vae": file_id(a.vae), "prompts": a.prompts,
+               "sample_steps": a.sample_steps, "guidance": a.guidance, "seed": a.seed}
+        cached = a.runs / name / "evals" / f"{step:06d}.json"
+        if cached.is_file() and json.loads(cached.read_text())["key"] == key:
+            return json.loads(cached.read_text())
+        started = time.monotonic()
+        pipe = SemanticGenPipeline.from_files(stage1, stage2, a.vae, text_encoder=self.text_encoder)
+        d = pipe.preset.defaults
+
+        def generate(prompt: str, seed: int):
+            opts = SamplingOptions(steps=a.sample_steps, guidance=a.guidance, seed=seed)
+            return pipe(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts)
+
+        report = evaluation.evaluate(generate, self.prompts, a.seed)
+        s1, s2 = file_info(stage1), file_info(stage2)
+        record = {"key": key, "step": step, "stage1_minutes": s1["wall_minutes"], "stage2_minutes": s2["wall_minutes"],
+                  "cpu_minutes": round(s1["wall_minutes"] + s2["wall_minutes"], 1),
+                  "eval_seconds": round(time.monotonic() - started, 1), **quality(report), "report": report}
+        plan_transfer._write_atomic(cached, (json.dumps(record) + "\n").encode())
+        self.log(f"{name} step {step}: adherence {record['adherence']:.3f}, consistency "
+                 f"{record['consistency']:.3f} ({record['eval_seconds']:.0f} s)")
+        return record
+
+    def variant(self, name: str) -> dict:
+        stage2, s2_argv = self.stage2(name)
+        points, s1_argv = [], None
+        for step in checkpoint_steps(self.args.s1_steps, self.args.checkpoints):
+            stage1, s1_argv = self.stage1_at(name, stage2, step)
+            points.append(self.evaluate(name, stage1, stage2, step))
+        v, info = VARIANTS[name], file_info(stage2)
+        return {"plan_from": v.plan_from, "plan_dim": v.plan_dim, "about": v.about, "clips": info["clips"],
+                "data": info["data"],
+                "stage2_command": "python -m semanticgen_core.recipes.train_stage2 " + shlex.join(s2_argv),
+                "stage1_command": "python -m semanticgen_core.recipes.train_stage1 " + shlex.join(s1_argv),
+                "points": points}
+
+
+# --------------------------------------------------------------------------- figures and write-up
+
+
+def _metric(p: dict, key: str) -> str:
+    v = p[key]
+    return "–" if v is None else f"{v:.3f}"
+
+
+def convergence_table(results: dict) -> str:
+    lines = ["| variant | step | stage-1 CPU min | total CPU min | colour | shape | motion | adherence ± s.e. "
+             "| all three right | consistency |", "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    for name, r in results.items():
+        for p in r["points"]:
+            se = "" if p["adherence_se"] is None else f" ± {p['adherence_se']:.3f}"
+            lines.append(f"| {name} | {p['step']} | {p['stage1_minutes']:.1f} | {p['cpu_minutes']:.1f} | "
+                         f"{_metric(p, 'color')} | {_metric(p, 'shape')} | {_metric(p, 'motion')} | "
+                         f"{p['adherence']:.3f}{se} | {_metric(p, 'all_correct')} | {p['consistency']:.3f} |")
+    return "\n".join(lines)
+
+
+def final_table(results: dict) -> str:
+    lines = ["| variant | plan from | plan dims | stage-2 CPU min | stage-1 CPU min | final adherence ± s.e. | "
+             "best adherence (step) | final consistency |", "|---|---|---:|---:|---:|---|---|---:|"]
+    for name, r in results.items():
+        p = r["points"][-1]
+        best = max(r["points"], key=lambda q: q["adherence"])
+        se = "" if p["adherence_se"] is None else f" ± {p['adherence_se']:.3f}"
+        lines.append(f"| {name} | {r['plan_from']} | {r['plan_dim']} | {p['stage2_minutes']:.1f} | "
+                     f"{p['stage1_minutes']:.1f} | {p['adherence']:.3f}{se} | {best['adherence']:.3f} "
+                     f"({best['step']}) | {p['consistency']:.3f} |")
+    return "\n".join(lines)
+
+
+def figure(results: dict) -> np.ndarray:
+    """Per claim with a variant measured, one row: adherence vs steps, vs CPU minutes, consistency vs steps."""
+    panels = []
+    for title, names in CLAIMS.items():
+        names = [n for n in names if n in results]
+        if not names:
+            continue
+
+        def series(x: str, y: str):
+            return [(n, [p[x] for p in results[n]["points"]], [p[y] for p in results[n]["points"]]) for n in names]
+
+        panels += [line_plot.line_chart(series("step", "adherence"), title, "stage-1 training steps", "adherence"),
+                   line_plot.line_chart(series("cpu_minutes", "adherence"), title, "CPU minutes (stage 2 + stage 1)",
+                                        "adherence"),
+                   line_plot.line_chart(series("step", "consistency"), title, "stage-1 training steps",
+                                        "consistency")]
+    return line_plot.tile(panels, 3)
+
+
+def findings(results: dict) -> tuple[list[str], dict]:
+    """The write-up's sentences and the comparisons behind them (reference first in each claim)."""
+    lines, comparisons = [], {}
+    claims = {("semantic-8", "vae-8"): "Convergence claim (semantic space beats VAE space)",
+              ("semantic-8", "semantic-16"): "Compression claim (8 channels beat 16)",
+              ("semantic-8", "semantic-64"): "Compression claim (8 channels beat full width, 64 here)"}
+    for (a, b), claim in claims.items():
+        if a in results and b in results:
+            c = compare(a, b, {n: r["points"] for n, r in results.items()})
+            comparisons[f"{a} vs {b}"] = c
+            lines += [verdict(c, claim), *[f"  - {s}" for s in statements(c)]]
+    return lines, comparisons
+
+
+def write_markdown(path: Path, results: dict, lines: list[str], meta: dict, picture: str,
+                   transfer: bool) -> None:
+    a = meta["settings"]
+    held = meta["heldout_seeds"]
+    parts = [
+        "# The paper's claims, measured",
+        "",
+        "_Generated by `bench/claims.py` from this run's numbers; rerun it after retraining._",
+        "",
+        f"Command: `{meta['command']}` (this invocation: {meta['seconds'] / 60:.1f} min, {a['threads']} thread(s); "
+        "a rerun reuses the checkpoints and evaluations already made).",
+        "",
+        "Each variant is the embedded default's two-stage pipeline trained from scratch on the same cache "
+        f"({meta['clips']} clips), with the same recipes, batch {a['batch']}, training seed {a['seed']} and steps: "
+        f"stage 2 + compressor {a['s2_steps']} steps, then stage 1 on the frozen compressor's plans, "
+        f"evaluated at steps {', '.join(map(str, meta['checkpoints']))}. Each evaluation generates {a['prompts']} "
+        f"clips (4 s, 33 frames at 8 fps, 64x64) from the captions of held-out world seeds "
+        f"{held[0]}..{held[1]}, sampling seeds {a['seed']}..{a['seed'] + a['prompts'] - 1}, {a['sample_steps']} "
+        f"steps per stage, guidance {a['guidance']:g}, and judges them with the independent OpenCV detector "
+        "(`docs/evaluation.md`). **Adherence** is the fraction of a prompt's colour, shape and motion-direction "
+        "judgements (over all its objects) that are right, averaged over prompts (± its standard error over "
+        "prompts); colour, shape and motion columns are accuracies over all prompt objects. CPU minutes are "
+        f"the training wall time the recipes record ({a['threads']} thread(s); other jobs on the machine "
+        "inflate it), cumulative; \"total\" adds stage 2's. \"Full\" plan width is 64 here, the semantic "
+        "encoder's own width, so the paper's \"full\" and \"64\" rows coincide.",
+        "",
+        "## What was found",
+        "",
+        *[f"- {ln}" if not ln.startswith("  ") else ln for ln in lines],
+        "",
+        "Steps to reach a quality are interpolated linearly between the last checkpoint below it and the "
+        "first at or above it (step 0 is the untrained stage 1); a claim is called held or reversed only "
+        "when the paired final difference exceeds 2 standard errors.",
+        "",
+        f"![quality against training steps and CPU time]({picture})",
+        "",
+        "## Final checkpoints",
+        "",
+        final_table(results),
+        "",
+        "## Every checkpoint",
+        "",
+        convergence_table(results),
+        "",
+        "## Commands",
+        "",
+        "Each variant's recipes (stage 1 is run once per checkpoint with `--steps` raised; it resumes):",
+        "",
+    ]
+    for name, r in results.items():
+        parts += [f"- {name} ({r['about']}):", f"  `{r['stage2_command']}`", f"  `{r['stage1_command']}`"]
+    parts += ["", f"Data: cache made by {json.dumps(meta['data'])}; VAE `{a['vae']}` "
+                  f"(sha256 {meta['vae_id']}). Raw numbers, every judgement included: `claims.json`."]
+    if transfer:
+        parts += ["", "Plan transfer (the paper's Fig. 4), regenerated by the same command: "
+                      "[plan_transfer.md](plan_transfer.md)."]
+    plan_transfer._write_atomic(path, ("\n".join(parts) + "\n").encode())
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv):
+    d = EMBEDDED.defaults
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--cache", type=Path, required=True, help="clips cached by semanticgen_core.recipes.dataset")
+    p.add_argument("--vae", type=Path, required=True, help="the VAE the cache was made with (decodes for the eval)")
+    p.add_argument("--runs", type=Path, default=Path("runs/claims"), help="one run folder per variant in here")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    p.add_argument("--s2-steps", type=int, default=600, help="stage-2 (+ compressor) training steps")
+    p.add_argument("--s1-steps", type=int, default=600, help="stage-1 training steps")
+    p.add_argument("--checkpoints", type=int, default=5, help="stage-1 checkpoints evaluated (besides step 0)")
+    p.add_argument("--prompts", type=int, default=24, help="held-out prompts per evaluation")
+    p.add_argument("--sample-steps", type=int, default=10, help="denoising steps of each stage in the evaluation")
+    p.add_argument("--guidance", type=float, default=float(d["guidance"]))
+    p.add_argument("--seed", type=int, default=0, help="training seed; sampling seed of the first prompt")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--transfer-refs", type=int, default=8, help="bench/plan_transfer.py --refs")
+    p.add_argument("--no-plan-transfer", action="store_true", help="do not regenerate the plan-transfer figure")
+    p.add_argument("--out", type=Path, default=Path("docs"))
+    a = p.parse_args(argv)
+    if min(a.s1_steps, a.s2_steps, a.checkpoints, a.prompts, a.sample_steps) < 1:
+        p.error("steps, checkpoints, prompts and sample steps must be >= 1")
+    return a
+
+
+def main(argv: list[str] | None = None, log=print) -> dict:
+    """Train, evaluate, write the figure, the write-up and the JSON; returns what the JSON holds."""
+    a = parse_args(argv)
+    if not a.no_plan_transfer:
+        from semanticgen_core.embedded import PARTS, weights_path
+
+        for part in PARTS:  # plan transfer judges the embedded default: fail now, not after hours of training
+            weights_path(part)
+    started = time.monotonic()
+    bench = Bench(a, log)
+    results = {name: bench.variant(name) for name in a.variants}
+    lines, comparisons = findings(results)
+    for ln in lines:
+        log(ln)
+
+    from semanticgen_core.recipes.dataset import file_id
+
+    png = a.out / "img" / "convergence.png"
+    plan_transfer.write_png(png, figure(results))
+    command = "python bench/claims.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    first = next(iter(results.values()))
+    held = [world.HELDOUT_SEED_START, world.HELDOUT_SEED_START + a.prompts - 1]
+    meta = {"command": command, "seconds": time.monotonic() - started, "clips": first["clips"], "data": first["data"],
+            "vae_id": file_id(a.vae), "heldout_seeds": held,
+            "checkpoints": checkpoint_steps(a.s1_steps, a.checkpoints),
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
+    record = {**meta, "findings": lines, "comparisons": comparisons, "variants": results}
+    plan_transfer._write_atomic(a.out / "claims.json", (json.dumps(record, indent=1) + "\n").encode())
+    write_markdown(a.out / "claims.md", results, lines, meta, os.path.relpath(png, a.out), not a.no_plan_transfer)
+    log(f"wrote {a.out / 'claims.md'}, {a.out / 'claims.json'}, {png}")
+    if not a.no_plan_transfer:
+        plan_transfer.main(["--out", str(a.out), "--refs", str(a.transfer_refs)])
+    return record
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except SemanticGenError as e:  # missing weights, a run trained past the asked steps: say so, no traceback
+        sys.exit(f"error: {e}")

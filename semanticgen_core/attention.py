@@ -7,7 +7,9 @@ conditioning). Two things are added on top of Wan's self-attention:
   coordinate in latent frames; a window of ``T_w`` latent frames holds the video tokens of those frames
   *and* the semantic tokens that fall inside them, so each window carries its own part of the plan.
   Odd layers shift the window grid by ``T_w / 2`` so information crosses window borders. Windows do not
-  wrap around: a long video is not periodic. One window covering everything is full attention.
+  wrap around: a long video is not periodic. One window covering everything is full attention. The
+  whole grid can also be offset: training draws the offset at random and sampling moves it each step,
+  so borders never sit at the same frames for long enough to leave a seam.
 * **A gate on the video <- semantic path.** Each query attends to the video keys and, through a separate
   softmax, to the semantic keys of its window; the second result is scaled by a per-layer, per-head gate
   initialised at zero (IP-Adapter style decoupling). With the gate at zero the model is exactly the
@@ -62,20 +64,22 @@ class Window:
 
 
 def time_windows(video_times: torch.Tensor, semantic_times: torch.Tensor | None, window: float | None,
-                 shifted: bool) -> list[Window]:
+                 shifted: bool, offset: float = 0.0) -> list[Window]:
     """Split tokens into attention windows by their time coordinate (latent frames).
 
     Both token sets are sorted by time (Wan flattens video as t, h, w; plans likewise), so every window
-    is one slice of each. ``window=None`` gives a single window: full attention.
+    is one slice of each. ``window=None`` gives a single window: full attention. Window ``k`` covers
+    ``[k W - s, (k + 1) W - s)`` with ``s = offset`` (+ ``W / 2`` when shifted): training draws the offset
+    at random and sampling moves it every step, so no frame is always at a border.
     """
     n_sem = 0 if semantic_times is None else len(semantic_times)
     if window is None:
         return [Window(slice(0, len(video_times)), slice(0, n_sem))]
-    offset = window / 2 if shifted else 0.0
+    start = window_start(window, shifted, offset)
     last = float(video_times.max())
 
     def ids(times: torch.Tensor) -> torch.Tensor:
-        return torch.floor((times.clamp(0, last) + offset) / window).long()
+        return torch.floor((times.clamp(0, last) + start) / window).long()
 
     vid = ids(video_times)
     sid = ids(semantic_times) if n_sem else vid.new_zeros(0)
@@ -85,6 +89,11 @@ def time_windows(video_times: torch.Tensor, semantic_times: torch.Tensor | None,
         s = (sid == w).nonzero().flatten()
         windows.append(Window(_as_slice(v), _as_slice(s)))
     return windows
+
+
+def window_start(window: float, shifted: bool, offset: float) -> float:
+    """How far before time 0 the window grid starts (``time_windows``)."""
+    return (offset + (window / 2 if shifted else 0.0)) % window
 
 
 def _as_slice(idx: torch.Tensor) -> slice:

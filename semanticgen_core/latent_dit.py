@@ -75,6 +75,7 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         window_frames: int | None = -1,
         shot_starts: Sequence[float] | None = None,
         stream_frames: int | None = None,
+        window_offset: float = 0.0,
         return_dict: bool = True,
     ):
         """Predict the flow velocity of the latents.
@@ -87,7 +88,8 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         window_frames: attention window in latent frames; ``None`` for full attention, ``-1`` (default)
         for the value in the config; stream_frames: with windows, run the blocks as a pipeline over time
         taking this many latent frames at a time (``window_stream.py``: the same output in memory bounded
-        by the window), None for one pass.
+        by the window), None for one pass; window_offset: where the window grid starts
+        (``attention.time_windows``).
         """
         b = hidden_states.shape[0]
         window = self.config.window_frames if window_frames == -1 else window_frames
@@ -106,7 +108,7 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
             mod_s = self.time_modulation(semantic_timestep, dtype)[1]
         if stream_frames is not None and window is not None:
             out = stream_forward(self, hidden_states, semantic_tokens, context, temb, mod_v, mod_s, window,
-                                 stream_frames, shot_starts)
+                                 stream_frames, shot_starts, window_offset)
             return Transformer2DModelOutput(sample=out) if return_dict else (out,)
 
         xv, rope_v, video_times, grid = self.patchify(hidden_states)
@@ -121,8 +123,8 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
             times = torch.cat([video_times, semantic_times])
 
         shots = shot_routing(times, shot_starts, 1 if context.ndim == 3 else context.shape[1])
-        layouts = [time_windows(video_times, semantic_times, window, shifted=False),
-                   time_windows(video_times, semantic_times, window, shifted=True)]
+        layouts = [time_windows(video_times, semantic_times, window, shifted, window_offset)
+                   for shifted in (False, True)]
         xv, _ = self.run_blocks(xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts, self.semantic_gate)
         out = self.head(xv, temb, grid)
         return Transformer2DModelOutput(sample=out) if return_dict else (out,)

@@ -156,7 +156,8 @@ class SemanticGenPipeline:
 
         ``prompt`` (plain or per shot) defaults to the plan's own segments; ``window_frames=-1`` uses the
         model's configured attention window; ``text_embeddings`` as in ``generate_plan``. With windows the
-        blocks stream over time (``window_stream.py``), so memory stays flat however long the video is.
+        blocks stream over time (``window_stream.py``), so memory stays flat however long the video is,
+        and the window grid moves by a latent frame every step, so no frame stays at a border.
         """
         stage2 = self._need("stage2")
         if plan.tokens.shape[-1] != stage2.config.semantic_dim:
@@ -174,10 +175,13 @@ class SemanticGenPipeline:
         sem = plan.tokens[None].to(self.device, dtype)
         window = stage2.config.window_frames if window_frames == -1 else window_frames
         stream = None if window is None else STREAM_WINDOWS * window
+        step = iter(range(opts.steps))  # one call a step (guidance batches both texts)
 
         def velocity(x, t, context):
+            offset = 0.0 if window is None else float(next(step) % window)  # borders move every step
             return stage2(x, t, context, semantic_tokens=sem.expand(x.shape[0], *sem.shape[1:]),
-                          window_frames=window, shot_starts=starts, stream_frames=stream).sample
+                          window_frames=window, shot_starts=starts, stream_frames=stream,
+                          window_offset=offset).sample
 
         return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
 

@@ -53,8 +53,11 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
     aa = a.view(-1, 1, 1, 1, 1)
     z_aug = (1 - aa) * z_sem + aa * torch.randn(z_sem.shape, generator=generator).to(z_sem)
     text = drop_text(text, empty_text, text_drop, generator)
+    window = stage2.config.window_frames  # borders anywhere, as sampling moves them (attention.time_windows)
+    offset = float(torch.randint(int(window), (1,), generator=generator)) if window else 0.0
     flow = flow_matching_loss(
-        lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=1000 * a).sample,
+        lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=1000 * a,
+                            window_offset=offset).sample,
         latents, generator)
     kl = compressor.kl(mean, logvar)
     return {"loss": flow + kl_weight * kl, "flow": flow.detach(), "kl": kl.detach()}

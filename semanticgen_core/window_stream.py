@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import Rope, time_windows
+from .attention import Rope, time_windows, window_start
 from .wan_blocks import block_forward, cell_centres, shot_routing
 
 
@@ -60,7 +60,7 @@ class Span:
 
 def stream_forward(model, hidden_states: torch.Tensor, semantic_tokens: torch.Tensor | None, context: torch.Tensor,
                    temb: torch.Tensor, mod_v: torch.Tensor, mod_s: torch.Tensor | None, window: float,
-                   chunk: int, shot_starts: Sequence[float] | None) -> torch.Tensor:
+                   chunk: int, shot_starts: Sequence[float] | None, offset: float = 0.0) -> torch.Tensor:
     """``LatentDiT``'s windowed forward, run as a pipeline over time; returns ``[B, C_out, T, H, W]``."""
     b, _, t, h, w = hidden_states.shape
     pt, ph, pw = model.config.patch_size
@@ -89,13 +89,13 @@ def stream_forward(model, hidden_states: torch.Tensor, semantic_tokens: torch.Te
         frontier = math.inf if final else float(stop)  # every token before it has reached this layer
         for i, block in enumerate(model.blocks):
             span = Span.cat(pending[i], new)
-            shift = window / 2 if i % 2 else 0.0
+            shift = window_start(window, bool(i % 2), offset)
             frontier = math.floor((frontier + shift) / window) * window - shift if not final else frontier
             new, pending[i] = span.split(frontier)
             if new.empty:
                 break
             times = new.tv if new.ts is None else torch.cat([new.tv, new.ts])
-            windows = time_windows(new.tv, new.ts, window, shifted=bool(i % 2))
+            windows = time_windows(new.tv, new.ts, window, shifted=bool(i % 2), offset=offset)
             new.xv, new.xs = block_forward(block, new.xv, new.xs, context, shot_routing(times, shot_starts, num_shots),
                                            mod_v, mod_s, new.rope_v, new.rope_s, windows, model.semantic_gate[i])
         else:

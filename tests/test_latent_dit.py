@@ -59,6 +59,11 @@ def test_windows_group_video_and_semantic_tokens_by_time():
     shifted = time_windows(video, sem, 4, shifted=True)   # windows start at -2: [-2,2) [2,6) [6,10)
     assert [(w.video.start, w.video.stop, w.semantic.start, w.semantic.stop) for w in shifted] == \
         [(0, 8, 0, 2), (8, 24, 2, 6), (24, 32, 6, 8)]
+    moved = time_windows(video, sem, 4, shifted=False, offset=1)   # [-1,3) [3,7) [7,11)
+    assert [(w.video.start, w.video.stop, w.semantic.start, w.semantic.stop) for w in moved] == \
+        [(0, 12, 0, 4), (12, 28, 4, 8), (28, 32, 0, 0)]  # the last window has no plan step
+    assert [(w.video.start, w.video.stop) for w in time_windows(video, sem, 4, True, offset=2)] == \
+        [(w.video.start, w.video.stop) for w in plain]  # half a window more is the unshifted grid
     assert len(time_windows(video, sem, None, shifted=True)) == 1
 
 
@@ -163,9 +168,9 @@ def test_stage2_per_shot_prompts_route_by_latent_time():
     assert (out[:, :, 3:] - out2[:, :, 3:]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("window, chunk", [(4, 4), (4, 3), (2, 5), (3, 1), (4, 100)])
+@pytest.mark.parametrize("window, chunk, offset", [(4, 4, 0), (4, 3, 1), (2, 5, 0), (3, 1, 2), (4, 100, 3)])
 @torch.no_grad()
-def test_streamed_windows_equal_one_pass(window, chunk):
+def test_streamed_windows_equal_one_pass(window, chunk, offset):
     """Running the blocks as a pipeline over time (bounded memory) gives the one-pass output: every
     layer's windows, shifted or not, see exactly the tokens they see in one pass."""
     torch.manual_seed(4)
@@ -174,13 +179,13 @@ def test_streamed_windows_equal_one_pass(window, chunk):
     g = torch.Generator().manual_seed(5)
     x, t = torch.randn(2, 4, 13, 8, 8, generator=g), torch.tensor([500.0, 100.0])
     sem, shots = torch.randn(2, 7, 2, 2, 3, generator=g), torch.randn(2, 3, 7, 16, generator=g)
-    args = dict(semantic_tokens=sem, window_frames=window, shot_starts=[0, 4.5, 9])
+    args = dict(semantic_tokens=sem, window_frames=window, shot_starts=[0, 4.5, 9], window_offset=offset)
     one_pass = model(x, t, shots, **args).sample
     torch.testing.assert_close(model(x, t, shots, stream_frames=chunk, **args).sample, one_pass,
                                rtol=1e-5, atol=1e-5)
     # Without a plan, too; and a wrong window in the stream would show (the test can fail).
-    plain = model(x, t, shots, window_frames=window, shot_starts=[0, 4.5, 9]).sample
-    torch.testing.assert_close(model(x, t, shots, window_frames=window, shot_starts=[0, 4.5, 9],
+    plain = model(x, t, shots, window_frames=window, shot_starts=[0, 4.5, 9], window_offset=offset).sample
+    torch.testing.assert_close(model(x, t, shots, window_frames=window, shot_starts=[0, 4.5, 9], window_offset=offset,
                                      stream_frames=chunk).sample, plain, rtol=1e-5, atol=1e-5)
     assert (model(x, t, shots, stream_frames=chunk, **{**args, "window_frames": window + 1}).sample
             - one_pass).abs().max() > 1e-4

@@ -4,7 +4,7 @@ For each clip, three rows of every 4th frame: the clip, its VAE reconstruction, 
 the plan encoded from the clip (semantic encoder + compressor), under the clip's own caption. It shows
 how much of the picture the VAE and stage 2 each get right.
 
-    python bench/rerender_sheet.py --out docs/img/embedded_provisional_rerender.png
+    python bench/rerender_sheet.py --out docs/img/embedded_rerender.png
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=Path("docs/img/embedded_provisional_rerender.png"))
+    p.add_argument("--out", type=Path, default=Path("docs/img/embedded_rerender.png"))
     p.add_argument("--seeds", type=int, nargs="+", default=[HELDOUT_SEED_START + k for k in (3, 10, 21)])
     p.add_argument("--steps", type=int, default=20)
     a = p.parse_args()

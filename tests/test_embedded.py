@@ -19,8 +19,9 @@ def test_shipped_part_loads_with_every_key(part):
 
 
 def test_shipped_weights_fit_the_budget():
-    total = sum(embedded.weights_path(p).stat().st_size for p in embedded.PARTS)
-    assert total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
+    files = list(embedded.weights_path("vae").parent.glob("*.safetensors"))  # the baseline included
+    total = sum(f.stat().st_size for f in files)
+    assert len(files) >= len(embedded.PARTS) and total <= 25 * 2**20, f"{total / 2**20:.1f} MB"
 
 
 def test_embedded_pipeline_makes_a_video():
@@ -30,3 +31,45 @@ def test_embedded_pipeline_makes_a_video():
     assert frames.shape == (17, 64, 64, 3)
     assert frames.std() > 0.02  # not a flat frame
     assert (frames[1:] - frames[:-1]).abs().mean() < 0.2  # and not noise: consecutive frames agree
+
+
+# Objects of distinct colours over backgrounds of other hues, as the world draws them.
+COLOUR_PROMPTS = [
+    "a red circle moving from left to right over blue stripes",
+    "a large yellow square moving up on a plain purple background",
+    "a green triangle moving down on a red gradient",
+    "a large blue star bouncing over orange stripes",
+    "a large white circle growing on a plain green background",
+    "a cyan square moving from right to left on a purple gradient",
+]
+
+
+@pytest.mark.xfail(strict=True, reason="issue #5 is open: the shipped weights are provisional (stages 1 and 2 have "
+                   "~1,000-1,500 steps on the current VAE's latents) and get 0/6 colours; strict, so this fails "
+                   "loudly, and the marker must go, once retrained weights pass")
+def test_shipped_model_draws_the_prompted_colour_in_most_prompts():
+    """The detector (opencv, independent of the model) finds the prompt's colour in most short clips."""
+    from semanticgen_core.evaluation import judge
+
+    pipe = SemanticGenPipeline.embedded()
+    right = []
+    for seed, prompt in enumerate(COLOUR_PROMPTS):
+        frames = pipe(prompt, num_frames=17, opts=SamplingOptions(steps=10, guidance=4.0, seed=seed))
+        right.append(bool(judge(frames, prompt)["objects"][0]["color"]))
+    print("colour right:", dict(zip(COLOUR_PROMPTS, right)))
+    assert sum(right) > len(right) / 2, right
+
+
+@torch.no_grad()
+def test_one_shots_prompt_changes_mostly_its_own_span_of_the_plan():
+    """Stage 1 has full attention across shots, so another prompt for shot 2 may touch shot 1, but the
+    trained model keeps the change inside the shot it belongs to."""
+    pipe = SemanticGenPipeline.embedded()
+    opts = SamplingOptions(steps=10, guidance=4.0, seed=3)
+    a = pipe.generate_plan("0-4 s: a red circle moving up; 4-8 s: a blue square moving down", 65, 8.0, 64, 64, opts)
+    b = pipe.generate_plan("0-4 s: a red circle moving up; 4-8 s: a yellow star growing", 65, 8.0, 64, 64, opts)
+    change = (a.tokens - b.tokens).pow(2).mean(dim=(1, 2, 3)).sqrt()   # per plan step
+    cut = a.tokens.shape[0] // 2
+    own, other = change[cut + 1:].mean(), change[:cut - 1].mean()  # one step off the cut each side
+    print(f"plan change per step: own shot {own:.3f}, other shot {other:.3f}")
+    assert own > 3 * other

@@ -43,11 +43,9 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
 from semanticgen_core.plan import Segment  # noqa: E402
 from semanticgen_core.shots import format_shots, parse_shots, shot_starts  # noqa: E402
@@ -691,22 +690,6 @@ def markdown(result: Result, summary: dict, command: str, train_steps: int, info
     return "\n".join(parts)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _weights_digest(paths: dict[str, Path]) -> dict[str, str]:
     out = {}
     for name, path in paths.items():
@@ -804,13 +787,13 @@ def main(argv=None, pipe=None, log=print) -> dict:
     command = "python bench/long_video_quality.py " + shlex.join(argv) if argv else "python bench/long_video_quality.py"
     text = markdown(result, summary, command.strip(), train_steps, info,
                     _weights_digest(paths) if paths else None)
-    _write_atomic(Path(args.out), text.encode())
+    write_atomic(Path(args.out), text.encode())
     print(text)
     out = {"command": command.strip(), "setup": dataclasses.asdict(setup), "window": result.window,
            "has_baseline": result.has_baseline, "baseline_note": note, "seconds_total": result.seconds_total,
            "summary": summary, "rows": result.rows}
     if args.json:
-        _write_atomic(Path(args.json), json.dumps(_json_safe(out), indent=1).encode())
+        write_atomic(Path(args.json), json.dumps(_json_safe(out), indent=1).encode())
     return out
 
 

@@ -31,7 +31,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
 
 # --------------------------------------------------------------------------- masks and metrics
@@ -414,7 +414,7 @@ def write_markdown(path: Path, result: Result, summary: dict, command: str, pict
                   "under a recoloured and an unrelated caption, (c) an unrelated clip's plan under the reference's "
                   "caption and a text-only video; each label gives that video's object IoU with the reference. "
                   "Frames evenly spaced, 64x64 upscaled 2x (nearest)."]
-    _write_atomic(path, ("\n".join(parts) + "\n").encode())
+    write_atomic(path, ("\n".join(parts) + "\n").encode())
 
 
 # --------------------------------------------------------------------------- picture
@@ -473,27 +473,11 @@ def picture(examples: list[dict], scores: dict, columns: int = COLUMNS, scale: i
     return np.concatenate(blocks)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_png(path: Path, rgb: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     if not ok:
         raise RuntimeError(f"could not encode {path}")
-    _write_atomic(path, buf.tobytes())
+    write_atomic(path, buf.tobytes())
 
 
 # --------------------------------------------------------------------------- command line

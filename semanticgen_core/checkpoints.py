@@ -196,10 +196,9 @@ def init_empty_weights() -> Iterator[None]:
         torch.nn.Module.register_parameter = register
 
 
-def save_file_atomic(
-    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
-) -> None:
-    """Save tensors as safetensors so that ``path`` holds either the old file or the complete new one.
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """``with atomic_file(path) as tmp: write tmp`` leaves ``path`` holding the old file or the complete new one.
 
     The data goes to a temporary file in the same folder (same filesystem, so the rename is atomic), is
     fsynced, then replaces ``path``; on any failure the temporary file is removed.
@@ -209,10 +208,10 @@ def save_file_atomic(
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        save_file(dict(tensors), tmp, metadata=metadata)
+        yield Path(tmp)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model or plan is an ordinary file
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a saved model, plan or figure is an ordinary file
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -226,3 +225,17 @@ def save_file_atomic(
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def save_file_atomic(
+    tensors: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Save tensors as safetensors atomically (``atomic_file``)."""
+    with atomic_file(path) as tmp:
+        save_file(dict(tensors), tmp, metadata=metadata)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write bytes to ``path`` atomically (``atomic_file``)."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)

@@ -135,3 +135,25 @@ def tiny_clip_cache(tmp_path_factory):
     VideoVAE.from_config(tiny_vae_config()).save(root / "vae.safetensors")
     dataset.build(root / "cache", root / "vae.safetensors", root / "enc.safetensors", num_clips=4, shard=2)
     return {"cache": root / "cache", "vae": root / "vae.safetensors"}
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tmp_path_factory):
+    """A pipeline of tiny random models with every part (encoder and baseline included), from files."""
+    from semanticgen_core.latent_dit import LatentDiT
+    from semanticgen_core.model_files import save_model
+    from semanticgen_core.pipeline import SemanticGenPipeline
+    from semanticgen_core.presets import TINY
+    from semanticgen_core.vae import VideoVAE, tiny_vae_config
+
+    out = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    m = TINY.build()
+    save_model(out / "stage1.safetensors", "stage1", {"stage1": m["stage1"]}, TINY)
+    save_model(out / "stage2.safetensors", "stage2", {"compressor": m["compressor"], "stage2": m["stage2"]}, TINY)
+    save_model(out / "encoder.safetensors", "semantic_encoder", {"encoder": m["encoder"]}, TINY)
+    save_model(out / "baseline.safetensors", "baseline", {"baseline": LatentDiT(**TINY.stage2)}, TINY)
+    VideoVAE.from_config(tiny_vae_config()).save(out / "vae.safetensors")
+    return SemanticGenPipeline.from_files(out / "stage1.safetensors", out / "stage2.safetensors",
+                                          out / "vae.safetensors", out / "encoder.safetensors",
+                                          baseline=out / "baseline.safetensors")

@@ -7,7 +7,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from bench import long_video_quality as lq
 from semanticgen_core.data import world
@@ -108,27 +107,6 @@ def test_frame_shots_and_spans():
     assert lq.frame_shots(prompt, 65, 8.0).tolist() == [0] * 32 + [1] * 33
     assert lq.shot_spans(prompt, 65, 8.0) == [(0, 32, "a red circle"), (32, 65, "a blue star")]
     assert lq.num_shots(60, 4) == 15 and lq.num_shots(1, 4) == 1
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    from semanticgen_core.latent_dit import LatentDiT
-    from semanticgen_core.model_files import save_model
-    from semanticgen_core.pipeline import SemanticGenPipeline
-    from semanticgen_core.presets import TINY
-    from semanticgen_core.vae import VideoVAE, tiny_vae_config
-
-    out = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    m = TINY.build()
-    save_model(out / "stage1.safetensors", "stage1", {"stage1": m["stage1"]}, TINY)
-    save_model(out / "stage2.safetensors", "stage2", {"compressor": m["compressor"], "stage2": m["stage2"]}, TINY)
-    save_model(out / "encoder.safetensors", "semantic_encoder", {"encoder": m["encoder"]}, TINY)
-    save_model(out / "baseline.safetensors", "baseline", {"baseline": LatentDiT(**TINY.stage2)}, TINY)
-    VideoVAE.from_config(tiny_vae_config()).save(out / "vae.safetensors")
-    return SemanticGenPipeline.from_files(out / "stage1.safetensors", out / "stage2.safetensors",
-                                          out / "vae.safetensors", out / "encoder.safetensors",
-                                          baseline=out / "baseline.safetensors")
 
 
 def test_bench_end_to_end_on_tiny_models(tiny_pipe, tmp_path):

@@ -6,7 +6,6 @@ import math
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from bench import plan_transfer as pt
 from semanticgen_core import evaluation
@@ -81,24 +80,6 @@ def test_recolor_caption_changes_colours_only():
         assert [(o["shape"], o["motion"]) for o in before] == [(o["shape"], o["motion"]) for o in after]
     assert pt.recolor_caption("a red circle over yellow stripes") == "a green circle over blue stripes"
     assert pt.recolor_caption("A yellow star and an orange square") == "A blue star and a cyan square"
-
-
-@pytest.fixture(scope="module")
-def tiny_pipe(tmp_path_factory):
-    from semanticgen_core.model_files import save_model
-    from semanticgen_core.pipeline import SemanticGenPipeline
-    from semanticgen_core.presets import TINY
-    from semanticgen_core.vae import VideoVAE, tiny_vae_config
-
-    out = tmp_path_factory.mktemp("models")
-    torch.manual_seed(0)
-    m = TINY.build()
-    save_model(out / "stage1.safetensors", "stage1", {"stage1": m["stage1"]}, TINY)
-    save_model(out / "stage2.safetensors", "stage2", {"compressor": m["compressor"], "stage2": m["stage2"]}, TINY)
-    save_model(out / "encoder.safetensors", "semantic_encoder", {"encoder": m["encoder"]}, TINY)
-    VideoVAE.from_config(tiny_vae_config()).save(out / "vae.safetensors")
-    return SemanticGenPipeline.from_files(out / "stage1.safetensors", out / "stage2.safetensors",
-                                          out / "vae.safetensors", out / "encoder.safetensors")
 
 
 def test_bench_end_to_end_on_tiny_models(tiny_pipe, tmp_path):

@@ -32,10 +32,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from ..data.world import (BACKGROUND_COLORS, BACKGROUNDS, HELDOUT_SEED_START, OB
 from ..errors import SemanticGenError
 from ..presets import EMBEDDED
 from ..semantic_encoder import QwenVisionEncoder, qwen_patchify, sample_indices
+from .loop import save_atomic
 
 NUM_FRAMES, FPS, SIZE = 33, 8.0, 64  # 4 s clips of the embedded default
 TWO_SHOT_RATE = 0.25
@@ -542,17 +541,6 @@ def format_figures(results: dict[str, dict[str, float]]) -> str:
 # --------------------------------------------------------------------------- training loop
 
 
-def _save_atomic(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _lr(args, step: int, elapsed: float) -> float:
     """Linear warm-up, then cosine decay to a tenth over the run (by steps or by time, whichever is further)."""
     progress = 0.0
@@ -604,7 +592,7 @@ def train(args) -> int:
         return bool((args.steps and step >= args.steps) or (args.minutes and elapsed >= 60 * args.minutes))
 
     def checkpoint() -> None:
-        _save_atomic({"encoder": encoder.model.state_dict(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
+        save_atomic({"encoder": encoder.model.state_dict(), "heads": heads.state_dict(), "optimizer": opt.state_dict(),
                       "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step,
                       "elapsed": elapsed, "cpu": cpu, "args": vars(args)}, last)
 

@@ -12,17 +12,15 @@ Where Chromium is installed (or CHROMIUM names it), the frontend itself loads ea
 with its own graphToPrompt: the result must equal the runner's conversion, and re-saving keeps our
 widget values; SEMANTICGEN_SCREENSHOT_DIR=DIR also saves a screenshot of each workflow there.
 
-COMFYUI_PYTHON picks the interpreter that has ComfyUI's requirements (default: this one), COMFYUI_PYTHONPATH
-is prepended to the server's PYTHONPATH (e.g. a stub package), COMFYUI_PORT sets the port (default 8199).
+COMFYUI_PYTHON and COMFYUI_PYTHONPATH as in ``tests/web/comfyui_server.py``; COMFYUI_PORT sets the port
+(default 8199).
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -34,11 +32,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "web"))
-from cdp import WebSocket, find_chromium  # noqa: E402  (the browser tests' DevTools client)
+from cdp import Browser, WebSocket, find_chromium  # noqa: E402  (the browser tests' DevTools client)
+from comfyui_server import PACK_DIR_NAME, comfyui_server, quiet_frontend  # noqa: E402
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 PORT = int(os.environ.get("COMFYUI_PORT", "8199"))
 URL = f"http://127.0.0.1:{PORT}"
-PACK_DIR_NAME = "ComfyUI-SemanticGen"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run this test")
@@ -62,50 +60,12 @@ def post(path: str, body: dict | None = None):
 
 @pytest.fixture(scope="module")
 def server(pack, tiny_model_files, tmp_path_factory):
-    comfy_dir = Path(COMFYUI_DIR)
-    if not (comfy_dir / "main.py").is_file():
-        pytest.fail(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no main.py)")
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", PORT)) == 0:
             pytest.fail(f"port {PORT} is already in use: stop that server or set COMFYUI_PORT")
-    base = tmp_path_factory.mktemp("comfyui-base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_DIR_NAME).symlink_to(ROOT, target_is_directory=True)
-    (base / "models").mkdir()
-    (base / "models" / "semanticgen").symlink_to(tiny_model_files["dir"] / "semanticgen", target_is_directory=True)
-    for sub in ("input", "output", "user", "temp"):
-        (base / sub).mkdir()
-    env = dict(os.environ)
-    if os.environ.get("COMFYUI_PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    log_path = base / "server.log"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(PORT), "--disable-auto-launch",
-               "--base-directory", str(base)]
-    start = time.time()
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.time() - start > 180:
-                    pytest.fail(f"ComfyUI did not answer in 180 s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.5)
-        print(f"\nComfyUI ready in {time.time() - start:.1f} s ({python})")
-        yield {"base": base, "log": log_path, "process": process}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        print(f"\n--- ComfyUI log (last lines) ---\n{log_path.read_text()[-3000:]}")
+    with comfyui_server(Path(COMFYUI_DIR), ROOT, tiny_model_files["dir"] / "semanticgen",
+                        tmp_path_factory.mktemp("comfyui-base"), PORT) as running:
+        yield running
 
 
 def queue(api: dict) -> tuple[str, list[dict]]:
@@ -244,75 +204,23 @@ def test_interrupt_stops_a_run_and_the_next_one_works(server, tiny_models, tiny_
 # -- the frontend (headless Chromium over the DevTools protocol) ------------------------------------
 
 
-class DevTools:
-    def __init__(self, ws: WebSocket):
-        self.ws, self.next_id = ws, 0
-
-    def call(self, method: str, **params):
-        self.next_id += 1
-        self.ws.send_json({"id": self.next_id, "method": method, "params": params})
-        while True:
-            message = self.ws.receive()
-            if message and message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message.get("result", {})
-
-    def eval(self, expression: str, wait: bool = True):
-        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=wait, returnByValue=True)
-        if "exceptionDetails" in result:
-            raise RuntimeError(json.dumps(result["exceptionDetails"])[:2000])
-        return result["result"].get("value")
-
-
 @pytest.fixture(scope="module")
-def frontend(server, tmp_path_factory):
+def frontend(server):
     exe = find_chromium()
     if not exe:
         pytest.skip("no Chromium: checking the frontend's own conversion needs a headless browser")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
-                       ("Comfy.Graph.CanvasInfo", False)):
-        post(f"/settings/{key}", value)
-    profile = tmp_path_factory.mktemp("chromium")
-    browser = subprocess.Popen([exe, "--headless=new", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}",
-                                f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    quiet_frontend(URL)
+    browser = Browser.launch(exe, width=1760, height=880)
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json", timeout=5) as r:
-                    pages = [p for p in json.loads(r.read()) if p["type"] == "page"]
-                if pages:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail("Chromium's DevTools endpoint did not come up")
-            time.sleep(0.3)
-        ws = WebSocket("127.0.0.1", port, pages[0]["webSocketDebuggerUrl"].split(str(port), 1)[1], timeout=120)
-        tools = DevTools(ws)
-        tools.call("Emulation.setDeviceMetricsOverride", width=1760, height=880, deviceScaleFactor=1, mobile=False)
-        tools.call("Page.navigate", url=URL + "/")
-        deadline = time.time() + 90
-        while not tools.eval("!!(window.app && window.app.graph && window.app.canvas)", wait=False):
-            if time.time() > deadline:
-                pytest.fail("the ComfyUI frontend did not start in the browser")
-            time.sleep(0.5)
+        page = browser.page
+        page.goto(URL + "/")
+        page.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=90, what="the ComfyUI frontend")
         for key, value in (("Comfy.Minimap.Visible", False), ("Comfy.Graph.CanvasInfo", False)):
-            tools.eval(f"window.app.ui.settings.setSettingValueAsync({json.dumps(key)}, {json.dumps(value)})")
+            page.eval(f"window.app.ui.settings.setSettingValueAsync({json.dumps(key)}, {json.dumps(value)})")
         time.sleep(2)
-        yield tools
-        ws.close()
+        yield page
     finally:
-        browser.terminate()
-        try:
-            browser.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            browser.kill()
+        browser.close()
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
@@ -331,7 +239,6 @@ def test_frontend_converts_our_workflows_as_the_runner_does(frontend, path):
     assert {n["id"]: n.get("widgets_values") for n in saved["nodes"]} == ours  # re-saving keeps our layout
     print(f"\n{path.stem}: the frontend's graphToPrompt equals the runner's conversion ({len(prompt)} nodes)")
     if os.environ.get("SEMANTICGEN_SCREENSHOT_DIR"):
-        shot = frontend.call("Page.captureScreenshot", format="png")
         folder = Path(os.environ["SEMANTICGEN_SCREENSHOT_DIR"])
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{path.stem}.png").write_bytes(base64.b64decode(shot["data"]))
+        (folder / f"{path.stem}.png").write_bytes(frontend.screenshot())

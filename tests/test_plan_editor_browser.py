@@ -25,12 +25,9 @@ import json
 import os
 import random
 import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "web"))
 from cdp import Browser, find_chromium  # noqa: E402
+from comfyui_server import comfyui_server, quiet_frontend  # noqa: E402
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium, or set CHROMIUM): "
@@ -374,62 +372,18 @@ def test_editor_simulation_matches_python(pack, server, browser, fps, video_fps,
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def comfyui(pack, tiny_model_files, tmp_path_factory):
-    """ComfyUI on the CPU with this pack linked into custom_nodes and the tiny models (as in
-    tests/test_comfyui_integration.py; COMFYUI_PYTHON and COMFYUI_PYTHONPATH work the same way)."""
+    """ComfyUI on the CPU with this pack and the tiny models (``tests/web/comfyui_server.py``)."""
     if not COMFYUI_DIR:
         pytest.skip("set COMFYUI_DIR to a ComfyUI checkout to test the timeline inside ComfyUI's frontend")
-    comfy_dir = Path(COMFYUI_DIR)
-    if not (comfy_dir / "main.py").is_file():
-        pytest.fail(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no main.py)")
-    base = tmp_path_factory.mktemp("comfyui-editor")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / "ComfyUI-SemanticGen").symlink_to(ROOT, target_is_directory=True)
-    (base / "models").mkdir()
-    (base / "models" / "semanticgen").symlink_to(tiny_model_files["dir"] / "semanticgen", target_is_directory=True)
-    for sub in ("input", "output", "user", "temp"):
-        (base / sub).mkdir()
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    if os.environ.get("COMFYUI_PYTHONPATH"):
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ["COMFYUI_PYTHONPATH"], env.get("PYTHONPATH")]))
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log_path = base / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen([os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen",
-                                    "127.0.0.1", "--port", str(port), "--disable-auto-launch", "--base-directory",
-                                    str(base)], cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                urllib.request.urlopen(url + "/system_stats", timeout=5).read()
-                break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail(f"ComfyUI did not answer in 180 s:\n{log_path.read_text()[-4000:]}")
-                time.sleep(0.5)
-        for key, value in (("Comfy.TutorialCompleted", True), ("Comfy.Minimap.Visible", False),
-                           ("Comfy.Graph.CanvasInfo", False)):
-            request = urllib.request.Request(f"{url}/settings/{key}", data=json.dumps(value).encode(), method="POST",
-                                             headers={"Content-Type": "application/json"})
-            urllib.request.urlopen(request, timeout=10).read()
-        yield {"url": url, "log": log_path}
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with comfyui_server(Path(COMFYUI_DIR), ROOT, tiny_model_files["dir"] / "semanticgen",
+                        tmp_path_factory.mktemp("comfyui-editor"), port) as running:
+        quiet_frontend(running["url"])
+        yield running
 
 
 def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):

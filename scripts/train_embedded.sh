@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train every part of the embedded default, in order, and copy the results into semanticgen_core/weights.
 # Every step resumes where it stopped (run folders under runs/); budgets are wall-clock minutes per step.
-#   VAE_MIN=120 ENC_MIN=22 S2_MIN=30 S1_MIN=20 CLIPS=2000 THREADS=2 bash scripts/train_embedded.sh
+#   VAE_MIN=120 ENC_MIN=22 S2_MIN=30 S1_MIN=20 DEC_MIN=30 CLIPS=2000 THREADS=2 bash scripts/train_embedded.sh
 # Stage 2 and the single-stage baseline train side by side, one thread each, for the same minutes from the
 # same start (the previous stage-2 DiT, when there is one), so the bench/ comparisons are like for like.
 set -euo pipefail
@@ -13,10 +13,11 @@ python -m semanticgen_core.recipes.train_vae --out runs/vae --threads "$T" --min
 if [ "${ENC_MIN:-22}" != 0 ]; then  # ENC_MIN=0 keeps the encoder (and a cache built with it) as it is
     python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder --minutes "${ENC_MIN:-22}"
 fi
-cp runs/vae/vae.safetensors runs/semantic_encoder/semantic_encoder.safetensors "$W/"
+VAE=runs/vae/vae.safetensors
+cp runs/semantic_encoder/semantic_encoder.safetensors "$W/"
 # the cache belongs to this VAE and encoder: a new pair gets a new folder
-CACHE=runs/cache-$(cat "$W/vae.safetensors" "$W/semantic_encoder.safetensors" | sha256sum | cut -c1-8)
-python -m semanticgen_core.recipes.dataset --cache "$CACHE" --vae "$W/vae.safetensors" \
+CACHE=runs/cache-$(cat "$VAE" "$W/semantic_encoder.safetensors" | sha256sum | cut -c1-8)
+python -m semanticgen_core.recipes.dataset --cache "$CACHE" --vae "$VAE" \
     --encoder "$W/semantic_encoder.safetensors" --clips "${CLIPS:-2000}" --threads "$T"
 INIT=()
 if [ -f "$W/stage2.safetensors" ] && [ ! -f runs/baseline/last.pt ]; then
@@ -31,3 +32,10 @@ cp runs/stage2/stage2.safetensors runs/baseline/baseline.safetensors "$W/"
 python -m semanticgen_core.recipes.train_stage1 --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out runs/stage1 \
     --threads "$T" --minutes "${S1_MIN:-20}"
 cp runs/stage1/stage1.safetensors "$W/"
+# Last, the decoder alone (the encoder frozen: the latents, the cache and the stages stay valid), in a
+# folder of its own per joint VAE, so a retrained VAE starts a new decoder run.
+DEC=runs/vae-decoder-$(sha256sum "$VAE" | cut -c1-16)
+[ -f "$DEC/vae.safetensors" ] || { mkdir -p "$DEC" && cp "$VAE" "$DEC/"; }
+python -m semanticgen_core.recipes.train_vae --out "$DEC" --decoder-only --object-weight 8 --lr 5e-4 \
+    --threads "$T" --minutes "${DEC_MIN:-30}"
+cp "$DEC/vae.safetensors" "$W/"

@@ -488,7 +488,17 @@ def evaluate(generate: Generate, prompts: Sequence[str], seeds: int | Sequence[i
     return {**aggregate(judgements), "per_prompt": judgements}
 
 
-CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 33, 8.0, 64  # 4 s at the embedded default's 8 fps (4k+1 frames)
+CLIP_FRAMES, CLIP_FPS, CLIP_SIZE = 33, 8.0, 64
+# Hand-written prompts in the world's vocabulary (not its captions): objects of distinct colours over
+# backgrounds of other hues, for quick looks and tests of the shipped model.
+FIXED_PROMPTS = (
+    "a red circle moving from left to right over blue stripes",
+    "a large yellow square moving up on a plain purple background",
+    "a green triangle moving down on a red gradient",
+    "a large blue star bouncing over orange stripes",
+    "a large white circle growing on a plain green background",
+    "a cyan square moving from right to left on a purple gradient",
+)  # 4 s at the embedded default's 8 fps (4k+1 frames)
 
 
 def heldout_clips(n: int, start_seed: int = world.HELDOUT_SEED_START, num_frames: int = CLIP_FRAMES,

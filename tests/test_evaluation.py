@@ -310,3 +310,16 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     assert record["results"]["first_object"]["color"]["total"] == 2
     assert record["vae_psnr"]["clips"] == 1 and record["vae_psnr"]["psnr"] < 20  # random weights
     assert "VAE PSNR" in capsys.readouterr().out
+
+
+def test_prompt_sheet_labels_each_row_with_the_detectors_verdict():
+    from bench import prompt_sheet
+
+    clip = sample_clip(HELDOUT_SEED_START + 3, T, H, W, 8.0)
+    obj = clip.shots[0].objects[0]
+    assert prompt_sheet.verdict(ev.judge(clip.frames, clip.caption)).startswith("colour ok, shape ok")
+    other = next(c for c in ("red", "green", "blue") if c != obj.color and c != clip.shots[0].background.color)
+    wrong = clip.caption.replace(obj.color, other, 1)
+    assert prompt_sheet.verdict(ev.judge(clip.frames, wrong)).startswith(f"colour X ({obj.color})")
+    row = prompt_sheet.labelled_row(clip.frames, "label")
+    assert row.shape == (22 + H * prompt_sheet.SCALE, len(clip.frames[::4]) * W * prompt_sheet.SCALE, 3)

@@ -229,3 +229,20 @@ def test_training_checkpoints_and_resumes(tmp_path, capsys):
     assert "fresh optimizer" in capsys.readouterr().out
     assert torch.load(out / "last.pt", weights_only=False)["step"] == 4
     assert isinstance(vae, VideoVAE)
+
+
+def test_decoder_only_training_keeps_the_latents(tmp_path):
+    out = tmp_path / "run"
+    train_vae.train(out, steps=2, **TRAIN)
+    before = VideoVAE.from_pretrained(out / "vae.safetensors")
+    (out / "last.pt").unlink()  # start the decoder-only run from the exported weights, as from a shipped VAE
+    train_vae.train(out, steps=4, decoder_only=True, **TRAIN)
+    train_vae.train(out, steps=5, **TRAIN)  # resumed without the flag: the folder stays decoder-only
+    after = VideoVAE.from_pretrained(out / "vae.safetensors")
+    video = torch.from_numpy(train_vae.sample_clip(5, 5, 32, 32, 8.0).frames).float() / 255
+    with torch.no_grad():
+        latents, _ = after.encode(video)
+        assert torch.equal(latents, before.encode(video)[0])  # caches and stages stay valid
+        assert not torch.equal(after.decode(latents), before.decode(latents))
+    info = json.loads(read_metadata(out / "vae.safetensors")["info"])
+    assert info["steps"] == 5 and info["encoder_frozen_from"] == 2

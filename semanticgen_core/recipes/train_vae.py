@@ -13,6 +13,10 @@ spends its capacity on background texture first and draws objects as blurs of th
 measured on held-out clips) are written every ``--save-every`` steps, at the end, and on Ctrl-C/SIGTERM.
 A run resumes from ``last.pt``, or from the weights in ``vae.safetensors`` with a fresh optimizer.
 
+``--decoder-only`` freezes the encoder and trains the decoder alone: the latents stay bit-for-bit the same,
+so a latent cache and the stages trained on it stay valid while the decoder's colours and edges improve
+(the same move as Stable Diffusion's fine-tuned VAE decoders).
+
 Clips of 17 frames (five latent frames) by default: trained on 9 frames only (three latent frames), the
 decoder's colours drift from the fourth latent frame on, and generated clips have nine.
 """
@@ -128,7 +132,7 @@ def _resume_or_build(out: Path, config: dict | None) -> tuple[VideoVAE, dict]:
 def train(out: str | Path, steps: int | None = None, minutes: float | None = None, batch: int = 2,
           frames: int = 17, size: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6, object_weight: float = 4.0,
           save_every: int = 200, log_every: int = 25, eval_every: int = 200, seed: int = 0,
-          config: dict | None = None) -> VideoVAE:
+          config: dict | None = None, decoder_only: bool = False) -> VideoVAE:
     """Train until ``steps`` (counted over all sessions) or ``minutes`` (this session) or a signal.
 
     ``config`` (default ``tiny_vae_config()``) is used only by a fresh run; a resumed one keeps its own.
@@ -140,10 +144,19 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
     torch.manual_seed(seed)  # initial weights and posterior noise
     vae, info = _resume_or_build(out, config)
     (out / "config.json").write_text(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}))
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    frozen_file = out / "encoder_frozen_from.json"  # the step a decoder-only run started from
+    decoder_only = decoder_only or frozen_file.is_file()  # a decoder-only run folder stays decoder-only
+    if decoder_only:  # the encoder and its latent projection keep their weights, so the latents do not move
+        for part in (vae.wan.encoder, vae.wan.quant_conv):
+            part.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.99),
+                                  weight_decay=0.0)
     run = Run(out, {"vae": vae}, optimizer, seed=seed + info.get("steps", 0), save_every=save_every)
     if info:
         run.step, run.elapsed = info.get("steps", 0), 60 * info.get("minutes", 0.0)
+    if decoder_only and not frozen_file.is_file():
+        frozen_file.write_text(json.dumps(run.step))
+    frozen_from = json.loads(frozen_file.read_text()) if frozen_file.is_file() else None
     n_params = sum(p.numel() for p in vae.parameters())
     print(f"VAE: {n_params / 1e6:.2f}M parameters; batch {batch} x {frames}x{size}x{size}; from step {run.step}",
           flush=True)
@@ -153,8 +166,10 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
         vae.set_latent_stats(*latent_stats(vae, stats_batch))
         vae.save(out / "vae.safetensors", info={
             "steps": run.step, "minutes": round(run.elapsed / 60, 2), "probe_psnr": round(psnr(vae, probe), 3),
-            "batch": batch, "object_weight": object_weight, "data": f"procedural world, training seeds < {HELDOUT_SEED_START}, "
-                                    f"{frames} frames of {size}x{size} at {FPS:g} fps"})
+            "batch": batch, "object_weight": object_weight,
+            **({"encoder_frozen_from": frozen_from} if frozen_from is not None else {}),
+            "data": f"procedural world, training seeds < {HELDOUT_SEED_START}, "
+                    f"{frames} frames of {size}x{size} at {FPS:g} fps"})
 
     tick, tick_step = time.monotonic(), run.step
     fresh_from = info.get("steps", 0)  # the optimizer's first step: warm up from there
@@ -202,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--eval-every", type=int, default=200, help="PSNR on a fixed held-out batch every N steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--decoder-only", action="store_true",
+                   help="freeze the encoder (latents, caches and stages stay valid) and train the decoder")
     p.add_argument("--eval", action="store_true", help="print reconstruction PSNR on 32 held-out clips and exit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -212,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     train(args.out, args.steps, args.minutes, args.batch, args.frames, lr=args.lr, kl_weight=args.kl,
           object_weight=args.object_weight,
-          save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every, seed=args.seed)
+          save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
+          decoder_only=args.decoder_only)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
     python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
-    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--out eval.json] [--reference]
+    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--out eval.json] [--reference [vae]]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from . import runner
@@ -190,8 +191,11 @@ def cmd_eval(args) -> int:
     prompts = [clip.caption for clip in clips]
     progress = None if args.quiet else (
         lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
-    steps = None
-    if pipe is None:
+    steps, vae = None, None
+    if args.reference == "vae":  # the ground truth through the VAE alone: the ceiling the stages can reach
+        vae = _core("vae").VideoVAE.from_pretrained(args.vae or _core("embedded").weights_path("vae"))
+        generate = ev.reference_generator([replace(c, frames=ev.reconstruct(vae, c.frames)) for c in clips])
+    elif pipe is None:
         generate = ev.reference_generator(clips)
     else:
         sampling = _core("sampling")
@@ -206,7 +210,8 @@ def cmd_eval(args) -> int:
     psnr, psnr_skipped = None, None
     n_psnr = args.prompts if args.psnr_clips is None else args.psnr_clips
     if n_psnr > 0:
-        vae = pipe.vae if pipe is not None and args.vae is None else None
+        if pipe is not None and args.vae is None:
+            vae = pipe.vae
         if vae is None:
             try:
                 from_file = args.vae or _core("embedded").weights_path("vae")  # names the missing file
@@ -221,7 +226,9 @@ def cmd_eval(args) -> int:
                 ev.heldout_clips(n_psnr, start, num_frames, height, fps)
             psnr = ev.vae_psnr(vae, psnr_clips)
             psnr["vae"] = str(args.vae) if args.vae else "embedded"
-    mode = "reference (ground-truth world clips: the detector's ceiling)" if args.reference else "embedded model"
+    mode = {"clips": "reference (ground-truth world clips: the detector's ceiling)",
+            "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",
+            None: "embedded model"}[args.reference]
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
           f"{num_frames} frames at {fps:g} fps" + (f", {steps} steps, seeds {args.seed}.." if steps else ""))
     _eval_table(report)
@@ -235,7 +242,7 @@ def cmd_eval(args) -> int:
     if args.out:
         record = {
             "command": "python -m semanticgen " + shlex.join(args.argv),
-            "mode": "reference" if args.reference else "model",
+            "mode": {"clips": "reference", "vae": "reference-vae", None: "model"}[args.reference],
             "model": None if args.reference else pipe.name,
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
@@ -287,12 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt; prompt i uses seed+i")
     p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
-    p.add_argument("--reference", action="store_true",
+    p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
-                        "accuracy; needs no model)")
+                        "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "
+                        "VAE (--vae or the embedded default's), the most the stages can reach")
     p.add_argument("--psnr-clips", type=int, default=None,
                    help="held-out clips for the VAE's PSNR (default: as many as --prompts; 0 skips it)")
-    p.add_argument("--vae", type=Path, help="VAE file for the PSNR (default: the embedded default's)")
+    p.add_argument("--vae", type=Path, help="VAE file for the PSNR and '--reference vae' (default: the embedded "
+                                             "default's)")
     p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_eval)

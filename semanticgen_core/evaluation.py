@@ -553,21 +553,28 @@ def _unit_float(frames) -> np.ndarray:
     return np.clip(arr.astype(np.float64), 0.0, 1.0)
 
 
-def vae_psnr(vae, clips) -> dict:
-    """Reconstruction PSNR (dB, peak 1.0) of a ``VideoVAE`` on ``clips`` (each ``[T, H, W, 3]`` uint8 or
-    0..1, or a ``world.Clip``): encode with padding to 4k+1 frames, decode back to T frames.
-    Returns ``{"psnr": mean over clips, "per_clip": [...], "clips": n}``."""
+def reconstruct(vae, frames):
+    """A video (``[T, H, W, 3]`` uint8 or 0..1) through a ``VideoVAE``: encoded with padding to 4k+1
+    frames, decoded back to T. Returns float frames in 0..1 on the CPU."""
     import torch
 
+    x = torch.from_numpy(as_uint8_frames(frames).astype(np.float32) / 255.0)
+    param = next(vae.parameters(), None)
+    if param is not None:
+        x = x.to(param.device)
+    with torch.no_grad():
+        latents, n = vae.encode(x, pad=True)
+        return vae.decode(latents, n).cpu()
+
+
+def vae_psnr(vae, clips) -> dict:
+    """Reconstruction PSNR (dB, peak 1.0) of a ``VideoVAE`` on ``clips`` (each ``[T, H, W, 3]`` uint8 or
+    0..1, or a ``world.Clip``), through ``reconstruct``.
+    Returns ``{"psnr": mean over clips, "per_clip": [...], "clips": n}``."""
     values = []
     for clip in clips:
-        frames = clip.frames if isinstance(clip, world.Clip) else clip
-        x = torch.from_numpy(as_uint8_frames(frames).astype(np.float32) / 255.0)
-        param = next(vae.parameters(), None)
-        if param is not None:
-            x = x.to(param.device)
-        latents, n = vae.encode(x, pad=True)
-        values.append(psnr(x.cpu(), vae.decode(latents, n).cpu()))
+        frames = as_uint8_frames(clip.frames if isinstance(clip, world.Clip) else clip).astype(np.float32) / 255.0
+        values.append(psnr(frames, reconstruct(vae, frames)))  # the same float32 frames the VAE saw
     if not values:
         raise SemanticGenError("vae_psnr needs at least one clip")
     return {"psnr": float(np.mean(values)), "per_clip": values, "clips": len(values)}

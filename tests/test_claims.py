@@ -6,6 +6,7 @@ import cv2
 import pytest
 
 from bench import claims
+from semanticgen_core.recipes.dataset import ClipCache
 
 
 def test_steps_to_reach_interpolates_the_first_crossing():
@@ -59,13 +60,19 @@ def test_claims_end_to_end_on_a_tiny_cache(tiny_clip_cache, tmp_path, monkeypatc
     for name, r in record["variants"].items():
         assert [p["step"] for p in r["points"]] == [0, 1, 2]
         assert all(0 <= p["adherence"] <= 1 and len(p["report"]["per_prompt"]) == 2 for p in r["points"])
+        # stage 1 alone: each prompt's plan matched to a cached clip, whose world seed is re-rendered and judged
+        seeds = {int(s) for s in ClipCache(tiny_clip_cache["cache"]).data["seeds"]}
+        for p in r["points"]:
+            assert 0 <= p["plan"]["adherence"] <= 1
+            assert {j["nearest_seed"] for j in p["plan"]["report"]["per_prompt"]} <= seeds
         assert f"--plan-from {claims.VARIANTS[name].plan_from}" in r["stage2_command"]
     assert json.loads((out / "claims.json").read_text())["findings"] == record["findings"]
     md = (out / "claims.md").read_text()
-    assert "semantic-8 vs vae-8" not in md and "Convergence claim" in md and "img/convergence.png" in md
+    assert "semantic-8 vs vae-8" not in md and "img/convergence.png" in md
+    assert "Convergence claim (semantic space beats VAE space), on stage 1's plans alone" in md
     assert md.count("| semantic-8 | ") == 4 and md.count("| vae-8 | ") == 4  # 3 checkpoints + the final row
     png = cv2.imread(str(out / "img" / "convergence.png"))
-    assert png.shape == (2 * 320, 3 * 440, 3)  # convergence and compression rows, three panels each
+    assert png.shape == (2 * 320, 4 * 440, 3)  # convergence and compression rows, four panels each
     assert not list(out.rglob("*.tmp"))
 
     logged = []  # a rerun trains and evaluates nothing again

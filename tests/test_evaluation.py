@@ -310,6 +310,13 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     assert record["results"]["first_object"]["color"]["total"] == 2
     assert record["vae_psnr"]["clips"] == 1 and record["vae_psnr"]["psnr"] < 20  # random weights
     assert "VAE PSNR" in capsys.readouterr().out
+    # The ground truth through that (random) VAE: judged on its reconstructions, not on the clips.
+    args = ["eval", "--reference", "vae", "--vae", str(weights / "vae.safetensors"), "--prompts", "2",
+            "--seconds", "1", "--out", str(out), "-q"]
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["mode"] == "reference-vae" and record["vae_psnr"]["psnr"] < 20
+    assert record["results"]["objects"]["color"]["accuracy"] < 1.0  # the clips themselves score 100%
 
 
 def test_prompt_sheet_labels_each_row_with_the_detectors_verdict():

@@ -156,7 +156,7 @@ def _reaching(x: str, y: str, c: dict) -> str:
     if got["step"] is None:
         return (f"{nx} did not reach {ny}'s final adherence {target:.3f} within {c[f'steps_{x}']} steps "
                 f"(its best: {c[f'best_{x}']:.3f}).")
-    ratio = f": {ny} needed {own['step'] / got['step']:.1f}x the steps" if got["step"] > 0 else ""
+    ratio = f": {ny} needed {own['step'] / got['step']:.1f}x the steps" if min(got["step"], own["step"]) > 0 else ""
     return f"{nx} reached {ny}'s final adherence {target:.3f} at {_at(got)}; {ny} itself first reached it at " \
            f"{_at(own)}{ratio}."
 

@@ -230,6 +230,7 @@ class Bench:
         self.prompts = evaluation.heldout_prompts(args.prompts)
         self.text_encoder = MiniLMTextEncoder.from_pretrained()
         self._cache = None
+        self._libraries: dict[Path, object] = {}  # stage-2 file -> its compressor's plans of the cached clips
 
     def _common(self, out: Path, steps: int) -> list[str]:
         a = self.args
@@ -320,9 +321,12 @@ class Bench:
         if self._cache is None:
             self._cache = ClipCache(a.cache)
         pipe = SemanticGenPipeline.from_files(stage1, stage2, None, text_encoder=self.text_encoder)
-        with torch.no_grad():
-            library = torch.cat([pipe.compressor(plan_features(self._cache.batch(idx), VARIANTS[name].plan_from))[0]
-                                 for idx in torch.arange(len(self._cache)).split(250)])
+        if stage2 not in self._libraries:  # the compressor is frozen: one library per variant
+            with torch.no_grad():
+                self._libraries[stage2] = torch.cat([
+                    pipe.compressor(plan_features(self._cache.batch(idx), VARIANTS[name].plan_from))[0]
+                    for idx in torch.arange(len(self._cache)).split(250)])
+        library = self._libraries[stage2]
         d = pipe.preset.defaults
         judgements = []
         for i, prompt in enumerate(self.prompts):
@@ -405,8 +409,8 @@ def figure(results: dict) -> np.ndarray:
             continue
 
         def series(x: str, y: str, metric: str = "video"):
-            return [(n, [p[x] for p in _points(results[n]["points"], metric)],
-                     [p[y] for p in _points(results[n]["points"], metric)]) for n in names]
+            curves = {n: _points(results[n]["points"], metric) for n in names}
+            return [(n, [p[x] for p in curve], [p[y] for p in curve]) for n, curve in curves.items()]
 
         panels += [line_plot.line_chart(series("step", "adherence"), title, "stage-1 training steps", "adherence"),
                    line_plot.line_chart(series("cpu_minutes", "adherence"), title, "CPU minutes (stage 2 + stage 1)",
@@ -424,12 +428,14 @@ def findings(results: dict) -> tuple[list[str], dict]:
     claims = {("semantic-8", "vae-8"): "Convergence claim (semantic space beats VAE space)",
               ("semantic-8", "semantic-16"): "Compression claim (8 channels beat 16)",
               ("semantic-8", "semantic-64"): "Compression claim (8 channels beat full width, 64 here)"}
+    curves = {n: r["points"] for n, r in results.items()}
     for (a, b), claim in claims.items():
+        if a not in results or b not in results:
+            continue
         for metric, about in METRICS.items():
-            if a in results and b in results:
-                c = compare(a, b, {n: r["points"] for n, r in results.items()}, metric)
-                comparisons[f"{a} vs {b}" + ("" if metric == "video" else f" ({metric})")] = c
-                lines += [verdict(c, f"{claim}, on {about}"), *[f"  - {s}" for s in statements(c)]]
+            c = compare(a, b, curves, metric)
+            comparisons[f"{a} vs {b}" + ("" if metric == "video" else f" ({metric})")] = c
+            lines += [verdict(c, f"{claim}, on {about}"), *[f"  - {s}" for s in statements(c)]]
     return lines, comparisons
 
 

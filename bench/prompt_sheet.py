@@ -20,7 +20,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.rerender_sheet import to_uint8  # noqa: E402
 from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
@@ -60,8 +59,8 @@ def main() -> None:
     d = pipe.preset.defaults
     rows = []
     for seed, prompt in enumerate([*evaluation.FIXED_PROMPTS, *evaluation.heldout_prompts(a.heldout)]):
-        video = to_uint8(pipe(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"],
-                              SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)))
+        opts = SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)
+        video = evaluation.as_uint8_frames(pipe(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts))
         text = f"{prompt}  [seed {seed}: {verdict(evaluation.judge(video, prompt))}]"
         print(text, flush=True)
         rows.append(labelled_row(video, text))

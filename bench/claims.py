@@ -102,6 +102,15 @@ def quality(report: dict) -> dict:
             "per_prompt_adherence": per_prompt}
 
 
+def nearest_clip(library, tokens) -> int:
+    """Index of the cached clip whose plan (the compressor's mean, ``library[i]``) is nearest ``tokens`` in
+    mean squared distance."""
+    if tokens.shape != library.shape[1:]:
+        raise SemanticGenError(f"plans of {tuple(tokens.shape)} cannot be matched to the cached clips' "
+                               f"{tuple(library.shape[1:])}: the cache holds clips of another length or size")
+    return int((library - tokens).pow(2).flatten(1).mean(1).argmin())
+
+
 def steps_to_reach(xs: list[float], ys: list[float], target: float) -> float | None:
     """Where the piecewise-linear curve through ``(xs, ys)`` first reaches ``target``: interpolated between
     the last point below it and the first at or above it; None if no point reaches it."""
@@ -332,11 +341,7 @@ class Bench:
         for i, prompt in enumerate(self.prompts):
             opts = SamplingOptions(steps=a.sample_steps, guidance=a.guidance, seed=a.seed + i)
             plan = pipe.generate_plan(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts)
-            if plan.tokens.shape != library.shape[1:]:
-                raise SemanticGenError(f"plans of {tuple(plan.tokens.shape)} cannot be matched to the cached clips' "
-                                       f"{tuple(library.shape[1:])}: the cache holds clips of another length or size")
-            nearest = int((library - plan.tokens).pow(2).flatten(1).mean(1).argmin())
-            seed = int(self._cache.data["seeds"][nearest])
+            seed = int(self._cache.data["seeds"][nearest_clip(library, plan.tokens)])
             clip = world.sample_clip(seed, evaluation.CLIP_FRAMES, evaluation.CLIP_SIZE, evaluation.CLIP_SIZE,
                                      evaluation.CLIP_FPS)
             judgements.append({**evaluation.judge(clip.frames, prompt), "nearest_seed": seed})

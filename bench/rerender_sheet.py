@@ -21,12 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semanticgen_core.data.world import HELDOUT_SEED_START, sample_clip  # noqa: E402
 from semanticgen_core.embedded import weights_path  # noqa: E402
+from semanticgen_core.evaluation import as_uint8_frames  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    return (frames.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
 def main() -> None:
@@ -46,7 +43,7 @@ def main() -> None:
         render = pipe.decode(pipe.render_latents(plan, SamplingOptions(steps=a.steps, guidance=4.0, seed=0)), 33)
         recon = pipe.vae.decode(pipe.vae.encode(frames)[0], 33)
         print(f"seed {seed}: {clip.caption}")
-        for video in (clip.frames, to_uint8(recon), to_uint8(render)):
+        for video in (clip.frames, as_uint8_frames(recon), as_uint8_frames(render)):
             rows.append(np.concatenate(list(video[::4]), axis=1))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(a.out), cv2.cvtColor(np.concatenate(rows), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])

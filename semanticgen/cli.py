@@ -191,10 +191,11 @@ def cmd_eval(args) -> int:
     prompts = [clip.caption for clip in clips]
     progress = None if args.quiet else (
         lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
-    steps, vae = None, None
+    steps, vae, recons = None, None, None
     if args.reference == "vae":  # the ground truth through the VAE alone: the ceiling the stages can reach
         vae = _core("vae").VideoVAE.from_pretrained(args.vae or _core("embedded").weights_path("vae"))
-        generate = ev.reference_generator([replace(c, frames=ev.reconstruct(vae, c.frames)) for c in clips])
+        recons = [ev.reconstruct(vae, c.frames) for c in clips]  # the PSNR below reuses them
+        generate = ev.reference_generator([replace(c, frames=r) for c, r in zip(clips, recons)])
     elif pipe is None:
         generate = ev.reference_generator(clips)
     else:
@@ -224,7 +225,7 @@ def cmd_eval(args) -> int:
         if vae is not None:
             psnr_clips = clips[:n_psnr] if n_psnr <= len(clips) else \
                 ev.heldout_clips(n_psnr, start, num_frames, height, fps)
-            psnr = ev.vae_psnr(vae, psnr_clips)
+            psnr = ev.vae_psnr(vae, psnr_clips, recons[:n_psnr] if recons and n_psnr <= len(recons) else None)
             psnr["vae"] = str(args.vae) if args.vae else "embedded"
     mode = {"clips": "reference (ground-truth world clips: the detector's ceiling)",
             "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",

@@ -567,14 +567,18 @@ def reconstruct(vae, frames):
         return vae.decode(latents, n).cpu()
 
 
-def vae_psnr(vae, clips) -> dict:
+def vae_psnr(vae, clips, reconstructions: Sequence | None = None) -> dict:
     """Reconstruction PSNR (dB, peak 1.0) of a ``VideoVAE`` on ``clips`` (each ``[T, H, W, 3]`` uint8 or
-    0..1, or a ``world.Clip``), through ``reconstruct``.
+    0..1, or a ``world.Clip``), through ``reconstruct``, or from ``reconstructions`` of the same clips
+    already made by it.
     Returns ``{"psnr": mean over clips, "per_clip": [...], "clips": n}``."""
+    if reconstructions is not None and len(reconstructions) != len(clips):
+        raise SemanticGenError(f"vae_psnr got {len(reconstructions)} reconstructions for {len(clips)} clips")
     values = []
-    for clip in clips:
+    for i, clip in enumerate(clips):
         frames = as_uint8_frames(clip.frames if isinstance(clip, world.Clip) else clip).astype(np.float32) / 255.0
-        values.append(psnr(frames, reconstruct(vae, frames)))  # the same float32 frames the VAE saw
+        recon = reconstruct(vae, frames) if reconstructions is None else reconstructions[i]
+        values.append(psnr(frames, recon))  # the same float32 frames the VAE saw
     if not values:
         raise SemanticGenError("vae_psnr needs at least one clip")
     return {"psnr": float(np.mean(values)), "per_clip": values, "clips": len(values)}

@@ -6,6 +6,7 @@ import cv2
 import pytest
 
 from bench import claims
+from semanticgen_core.errors import SemanticGenError
 from semanticgen_core.recipes.dataset import ClipCache
 
 
@@ -17,6 +18,17 @@ def test_steps_to_reach_interpolates_the_first_crossing():
     assert claims.steps_to_reach(xs, ys, 0.0) == 0.0       # already there untrained
     assert claims.steps_to_reach(xs, ys, 0.8) is None      # never reached
     assert claims.checkpoint_steps(600, 5) == [0, 120, 240, 360, 480, 600]
+
+
+def test_nearest_clip_matches_plans_of_the_caches_shape_only():
+    import torch
+
+    library = torch.stack([torch.full((4, 2, 2, 8), v) for v in (0.0, 1.0, 2.0)])
+    assert claims.nearest_clip(library, torch.full((4, 2, 2, 8), 1.2)) == 1
+    assert claims.nearest_clip(library, torch.full((4, 2, 2, 8), 5.0)) == 2
+    with pytest.raises(SemanticGenError, match=r"plans of \(8, 2, 2, 8\) .* \(4, 2, 2, 8\): the cache holds clips of "
+                                               "another length"):
+        claims.nearest_clip(library, torch.zeros(8, 2, 2, 8))
 
 
 def _curve(steps, minutes, adherence, final_prompts):

@@ -246,6 +246,15 @@ def test_vae_psnr():
         ev.vae_psnr(random_vae, [])
 
 
+def test_vae_psnr_reuses_reconstructions_made_already():
+    clips = [np.full((9, 16, 16, 3), v, np.uint8) for v in (64, 192)]
+    vae = _ShiftVAE(0.05)
+    recons = [ev.reconstruct(vae, c) for c in clips]
+    assert ev.vae_psnr(None, clips, recons) == ev.vae_psnr(vae, clips)  # None: the VAE is never called
+    with pytest.raises(SemanticGenError, match="1 reconstructions for 2 clips"):
+        ev.vae_psnr(vae, clips, recons[:1])
+
+
 # --------------------------------------------------------------------------- prompts, errors
 
 

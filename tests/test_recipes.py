@@ -62,6 +62,24 @@ def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
     assert not torch.equal(latents, pipe.render_baseline("a blue star moving down", 9, 8.0, 64, 64, opts))
 
 
+def test_stage2_continues_with_the_compressor_frozen_and_a_cool_down(tiny_clip_cache, tmp_path):
+    from semanticgen_core.model_files import load_model
+    from semanticgen_core.recipes.stages import lr_factor
+
+    common = ["--cache", str(tiny_clip_cache["cache"]), "--batch", "2", "--warmup", "1", "--out", str(tmp_path / "s2")]
+    train_stage2.main([*common, "--steps", "2"])
+    before = load_model(tmp_path / "s2" / "stage2.safetensors", "stage2").modules
+    train_stage2.main([*common, "--steps", "4", "--decay-steps", "3", "--freeze-compressor"])
+    after = load_model(tmp_path / "s2" / "stage2.safetensors", "stage2").modules
+    for name, tensor in before["compressor"].state_dict().items():  # so a stage 1 trained on it stays valid
+        assert torch.equal(tensor, after["compressor"].state_dict()[name]), name
+    assert not torch.equal(before["stage2"].proj_out.weight, after["stage2"].proj_out.weight)
+    # warm-up, constant, then down to 0 at the last step's end
+    assert [lr_factor(s, 2, 10, 4) for s in (0, 1, 5, 6, 7, 9)] == [0.5, 1.0, 1.0, 1.0, 0.75, 0.25]
+    with pytest.raises(SystemExit, match="--decay-steps needs --steps"):
+        train_stage2.main([*common, "--decay-steps", "3", "--minutes", "1"])
+
+
 def test_stage1_strings_cached_clips_into_multi_shot_plans():
     from semanticgen_core.plan import Segment
     from semanticgen_core.recipes.train_stage1 import string_shots

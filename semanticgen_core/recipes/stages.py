@@ -24,6 +24,9 @@ def arguments(description: str, out: str) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-steps", type=int, default=0,
+                   help="let the learning rate fall linearly to 0 over the last N steps of --steps (a cool-down "
+                        "that a run resumed with a higher --steps can append to a constant-rate run)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
                    help="precision of the exported model file (training state stays float32)")
@@ -35,6 +38,8 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
           info: dict, preset: Preset = EMBEDDED) -> None:
     """Train ``trained`` on the cache with ``loss_fn(batch, empty_text, generator, step)``; export as ``kind``
     with ``preset`` (the one the modules were built from) in the file."""
+    if args.decay_steps and args.steps is None:
+        raise SystemExit("--decay-steps needs --steps: the cool-down ends at that step")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cache = ClipCache(args.cache)
@@ -53,7 +58,7 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
         m.train()
     for step in run.steps(args.steps, args.minutes, on_save=export):
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * min(1.0, (step + 1) / args.warmup)
+            group["lr"] = args.lr * lr_factor(step, args.warmup, args.steps, args.decay_steps)
         batch = cache.batch(torch.randint(len(cache), (args.batch,), generator=run.generator))
         losses = loss_fn(batch, empty, run.generator, step)
         optimizer.zero_grad(set_to_none=True)
@@ -62,3 +67,10 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
         optimizer.step()
         if step % 25 == 0:
             run.log(**losses)
+
+
+def lr_factor(step: int, warmup: int, total: int | None, decay_steps: int) -> float:
+    """Linear warm-up over ``warmup`` steps, constant, then a linear fall to 0 over the last ``decay_steps``
+    of ``total``."""
+    factor = min(1.0, (step + 1) / warmup)
+    return factor * min(1.0, (total - step) / decay_steps) if decay_steps else factor

@@ -26,9 +26,13 @@ def main(argv: list[str] | None = None) -> None:
                    help="compress the semantic encoder's features (the paper's plan) or the VAE latents "
                         "(the paper's Fig. 9 comparison); stage 1 follows what the file records")
     p.add_argument("--plan-dim", type=int, default=8, help="channels of the plan (the compressor's output)")
+    p.add_argument("--freeze-compressor", action="store_true",
+                   help="train the DiT alone, the compressor as it is, so that a stage 1 trained on its plans "
+                        "stays valid (and can train at the same time)")
     args = p.parse_args(argv)
     preset = plan_preset(args.plan_dim)
     compressor, stage2 = SemanticCompressor(**preset.compressor), LatentDiT(**preset.stage2)
+    compressor.requires_grad_(not args.freeze_compressor)
 
     def loss(batch, empty, generator, step):
         features = plan_features(batch, args.plan_from)

@@ -242,12 +242,13 @@ class VideoVAE(torch.nn.Module):
         return torch.cat(list(self.decode_iter(latents, num_frames, chunk, progress, should_stop)))
 
     # -- files -----------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike, info: dict | None = None) -> None:
-        """Write the embedded default's VAE file: fp32 weights, config (with latent stats) in the metadata."""
+    def save(self, path: str | os.PathLike, info: dict | None = None, dtype: torch.dtype = torch.float32) -> None:
+        """Write the embedded default's VAE file: weights in ``dtype``, config (with latent stats) in the
+        metadata. Loading casts back to the dtype asked for."""
         from .model_files import save_model  # imports this module: import it late
         from .presets import EMBEDDED
 
-        save_model(path, "vae", {"vae": self}, EMBEDDED, info, dtype=torch.float32)
+        save_model(path, "vae", {"vae": self}, EMBEDDED, info, dtype=dtype)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, config: Mapping | None = None,

@@ -7,10 +7,11 @@ import pytest
 import torch
 from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from semanticgen_core.checkpoints import init_empty_weights
-from semanticgen_core.errors import CheckpointError, Interrupted, ShapeError
+from semanticgen_core.errors import CheckpointError, Interrupted, SemanticGenError, ShapeError
 from semanticgen_core.model_files import read_metadata
 from semanticgen_core.recipes import train_vae
 from semanticgen_core.vae import VideoVAE, valid_frame_counts, wan21_vae_config
@@ -246,3 +247,44 @@ def test_decoder_only_training_keeps_the_latents(tmp_path):
         assert not torch.equal(after.decode(latents), before.decode(latents))
     info = json.loads(read_metadata(out / "vae.safetensors")["info"])
     assert info["steps"] == 5 and info["encoder_frozen_from"] == 2
+
+
+def test_batches_rendered_by_workers_are_the_steps_own(tmp_path):
+    made_here = train_vae.batches(7, 2, 5, 32, 4.0)
+    by_workers = train_vae.batches(7, 2, 5, 32, 4.0, workers=1)
+    try:
+        for _ in range(2):  # steps 7 and 8, whoever renders them
+            (x, w), (xw, ww) = next(made_here), next(by_workers)
+            assert torch.equal(x, xw) and torch.equal(w, ww)
+    finally:
+        by_workers.close()
+    assert not torch.equal(x, next(train_vae.batches(7, 2, 5, 32, 4.0))[0])  # step 8 is not step 7
+
+
+def test_a_fresh_wider_decoder_on_the_frozen_encoder(tmp_path):
+    out = tmp_path / "run"
+    train_vae.train(out, steps=2, **TRAIN)
+    before = VideoVAE.from_pretrained(out / "vae.safetensors")
+    with pytest.raises(SemanticGenError, match="--decoder-base-dim needs --decoder-only"):
+        train_vae.train(out, steps=3, decoder_base_dim=12, **TRAIN)
+    (out / "last.pt").unlink()
+    train_vae.train(out, steps=3, decoder_only=True, decoder_base_dim=12, **TRAIN)
+    with pytest.raises(SemanticGenError, match="decoder is 12 wide, not 16: give another --out"):
+        train_vae.train(out, steps=4, decoder_base_dim=16, **TRAIN)
+    after = VideoVAE.from_pretrained(out / "vae.safetensors")
+    assert train_vae.decoder_width(after) == 12 and train_vae.decoder_width(before) == 4
+    assert after.config["latents_mean"] == before.config["latents_mean"]  # the encoder's statistics are kept
+    video = torch.from_numpy(train_vae.sample_clip(5, 5, 32, 32, 8.0).frames).float() / 255
+    with torch.no_grad():
+        latents = after.encode(video)[0]
+        assert torch.equal(latents, before.encode(video)[0])  # caches and stages stay valid
+        assert after.decode(latents).shape == before.decode(latents).shape
+    after.save(tmp_path / "half.safetensors", dtype=torch.float16)  # half the bytes, loaded back as float32
+    with safe_open(str(tmp_path / "half.safetensors"), "pt") as f:
+        assert f.get_tensor("vae.wan.decoder.conv_in.weight").dtype == torch.float16
+    half = VideoVAE.from_pretrained(tmp_path / "half.safetensors")
+    assert half.wan.decoder.conv_in.weight.dtype == torch.float32
+    torch.testing.assert_close(half.wan.decoder.conv_in.weight, after.wan.decoder.conv_in.weight, rtol=1e-3, atol=1e-4)
+    empty = tmp_path / "empty"
+    with pytest.raises(SemanticGenError, match="copy the VAE file to .*vae.safetensors first"):
+        train_vae.train(empty, steps=1, decoder_only=True, decoder_base_dim=12, **TRAIN)

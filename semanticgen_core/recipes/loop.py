@@ -37,7 +37,7 @@ class Run:
         self._stop = False
         ckpt = self.out / "last.pt"
         if ckpt.is_file():
-            state = torch.load(ckpt, weights_only=False)
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)  # modules may be on a GPU
             for name, module in modules.items():
                 module.load_state_dict(state["modules"][name])
             optimizer.load_state_dict(state["optimizer"])

@@ -4,8 +4,9 @@
                                                  [--frames 9] [--threads 1]
     python -m semanticgen_core.recipes.train_vae --out runs/vae --eval
 
-Clips are rendered on the fly from training seeds (< 1_000_000) drawn by the run's seeded generator, whose
-state is checkpointed, so a resumed run continues the same stream. Loss: L1 + MSE, plus L1 on differences
+Clips are rendered on the fly from training seeds (< 1_000_000) drawn from the run's seed and the step
+number alone, so a resumed run continues the same stream and ``--workers`` processes can render batches
+ahead of a GPU (``--device cuda``). Loss: L1 + MSE, plus L1 on differences
 along time, height and width (keeps edges, textures and motion sharp without a GAN or LPIPS), plus a
 tiny KL. L1 and MSE weigh the pixels of objects (and a one-pixel rim, from the world's label maps)
 ``--object-weight`` times more: objects cover a few percent of a frame, and without it a small VAE
@@ -15,7 +16,8 @@ A run resumes from ``last.pt``, or from the weights in ``vae.safetensors`` with 
 
 ``--decoder-only`` freezes the encoder and trains the decoder alone: the latents stay bit-for-bit the same,
 so a latent cache and the stages trained on it stay valid while the decoder's colours and edges improve
-(the same move as Stable Diffusion's fine-tuned VAE decoders).
+(the same move as Stable Diffusion's fine-tuned VAE decoders). With ``--decoder-base-dim`` the run starts
+from a fresh decoder of that width instead (Wan2.2's VAE is also wider in its decoder than its encoder).
 
 Clips of 17 frames (five latent frames) by default: trained on 9 frames only (three latent frames), the
 decoder's colours drift from the fourth latent frame on, and generated clips have nine.
@@ -25,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +64,39 @@ def clip_batch(seeds: Sequence[int], frames: int, size: int = 64, shots: Sequenc
     objects = torch.from_numpy(np.stack([label_maps(c.shots, size, size)["object"] >= 0 for c in clips]))
     rim = F.max_pool2d(objects.float(), 3, stride=1, padding=1)  # [B, T, H, W]
     return x.permute(0, 4, 1, 2, 3).contiguous(), (1 + (object_weight - 1) * rim)[:, None]
+
+
+def step_batch(step: int, batch: int, seed: int = 0) -> tuple[list[int], list[int]]:
+    """The training seeds and shot counts of step ``step``: a function of the run's seed and the step alone."""
+    g = torch.Generator().manual_seed((seed << 32) + step)
+    seeds = torch.randint(0, HELDOUT_SEED_START, (batch,), generator=g).tolist()
+    return seeds, (1 + (torch.rand(batch, generator=g) < TWO_SHOT_FRACTION).long()).tolist()
+
+
+def _render(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    x, weight = clip_batch(*args)
+    return x.numpy(), weight.numpy()  # plain arrays between processes, no shared-memory tensors
+
+
+def batches(first: int, batch: int, frames: int, size: int, object_weight: float, seed: int = 0,
+            workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``clip_batch`` of steps ``first, first + 1, ...``; ``workers`` processes render two batches each
+    ahead (0: rendered here, when asked for)."""
+    def job(step):  # clip_batch's arguments
+        seeds, shots = step_batch(step, batch, seed)
+        return seeds, frames, size, shots, object_weight
+
+    if workers == 0:
+        for step in range(first, 1 << 62):
+            yield clip_batch(*job(step))
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # no fork of a process with threads
+        ahead = 2 * workers
+        pending = deque(pool.apply_async(_render, (job(s),)) for s in range(first, first + ahead))
+        for step in range(first + ahead, 1 << 62):
+            x, weight = pending.popleft().get()
+            pending.append(pool.apply_async(_render, (job(step),)))
+            yield torch.from_numpy(x), torch.from_numpy(weight)
 
 
 def losses(vae: VideoVAE, x: torch.Tensor, kl_weight: float, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -113,39 +150,68 @@ def latent_stats(vae: VideoVAE, x: torch.Tensor) -> tuple[list[float], list[floa
     return per_channel.mean(1).tolist(), per_channel.std(1).clamp_min(1e-6).tolist()
 
 
-def _resume_or_build(out: Path, config: dict | None) -> tuple[VideoVAE, dict]:
+def decoder_width(vae: VideoVAE) -> int:
+    return vae.config.get("decoder_base_dim") or vae.config["base_dim"]
+
+
+def with_fresh_decoder(vae: VideoVAE, base_dim: int) -> VideoVAE:
+    """``vae``'s encoder (weights and latent statistics) with a new, untrained decoder ``base_dim`` wide."""
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
+    new = VideoVAE.from_config({**config, "decoder_base_dim": base_dim})
+    for part in ("encoder", "quant_conv"):
+        getattr(new.wan, part).load_state_dict(getattr(vae.wan, part).state_dict())
+    return new
+
+
+def _resume_or_build(out: Path, config: dict | None, decoder_base_dim: int | None = None) -> tuple[VideoVAE, dict]:
     """The model to train and, when it comes from an exported file only, that file's training info."""
     config_file = out / "config.json"
     if (out / "last.pt").is_file():
         if not config_file.is_file():
             raise CheckpointError(f"{out / 'last.pt'} exists but {config_file} (its architecture) is missing")
-        return VideoVAE.from_config(json.loads(config_file.read_text())), {}
+        vae = VideoVAE.from_config(json.loads(config_file.read_text()))
+        if decoder_base_dim and decoder_base_dim != decoder_width(vae):
+            raise SemanticGenError(f"{out} holds a run whose decoder is {decoder_width(vae)} wide, not "
+                                   f"{decoder_base_dim}: give another --out for a decoder of another width")
+        return vae, {}
     if (out / "vae.safetensors").is_file():
         vae = VideoVAE.from_pretrained(out / "vae.safetensors")
         info = json.loads(read_metadata(out / "vae.safetensors").get("info", "{}"))
         print(f"no last.pt: resuming from the weights in {out / 'vae.safetensors'} (step {info.get('steps', 0)}) "
               "with a fresh optimizer", flush=True)
+        if decoder_base_dim and decoder_base_dim != decoder_width(vae):
+            vae = with_fresh_decoder(vae, decoder_base_dim)
+            print(f"  its encoder, with a fresh decoder {decoder_base_dim} wide", flush=True)
         return vae, info
+    if decoder_base_dim:
+        raise SemanticGenError(f"--decoder-base-dim starts from a trained VAE's encoder: copy the VAE file to "
+                               f"{out / 'vae.safetensors'} first")
     return VideoVAE.from_config(config or tiny_vae_config()), {}
 
 
 def train(out: str | Path, steps: int | None = None, minutes: float | None = None, batch: int = 2,
           frames: int = 17, size: int = 64, lr: float = 1e-3, kl_weight: float = 1e-6, object_weight: float = 4.0,
           save_every: int = 200, log_every: int = 25, eval_every: int = 200, seed: int = 0,
-          config: dict | None = None, decoder_only: bool = False) -> VideoVAE:
+          config: dict | None = None, decoder_only: bool = False, decoder_base_dim: int | None = None,
+          device: str = "cpu", workers: int = 0, export_dtype: torch.dtype = torch.float32) -> VideoVAE:
     """Train until ``steps`` (counted over all sessions) or ``minutes`` (this session) or a signal.
 
     ``config`` (default ``tiny_vae_config()``) is used only by a fresh run; a resumed one keeps its own.
+    ``decoder_base_dim`` (decoder-only runs): a fresh decoder of that width on the file's encoder.
     """
     if frames % 4 != 1:
         raise SemanticGenError(f"--frames must be 4k+1 (Wan's VAE), got {frames}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)  # initial weights and posterior noise
-    vae, info = _resume_or_build(out, config)
-    (out / "config.json").write_text(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}))
     frozen_file = out / "encoder_frozen_from.json"  # the step a decoder-only run started from
     decoder_only = decoder_only or frozen_file.is_file()  # a decoder-only run folder stays decoder-only
+    if decoder_base_dim and not decoder_only:
+        raise SemanticGenError("--decoder-base-dim needs --decoder-only: a new decoder is trained on a frozen "
+                               "encoder, so the latents (and caches and stages) stay as they are")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)  # initial weights and posterior noise
+    vae, info = _resume_or_build(out, config, decoder_base_dim)
+    vae.to(device)
+    (out / "config.json").write_text(json.dumps({k: v for k, v in vae.config.items() if not k.startswith("_")}))
     if decoder_only:  # the encoder and its latent projection keep their weights, so the latents do not move
         for part in (vae.wan.encoder, vae.wan.quant_conv):
             part.requires_grad_(False)
@@ -160,11 +226,12 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
     n_params = sum(p.numel() for p in vae.parameters())
     print(f"VAE: {n_params / 1e6:.2f}M parameters; batch {batch} x {frames}x{size}x{size}; from step {run.step}",
           flush=True)
-    probe, stats_batch = clip_batch(PROBE_SEEDS, frames, size)[0], clip_batch(STATS_SEEDS, frames, size)[0]
+    probe, stats_batch = (clip_batch(seeds, frames, size)[0].to(device) for seeds in (PROBE_SEEDS, STATS_SEEDS))
 
     def export() -> None:
-        vae.set_latent_stats(*latent_stats(vae, stats_batch))
-        vae.save(out / "vae.safetensors", info={
+        if not decoder_only:  # a frozen encoder keeps its statistics
+            vae.set_latent_stats(*latent_stats(vae, stats_batch))
+        vae.save(out / "vae.safetensors", dtype=export_dtype, info={
             "steps": run.step, "minutes": round(run.elapsed / 60, 2), "probe_psnr": round(psnr(vae, probe), 3),
             "batch": batch, "object_weight": object_weight,
             **({"encoder_frozen_from": frozen_from} if frozen_from is not None else {}),
@@ -173,20 +240,21 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
 
     tick, tick_step = time.monotonic(), run.step
     fresh_from = info.get("steps", 0)  # the optimizer's first step: warm up from there
-    for step in run.steps(steps, minutes, on_save=export):
-        seeds = torch.randint(0, HELDOUT_SEED_START, (batch,), generator=run.generator).tolist()
-        shots = (1 + (torch.rand(batch, generator=run.generator) < TWO_SHOT_FRACTION).long()).tolist()
-        for group in optimizer.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1 - fresh_from) / WARMUP)
-        x, weight = clip_batch(seeds, frames, size, shots, object_weight)
-        parts = train_step(vae, optimizer, x, kl_weight, weight)
-        if step % eval_every == 0:
-            parts["probe_psnr"] = psnr(vae, probe)
-        if step % log_every == 0 or "probe_psnr" in parts:
-            now = time.monotonic()
-            parts["steps_per_s"] = (step + 1 - tick_step) / max(now - tick, 1e-9)
-            tick, tick_step = now, step + 1
-            run.log(**parts)
+    stream = batches(run.step, batch, frames, size, object_weight, seed, workers)
+    try:
+        for step, (x, weight) in zip(run.steps(steps, minutes, on_save=export), stream):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1 - fresh_from) / WARMUP)
+            parts = train_step(vae, optimizer, x.to(device), kl_weight, weight.to(device))
+            if step % eval_every == 0:
+                parts["probe_psnr"] = psnr(vae, probe)
+            if step % log_every == 0 or "probe_psnr" in parts:
+                now = time.monotonic()
+                parts["steps_per_s"] = (step + 1 - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, step + 1
+                run.log(**parts)
+    finally:
+        stream.close()  # stops the workers
     return vae
 
 
@@ -219,6 +287,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--decoder-only", action="store_true",
                    help="freeze the encoder (latents, caches and stages stay valid) and train the decoder")
+    p.add_argument("--decoder-base-dim", type=int,
+                   help="with --decoder-only: start from a fresh decoder this wide (the encoder's is 8)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for a GPU")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering clips ahead (0: none)")
+    p.add_argument("--export-dtype", choices=("float32", "float16"), default="float32",
+                   help="precision of vae.safetensors (training state stays float32)")
     p.add_argument("--eval", action="store_true", help="print reconstruction PSNR on 32 held-out clips and exit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     train(args.out, args.steps, args.minutes, args.batch, args.frames, lr=args.lr, kl_weight=args.kl,
           object_weight=args.object_weight,
           save_every=args.save_every, log_every=args.log_every, eval_every=args.eval_every, seed=args.seed,
-          decoder_only=args.decoder_only)
+          decoder_only=args.decoder_only, decoder_base_dim=args.decoder_base_dim, device=args.device,
+          workers=args.workers, export_dtype=getattr(torch, args.export_dtype))
 
 
 if __name__ == "__main__":

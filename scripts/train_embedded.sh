@@ -2,6 +2,7 @@
 # Train every part of the embedded default, in order, and copy the results into semanticgen_core/weights.
 # Every step resumes where it stopped (run folders under runs/); budgets are wall-clock minutes per step.
 #   VAE_MIN=120 ENC_MIN=22 S2_MIN=30 S1_MIN=20 DEC_MIN=30 CLIPS=2000 THREADS=2 bash scripts/train_embedded.sh
+# The last step (the VAE's decoder, batch 32) is meant for a GPU: DEC_DEVICE=cuda DEC_WORKERS=14.
 # Stage 2 and the single-stage baseline train side by side, one thread each, for the same minutes from the
 # same start (the previous stage-2 DiT, when there is one), so the bench/ comparisons are like for like.
 set -euo pipefail
@@ -24,18 +25,20 @@ if [ -f "$W/stage2.safetensors" ] && [ ! -f runs/baseline/last.pt ]; then
     cp "$W/stage2.safetensors" runs/stage2-start.safetensors
     INIT=(--init runs/stage2-start.safetensors)
 fi
-python -m semanticgen_core.recipes.train_stage2 --cache "$CACHE" --out runs/stage2 --minutes "${S2_MIN:-30}" &
+python -m semanticgen_core.recipes.train_stage2 --cache "$CACHE" --out runs/stage2 --minutes "${S2_MIN:-30}" \
+    --export-dtype float16 &
 python -m semanticgen_core.recipes.train_baseline --cache "$CACHE" --out runs/baseline --minutes "${S2_MIN:-30}" \
     --export-dtype float16 "${INIT[@]}" &
 wait %1 && wait %2
 cp runs/stage2/stage2.safetensors runs/baseline/baseline.safetensors "$W/"
 python -m semanticgen_core.recipes.train_stage1 --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out runs/stage1 \
-    --threads "$T" --minutes "${S1_MIN:-20}"
+    --threads "$T" --minutes "${S1_MIN:-20}" --export-dtype float16
 cp runs/stage1/stage1.safetensors "$W/"
-# Last, the decoder alone (the encoder frozen: the latents, the cache and the stages stay valid), in a
-# folder of its own per joint VAE, so a retrained VAE starts a new decoder run.
-DEC=runs/vae-decoder-$(sha256sum "$VAE" | cut -c1-16)
+# Last, a fresh decoder 20 wide on the frozen encoder (the latents, the cache and the stages stay valid), in
+# a folder of its own per joint VAE, so a retrained VAE starts a new decoder run.
+DEC=runs/vae-decoder20-$(sha256sum "$VAE" | cut -c1-16)
 [ -f "$DEC/vae.safetensors" ] || { mkdir -p "$DEC" && cp "$VAE" "$DEC/"; }
-python -m semanticgen_core.recipes.train_vae --out "$DEC" --decoder-only --object-weight 8 --lr 5e-4 \
-    --threads "$T" --minutes "${DEC_MIN:-30}"
+python -m semanticgen_core.recipes.train_vae --out "$DEC" --decoder-only --decoder-base-dim 20 --object-weight 8 \
+    --lr "${DEC_LR:-5e-4}" --batch 32 --device "${DEC_DEVICE:-cpu}" --workers "${DEC_WORKERS:-0}" --threads "$T" \
+    --minutes "${DEC_MIN:-30}" --export-dtype float16
 cp "$DEC/vae.safetensors" "$W/"

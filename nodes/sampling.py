@@ -20,9 +20,10 @@ def sampling_inputs(steps: int) -> dict:
                                     "result on any device)."}),
         "steps": ("INT", {"default": steps, "min": 1, "max": 1000,
                           "tooltip": "Denoising steps. The embedded default uses 20; Wan-sized models 30-50."}),
-        "guidance": ("FLOAT", {"default": 4.0, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
+        "guidance": ("FLOAT", {"default": 2.5, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                "tooltip": "Classifier-free guidance scale; 1 turns guidance off (one model call "
-                                          "a step instead of two)."}),
+                                          "a step instead of two). The embedded default uses 2.5; Wan-sized "
+                                          "models 5."}),
         "shift": ("FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                             "tooltip": "Flow-matching schedule shift (Wan's flow_shift): higher spends more steps "
                                        "at high noise, which helps large frames. 3 for small videos, 5-8 for 480p+."}),

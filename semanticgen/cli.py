@@ -3,7 +3,7 @@
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
     python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
-    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--out eval.json] [--reference [vae]]
+    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json] [--reference [vae]]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -201,9 +201,10 @@ def cmd_eval(args) -> int:
     else:
         sampling = _core("sampling")
         steps = args.steps or int(d["steps"])
+        guidance = float(d["guidance"]) if args.guidance is None else args.guidance
 
         def generate(prompt: str, seed: int):
-            opts = sampling.SamplingOptions(steps=steps, guidance=float(d["guidance"]), seed=seed)
+            opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
             return pipe(prompt, num_frames, fps, height, width, opts)
 
     report = ev.evaluate(generate, prompts, args.seed, progress=progress)
@@ -231,7 +232,7 @@ def cmd_eval(args) -> int:
             "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",
             None: "embedded model"}[args.reference]
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
-          f"{num_frames} frames at {fps:g} fps" + (f", {steps} steps, seeds {args.seed}.." if steps else ""))
+          f"{num_frames} frames at {fps:g} fps" + (f", {steps} steps, guidance {guidance:g}, seeds {args.seed}.." if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
@@ -247,7 +248,8 @@ def cmd_eval(args) -> int:
             "model": None if args.reference else pipe.name,
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
-            "steps": steps, "seed": args.seed, "seconds": round(seconds, 1),
+            "steps": steps, "guidance": None if args.reference else guidance, "seed": args.seed,
+            "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
         }
@@ -294,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip this many held-out world seeds (default 0: start at the first held-out seed)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed of the first prompt; prompt i uses seed+i")
     p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance of both stages (default: the model's)")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
     p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "

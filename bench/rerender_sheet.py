@@ -40,7 +40,8 @@ def main() -> None:
         clip = sample_clip(seed, 33, 64, 64, 8.0)
         frames = torch.from_numpy(clip.frames).float() / 255
         plan = pipe.encode_video(frames, 8.0, prompt=clip.caption)
-        render = pipe.decode(pipe.render_latents(plan, SamplingOptions(steps=a.steps, guidance=pipe.preset.defaults["guidance"], seed=0)), 33)
+        opts = SamplingOptions(steps=a.steps, guidance=pipe.preset.defaults["guidance"], seed=0)
+        render = pipe.decode(pipe.render_latents(plan, opts), 33)
         recon = pipe.vae.decode(pipe.vae.encode(frames)[0], 33)
         print(f"seed {seed}: {clip.caption}")
         for video in (clip.frames, as_uint8_frames(recon), as_uint8_frames(render)):

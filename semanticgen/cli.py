@@ -232,7 +232,8 @@ def cmd_eval(args) -> int:
             "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",
             None: "embedded model"}[args.reference]
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
-          f"{num_frames} frames at {fps:g} fps" + (f", {steps} steps, guidance {guidance:g}, seeds {args.seed}.." if steps else ""))
+          f"{num_frames} frames at {fps:g} fps"
+          + (f", {steps} steps, guidance {guidance:g}, seeds {args.seed}.." if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "

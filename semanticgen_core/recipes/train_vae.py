@@ -26,6 +26,7 @@ decoder's colours drift from the fourth latent frame on, and generated clips hav
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import multiprocessing
 import time
@@ -87,13 +88,13 @@ def batches(first: int, batch: int, frames: int, size: int, object_weight: float
         return seeds, frames, size, shots, object_weight
 
     if workers == 0:
-        for step in range(first, 1 << 62):
+        for step in itertools.count(first):
             yield clip_batch(*job(step))
         return
     with multiprocessing.get_context("spawn").Pool(workers) as pool:  # no fork of a process with threads
         ahead = 2 * workers
         pending = deque(pool.apply_async(_render, (job(s),)) for s in range(first, first + ahead))
-        for step in range(first + ahead, 1 << 62):
+        for step in itertools.count(first + ahead):
             x, weight = pending.popleft().get()
             pending.append(pool.apply_async(_render, (job(step),)))
             yield torch.from_numpy(x), torch.from_numpy(weight)

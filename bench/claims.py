@@ -47,7 +47,7 @@ from bench import line_plot, plan_transfer  # noqa: E402
 from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
-from semanticgen_core.errors import SemanticGenError  # noqa: E402
+from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
 from semanticgen_core.model_files import read_metadata  # noqa: E402
 from semanticgen_core.presets import EMBEDDED  # noqa: E402
 
@@ -575,7 +575,4 @@ def main(argv: list[str] | None = None, log=print) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SemanticGenError as e:  # missing weights, a run trained past the asked steps: say so, no traceback
-        sys.exit(f"error: {e}")
+    run_command(main)

@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 from semanticgen_core.pipeline import latent_frames  # noqa: E402
 from semanticgen_core.presets import WAN  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 
 PARTS = ("stage1", "stage2", "decode", "baseline")
 DEFAULT_SECONDS = (4, 8, 16, 32, 60)
@@ -520,4 +521,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

@@ -61,6 +61,7 @@ from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
 from semanticgen_core.plan import Segment  # noqa: E402
 from semanticgen_core.shots import format_shots, parse_shots, shot_starts  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 
 DEFAULT_SECONDS = (4.0, 8.0, 16.0, 32.0, 60.0)
 SHOT_SECONDS = 4.0
@@ -798,4 +799,4 @@ def main(argv=None, pipe=None, log=print) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

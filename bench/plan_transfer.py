@@ -44,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 
 # --------------------------------------------------------------------------- masks and metrics
 
@@ -536,4 +537,4 @@ def main(argv: list[str] | None = None, pipe=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

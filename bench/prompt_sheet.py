@@ -24,6 +24,7 @@ from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 
 SCALE = 2  # 64x64 frames drawn at 128x128 so the objects can be seen
 
@@ -71,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -24,6 +24,7 @@ from semanticgen_core.embedded import weights_path  # noqa: E402
 from semanticgen_core.evaluation import as_uint8_frames  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 
 
 def main() -> None:
@@ -52,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

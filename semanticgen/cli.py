@@ -175,10 +175,12 @@ def cmd_eval(args) -> int:
     ev, world = _core("evaluation"), _core("data.world")
     if args.prompts < 1:
         raise _core("errors").SemanticGenError(f"--prompts must be at least 1, got {args.prompts}")
+    if args.guidance is not None and args.guidance < 1:
+        raise _core("errors").SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
     started = time.time()
     pipe = None
-    if not args.reference:
-        pipe = _core("pipeline").SemanticGenPipeline.embedded()  # names the missing file if weights are absent
+    if args.reference in (None, "plan"):  # names the missing file if weights are absent
+        pipe = _core("pipeline").SemanticGenPipeline.embedded(with_encoder=args.reference == "plan")
         d = pipe.preset.defaults
         fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
     else:
@@ -202,10 +204,18 @@ def cmd_eval(args) -> int:
         sampling = _core("sampling")
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
+        truth = {c.caption: c.frames for c in clips}
 
         def generate(prompt: str, seed: int):
             opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
-            return pipe(prompt, num_frames, fps, height, width, opts)
+            if args.reference != "plan":
+                return pipe(prompt, num_frames, fps, height, width, opts)
+            # stage 2 alone, on the plan the encoder reads from the ground-truth clip
+            import torch
+
+            frames = torch.from_numpy(ev.as_uint8_frames(truth[prompt]).astype("float32") / 255.0)
+            latents = pipe.render_latents(pipe.encode_video(frames, fps, prompt), opts)
+            return pipe.decode(latents, num_frames)
 
     report = ev.evaluate(generate, prompts, args.seed, progress=progress)
     per_prompt = report.pop("per_prompt")
@@ -230,6 +240,7 @@ def cmd_eval(args) -> int:
             psnr["vae"] = str(args.vae) if args.vae else "embedded"
     mode = {"clips": "reference (ground-truth world clips: the detector's ceiling)",
             "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",
+            "plan": "stage 2 on ground-truth plans (the clips' own plans rendered: stage 2 apart from stage 1)",
             None: "embedded model"}[args.reference]
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
           f"{num_frames} frames at {fps:g} fps"
@@ -245,11 +256,12 @@ def cmd_eval(args) -> int:
     if args.out:
         record = {
             "command": "python -m semanticgen " + shlex.join(args.argv),
-            "mode": {"clips": "reference", "vae": "reference-vae", None: "model"}[args.reference],
-            "model": None if args.reference else pipe.name,
+            "mode": {"clips": "reference", "vae": "reference-vae", "plan": "reference-plan",
+                     None: "model"}[args.reference],
+            "model": None if pipe is None else pipe.name,
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
-            "steps": steps, "guidance": None if args.reference else guidance, "seed": args.seed,
+            "steps": steps, "guidance": None if pipe is None else guidance, "seed": args.seed,
             "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
@@ -299,10 +311,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance of both stages (default: the model's)")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
-    p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae"],
+    p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae", "plan"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
                         "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "
-                        "VAE (--vae or the embedded default's), the most the stages can reach")
+                        "VAE (--vae or the embedded default's), the most the stages can reach; '--reference plan': "
+                        "stage 2 rendering the plans the semantic encoder reads from those clips (stage 2 "
+                        "apart from stage 1)")
     p.add_argument("--psnr-clips", type=int, default=None,
                    help="held-out clips for the VAE's PSNR (default: as many as --prompts; 0 skips it)")
     p.add_argument("--vae", type=Path, help="VAE file for the PSNR and '--reference vae' (default: the embedded "

@@ -3,6 +3,9 @@
 All derive from ``SemanticGenError`` (a ``ValueError``) so callers can catch the family at once.
 """
 
+import sys
+from typing import Callable
+
 
 class SemanticGenError(ValueError):
     """Base class: bad input or bad files, with a message that names the problem."""
@@ -22,3 +25,15 @@ class ShapeError(SemanticGenError):
 
 class Interrupted(Exception):
     """Raised by a cancellation check between sampling steps; models stay usable afterwards."""
+
+
+def run_command(main: Callable[[], object]) -> None:
+    """Run a command-line ``main`` (the recipes, the benchmarks): a ``SemanticGenError`` ends it with its
+    message and exit status 2 (as ``python -m semanticgen`` does), not a traceback; the message says what
+    to fix."""
+    try:
+        code = main()
+    except SemanticGenError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code if isinstance(code, int) else None)  # some mains return their record

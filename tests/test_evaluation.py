@@ -326,6 +326,20 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     record = json.loads(out.read_text())
     assert record["mode"] == "reference-vae" and record["vae_psnr"]["psnr"] < 20
     assert record["results"]["objects"]["color"]["accuracy"] < 1.0  # the clips themselves score 100%
+    # Stage 2 on the clips' own plans needs the semantic encoder, and names its file while it is absent.
+    args = ["eval", "--reference", "plan", "--prompts", "2", "--seconds", "1", "--steps", "1", "--psnr-clips", "0",
+            "--out", str(out), "-q"]
+    assert main(args) == 2
+    assert "semantic_encoder weights are missing" in capsys.readouterr().err
+    shutil.copy(tiny_models["dir"] / "semanticgen" / tiny_models["semantic_encoder"],
+                weights / "semantic_encoder.safetensors")
+    assert main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["mode"] == "reference-plan" and record["steps"] == 1 and record["guidance"] is not None
+    assert [j["prompt"] for j in record["per_prompt"]] == ev.heldout_prompts(2, num_frames=9)
+    # Guidance below 1 is refused, as the nodes' widget refuses it.
+    assert main(["eval", "--prompts", "1", "--guidance", "0.5", "-q"]) == 2
+    assert "--guidance must be at least 1" in capsys.readouterr().err
 
 
 def test_prompt_sheet_labels_each_row_with_the_detectors_verdict():

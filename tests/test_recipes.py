@@ -64,7 +64,7 @@ def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
 
 def test_stage2_continues_with_the_compressor_frozen_and_a_cool_down(tiny_clip_cache, tmp_path):
     from semanticgen_core.model_files import load_model
-    from semanticgen_core.recipes.stages import lr_factor
+    from semanticgen_core.recipes.loop import lr_factor
 
     common = ["--cache", str(tiny_clip_cache["cache"]), "--batch", "2", "--warmup", "1", "--out", str(tmp_path / "s2")]
     train_stage2.main([*common, "--steps", "2"])
@@ -147,3 +147,15 @@ def test_plan_source_and_width_options_train_export_and_load(tiny_clip_cache, tm
     opts = SamplingOptions(steps=1, guidance=1.0)
     assert pipe.generate_plan("a red circle moving up", 9, 8.0, 64, 64, opts).tokens.shape[-1] == 16
     assert pipe("a red circle moving up", num_frames=9, opts=opts).shape == (9, 64, 64, 3)
+
+
+def test_a_recipe_run_as_a_command_ends_a_bad_input_with_its_message_not_a_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    missing = tmp_path / "no-cache"
+    done = subprocess.run([sys.executable, "-m", "semanticgen_core.recipes.train_stage2", "--cache", str(missing),
+                           "--out", str(tmp_path / "run"), "--steps", "1"], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: no cached clips in {missing}") and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -1,6 +1,7 @@
 """VideoVAE: normalisation, 4k+1 frames, streaming, interrupts, file formats; the VAE training recipe."""
 
 import json
+import math
 import re
 
 import pytest
@@ -288,3 +289,14 @@ def test_a_fresh_wider_decoder_on_the_frozen_encoder(tmp_path):
     empty = tmp_path / "empty"
     with pytest.raises(SemanticGenError, match="copy the VAE file to .*vae.safetensors first"):
         train_vae.train(empty, steps=1, decoder_only=True, decoder_base_dim=12, **TRAIN)
+
+
+def test_eval_reports_each_clip_and_each_frame(tmp_path):
+    out = tmp_path / "run"
+    train_vae.train(out, steps=1, **TRAIN)
+    per_clip, per_frame = train_vae.evaluate(out / "vae.safetensors", frames=9, size=32)
+    assert len(per_clip) == len(train_vae.EVAL_SEEDS) and len(per_frame) == 9
+    # Both views average the same squared errors (every clip has 9 frames), so they agree on the total.
+    total = [-10 * math.log10(sum(10 ** (-p / 10) for p in ps) / len(ps)) for ps in (per_clip, per_frame)]
+    assert total[0] == pytest.approx(total[1], abs=1e-4) and 0 < total[0] < 60
+    assert train_vae.latent_frame_groups([1, 2, 3, 4, 5, 6, 7, 8, 9]) == "0: 1.0, 1-4: 3.5, 5-8: 7.5"

@@ -19,7 +19,7 @@ from safetensors import safe_open
 
 from ..checkpoints import save_file_atomic
 from ..data.world import sample_clip
-from ..errors import SemanticGenError
+from ..errors import SemanticGenError, run_command
 from ..model_files import load_model
 from ..presets import EMBEDDED
 from ..text_encoders import MiniLMTextEncoder
@@ -112,4 +112,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -11,7 +11,7 @@ import torch
 from ..model_files import save_model
 from ..presets import EMBEDDED, Preset
 from .dataset import ClipCache, empty_text
-from .loop import Run
+from .loop import Run, lr_factor
 
 
 def arguments(description: str, out: str) -> argparse.ArgumentParser:
@@ -67,10 +67,3 @@ def train(args, kind: str, trained: dict[str, torch.nn.Module],
         optimizer.step()
         if step % 25 == 0:
             run.log(**losses)
-
-
-def lr_factor(step: int, warmup: int, total: int | None, decay_steps: int) -> float:
-    """Linear warm-up over ``warmup`` steps, constant, then a linear fall to 0 over the last ``decay_steps``
-    of ``total``."""
-    factor = min(1.0, (step + 1) / warmup)
-    return factor * min(1.0, (total - step) / decay_steps) if decay_steps else factor

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..checkpoints import load_into
+from ..errors import run_command
 from ..latent_dit import LatentDiT
 from ..model_files import load_model
 from ..presets import EMBEDDED
@@ -37,4 +38,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -33,7 +33,6 @@ import argparse
 import json
 import math
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ import torch.nn.functional as F
 
 from ..data.world import (BACKGROUND_COLORS, BACKGROUNDS, HELDOUT_SEED_START, OBJECT_COLORS, SHAPES, TEXTURES,
                           ShotSpec, label_maps, object_track, render_clip, retexture_shot, sample_clip_shots)
-from ..errors import SemanticGenError
+from ..errors import SemanticGenError, run_command
 from ..presets import EMBEDDED
 from ..semantic_encoder import QwenVisionEncoder, qwen_patchify, sample_indices
 from .loop import save_atomic
@@ -738,4 +737,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

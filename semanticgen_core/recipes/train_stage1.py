@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import run_command
 from ..model_files import load_model
 from ..semantic_dit import SemanticDiT
 from ..training import stage1_loss
@@ -62,4 +63,4 @@ def string_shots(plan: torch.Tensor, text: torch.Tensor, k: int):
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

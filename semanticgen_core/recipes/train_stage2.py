@@ -9,6 +9,7 @@ paper's convergence and compression ablations (``bench/claims.py``); the default
 from __future__ import annotations
 
 from ..compressor import SemanticCompressor
+from ..errors import run_command
 from ..latent_dit import LatentDiT
 from ..training import stage2_loss
 from .plan_sources import SOURCES, plan_features, plan_preset
@@ -47,4 +48,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Train every part of the embedded default, in order, and copy the results into semanticgen_core/weights.
 # Every step resumes where it stopped (run folders under runs/); budgets are wall-clock minutes per step.
-#   VAE_MIN=120 ENC_MIN=22 S2_MIN=30 S1_MIN=20 DEC_MIN=30 CLIPS=2000 THREADS=2 bash scripts/train_embedded.sh
-# The last step (the VAE's decoder, batch 32) is meant for a GPU: DEC_DEVICE=cuda DEC_WORKERS=14.
+#   VAE_MIN=120 ENC_MIN=22 S2_MIN=30 S1_MIN=20 DEC_MIN=30 DEC33_MIN=75 CLIPS=2000 THREADS=2 bash scripts/train_embedded.sh
+# The VAE's decoder steps (batch 32, then 33-frame clips) are meant for a GPU: DEC_DEVICE=cuda DEC_WORKERS=14.
 # Stage 2 and the single-stage baseline train side by side, one thread each, for the same minutes from the
 # same start (the previous stage-2 DiT, when there is one), so the bench/ comparisons are like for like.
 set -euo pipefail
@@ -41,4 +41,9 @@ DEC=runs/vae-decoder20-$(sha256sum "$VAE" | cut -c1-16)
 python -m semanticgen_core.recipes.train_vae --out "$DEC" --decoder-only --decoder-base-dim 20 --object-weight 8 \
     --lr "${DEC_LR:-5e-4}" --batch 32 --device "${DEC_DEVICE:-cpu}" --workers "${DEC_WORKERS:-0}" --threads "$T" \
     --minutes "${DEC_MIN:-30}" --export-dtype float16
-cp "$DEC/vae.safetensors" "$W/"
+# Then on whole 4 s clips (33 frames): trained on 17 alone, it drifts in the frames past the 17th.
+DEC33=$DEC-33f
+[ -f "$DEC33/vae.safetensors" ] || { mkdir -p "$DEC33" && cp "$DEC"/{vae.safetensors,config.json,encoder_frozen_from.json} "$DEC33/"; }
+python -m semanticgen_core.recipes.train_vae --out "$DEC33" --frames 33 --batch 2 --lr 1e-4 --object-weight 8 \
+    --device "${DEC_DEVICE:-cpu}" --threads "$T" --minutes "${DEC33_MIN:-75}" --export-dtype float16
+cp "$DEC33/vae.safetensors" "$W/"

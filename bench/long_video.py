@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.pipeline import latent_frames  # noqa: E402
 from semanticgen_core.presets import WAN  # noqa: E402
-from semanticgen_core.errors import run_command  # noqa: E402
 
 PARTS = ("stage1", "stage2", "decode", "baseline")
 DEFAULT_SECONDS = (4, 8, 16, 32, 60)

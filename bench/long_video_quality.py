@@ -59,9 +59,9 @@ sys.path.insert(0, str(ROOT))
 from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.data import world  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.plan import Segment  # noqa: E402
 from semanticgen_core.shots import format_shots, parse_shots, shot_starts  # noqa: E402
-from semanticgen_core.errors import run_command  # noqa: E402
 
 DEFAULT_SECONDS = (4.0, 8.0, 16.0, 32.0, 60.0)
 SHOT_SECONDS = 4.0

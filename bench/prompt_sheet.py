@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semanticgen_core import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
-from semanticgen_core.errors import run_command  # noqa: E402
 
 SCALE = 2  # 64x64 frames drawn at 128x128 so the objects can be seen
 

@@ -3,7 +3,8 @@
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
     python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
-    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json] [--reference [vae]]
+    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json]
+                               [--reference [vae|plan]]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -204,16 +205,16 @@ def cmd_eval(args) -> int:
         sampling = _core("sampling")
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
-        truth = {c.caption: c.frames for c in clips}
+        ground_truth = ev.reference_generator(clips)  # caption -> its clip's frames
 
         def generate(prompt: str, seed: int):
             opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
             if args.reference != "plan":
                 return pipe(prompt, num_frames, fps, height, width, opts)
-            # stage 2 alone, on the plan the encoder reads from the ground-truth clip
+            # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
             import torch
 
-            frames = torch.from_numpy(ev.as_uint8_frames(truth[prompt]).astype("float32") / 255.0)
+            frames = torch.from_numpy(ev.as_uint8_frames(ground_truth(prompt, seed)).astype("float32") / 255.0)
             latents = pipe.render_latents(pipe.encode_video(frames, fps, prompt), opts)
             return pipe.decode(latents, num_frames)
 

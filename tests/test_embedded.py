@@ -44,13 +44,14 @@ def test_shipped_model_draws_the_prompted_colour_in_most_prompts():
     for seed, prompt in enumerate(FIXED_PROMPTS * 2):
         frames = pipe(prompt, opts=SamplingOptions(steps=d["steps"], guidance=d["guidance"], seed=seed))
         right.append(bool(judge(frames, prompt)["objects"][0]["color"]))
-    print("colour right:", right)  # measured: 8 of 12 (green on red comes out orange, blue on orange yellow)
+    print("colour right:", right)  # measured: 10 of 12 (the blue star over orange stripes misses both times)
     assert sum(right) > len(right) / 2, right
 
 
 @pytest.mark.xfail(strict=True, reason="regression of the stage 1 shipped in session 4 (10,500 steps): another prompt "
                    "for shot 2 moves shot 1's plan too (own/other change 1.6-1.9 over seeds 0, 1, 3; the 4,910-step "
-                   "stage 1 had 4-8), though it draws the prompted colour more often (8 of 12 fixed clips, against 5)")
+                   "stage 1 had 4-8), though it draws the prompted colour more often (8 of 12 fixed clips, against 5; "
+                   "session 5's stage 2 and VAE on top: 10 of 12)")
 @torch.no_grad()
 def test_one_shots_prompt_changes_mostly_its_own_span_of_the_plan():
     """Stage 1 has full attention across shots, so another prompt for shot 2 may touch shot 1, but the
@@ -78,7 +79,7 @@ def test_one_shots_prompt_changes_mostly_its_own_frames_of_the_video():
     b = pipe("0-4 s: a red circle moving up; 4-8 s: a yellow star growing", 65, 8.0, 64, 64, opts)
     change = (a - b).abs().mean(dim=(1, 2, 3))  # per frame; the cut is at frame 32
     own, other = change[33:].mean(), change[:31].mean()
-    print(f"frame change: own shot {own:.3f}, other shot {other:.3f}")  # measured: 0.159 and 0.062
+    print(f"frame change: own shot {own:.3f}, other shot {other:.3f}")  # measured: 0.158 and 0.062
     assert own > 2 * other
     for video in (a, b):
         assert judge(video[:32], "a red circle moving up")["objects"][0]["color"]

@@ -11,7 +11,7 @@ same recipes, steps, batch and seed; only the plan differs:
 Stage 2 (with its compressor) trains for ``--s2-steps``; stage 1 then trains on the frozen compressor's
 plans and is evaluated at step 0 (so "steps to reach" can interpolate from the untrained start) and at
 ``--checkpoints`` evenly spaced steps up to ``--s1-steps``: the full pipeline makes one clip per held-out
-prompt, judged by the independent OpenCV detector (``semanticgen_core/evaluation.py``). Stage 1 is also
+prompt, judged by the independent OpenCV detector (``semanticgen_world/evaluation.py``). Stage 1 is also
 judged on its own, without stage 2 ("plan adherence"): each generated plan's nearest cached training clip
 in the variant's plan space is re-rendered from its world seed and judged by the same detector, so a
 stage 2 that does not yet follow plans cannot hide what stage 1 learnt. Training runs
@@ -44,9 +44,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import line_plot, plan_transfer  # noqa: E402
-from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_world import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
-from semanticgen_core.data import world  # noqa: E402
+from semanticgen_world import world  # noqa: E402
 from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
 from semanticgen_core.model_files import read_metadata  # noqa: E402
 from semanticgen_core.presets import EMBEDDED  # noqa: E402

@@ -16,7 +16,7 @@ captions, one shot per ``--shot-seconds`` (4 s: 1, 2, 4, 8, 15 shots for 4/8/16/
 * **real through the VAE**: the real video encoded and decoded by the VAE: what the VAE alone does
   (its own seams at latent-frame borders, its blur), with no DiT and no windows.
 
-Measured (all with OpenCV on the decoded frames; the detector is ``semanticgen_core/evaluation.py``):
+Measured (all with OpenCV on the decoded frames; the detector is ``semanticgen_world/evaluation.py``):
 
 1. **Per-shot adherence**: each shot's span judged against its own caption (``evaluation.judge``):
    colour, shape and direction accuracy per length, against the shortest length. Plan statistics: the
@@ -56,9 +56,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_world import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
-from semanticgen_core.data import world  # noqa: E402
+from semanticgen_world import world  # noqa: E402
 from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.plan import Segment  # noqa: E402
 from semanticgen_core.shots import format_shots, parse_shots, shot_starts  # noqa: E402

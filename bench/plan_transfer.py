@@ -11,7 +11,7 @@ rendered by stage 2 + VAE under several conditions:
         (stage 1 plan from the reference's caption)
 
 Layout and motion agreement with the reference is measured with the independent OpenCV detector of
-``semanticgen_core/evaluation.py``: in each frame, the union mask of the detected objects (every
+``semanticgen_world/evaluation.py``: in each frame, the union mask of the detected objects (every
 non-background blob) of the reference and of the render; the per-frame IoU is averaged over the frames.
 Also the distance between the centroids of the largest object in each frame (fraction of the frame).
 Ceilings: the reference's own VAE reconstruction (what the VAE allows), and the detector against the
@@ -41,9 +41,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_world import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
-from semanticgen_core.data import world  # noqa: E402
+from semanticgen_world import world  # noqa: E402
 from semanticgen_core.errors import run_command  # noqa: E402
 
 # --------------------------------------------------------------------------- masks and metrics
@@ -395,7 +395,7 @@ def write_markdown(path: Path, result: Result, summary: dict, command: str, pict
         f"{s.fps:g} fps, {s.size}x{s.size}) is encoded to a plan and rendered by stage 2 + VAE ({s.steps} steps, "
         f"guidance {s.guidance:g}, sampling seeds {', '.join(map(str, s.render_seeds))}). Its unrelated clip is "
         f"the held-out clip {s.refs} seeds later ({s.other_seeds[0]}..{s.other_seeds[-1]}). "
-        "Agreement with the reference is measured by the independent OpenCV detector (`semanticgen_core/evaluation.py`): "
+        "Agreement with the reference is measured by the independent OpenCV detector (`semanticgen_world/evaluation.py`): "
         "per frame, IoU of the union of detected object blobs (everything but the background colour) in the "
         "reference and the render, averaged over frames (1 where neither shows an object); and the distance "
         "between the centroids of the largest blob, as a fraction of the frame. Mean ± std over references "

@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semanticgen_core import evaluation  # noqa: E402
+from semanticgen_world import evaluation  # noqa: E402
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402

@@ -19,10 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from semanticgen_core.data.world import HELDOUT_SEED_START, sample_clip  # noqa: E402
+from semanticgen_world.world import HELDOUT_SEED_START, sample_clip  # noqa: E402
 from semanticgen_core.embedded import weights_path  # noqa: E402
 from semanticgen_core.errors import run_command  # noqa: E402
-from semanticgen_core.evaluation import as_uint8_frames  # noqa: E402
+from semanticgen_world.evaluation import as_uint8_frames  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 

@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 . .venv/bin/activate
 T=${THREADS:-1}
 W=semanticgen_core/weights
-python -m semanticgen_core.recipes.train_vae --out runs/vae --threads "$T" --minutes "${VAE_MIN:-120}"
+python -m semanticgen_world.recipes.train_vae --out runs/vae --threads "$T" --minutes "${VAE_MIN:-120}"
 if [ "${ENC_MIN:-22}" != 0 ]; then  # ENC_MIN=0 keeps the encoder (and a cache built with it) as it is
-    python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder --minutes "${ENC_MIN:-22}"
+    python -m semanticgen_world.recipes.train_semantic_encoder --out runs/semantic_encoder --minutes "${ENC_MIN:-22}"
 fi
 VAE=runs/vae/vae.safetensors
 cp runs/semantic_encoder/semantic_encoder.safetensors "$W/"
@@ -38,12 +38,12 @@ cp runs/stage1/stage1.safetensors "$W/"
 # a folder of its own per joint VAE, so a retrained VAE starts a new decoder run.
 DEC=runs/vae-decoder20-$(sha256sum "$VAE" | cut -c1-16)
 [ -f "$DEC/vae.safetensors" ] || { mkdir -p "$DEC" && cp "$VAE" "$DEC/"; }
-python -m semanticgen_core.recipes.train_vae --out "$DEC" --decoder-only --decoder-base-dim 20 --object-weight 8 \
+python -m semanticgen_world.recipes.train_vae --out "$DEC" --decoder-only --decoder-base-dim 20 --object-weight 8 \
     --lr "${DEC_LR:-5e-4}" --batch 32 --device "${DEC_DEVICE:-cpu}" --workers "${DEC_WORKERS:-0}" --threads "$T" \
     --minutes "${DEC_MIN:-30}" --export-dtype float16
 # Then on whole 4 s clips (33 frames): trained on 17 alone, it drifts in the frames past the 17th.
 DEC33=$DEC-33f
 [ -f "$DEC33/vae.safetensors" ] || { mkdir -p "$DEC33" && cp "$DEC"/{vae.safetensors,config.json,encoder_frozen_from.json} "$DEC33/"; }
-python -m semanticgen_core.recipes.train_vae --out "$DEC33" --frames 33 --batch 2 --lr 1e-4 --object-weight 8 \
+python -m semanticgen_world.recipes.train_vae --out "$DEC33" --frames 33 --batch 2 --lr 1e-4 --object-weight 8 \
     --device "${DEC_DEVICE:-cpu}" --threads "$T" --minutes "${DEC33_MIN:-75}" --export-dtype float16
 cp "$DEC33/vae.safetensors" "$W/"

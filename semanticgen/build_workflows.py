@@ -365,13 +365,13 @@ BUILDERS = {"text_to_video": text_to_video, "long_multi_shot": long_multi_shot,
 
 def write_example_video(path: Path) -> None:
     """The bundled reference clip: 33 frames, 64x64 at 8 fps, from the procedural world."""
-    pack = load_pack()
     import importlib
 
     import torch
 
-    world = importlib.import_module(f"{pack.__name__}.semanticgen_core.data.world")
-    video = importlib.import_module(f"{pack.__name__}.nodes.video")
+    from semanticgen_world import world
+
+    video = importlib.import_module(f"{load_pack().__name__}.nodes.video")
     clip = world.sample_clip(seed=7, num_frames=33, height=64, width=64, fps=8.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     video.write_video(path, torch.from_numpy(clip.frames).float() / 255, 8.0, codec="vp9")

@@ -173,7 +173,8 @@ def _eval_table(results: dict, out=None) -> None:
 
 
 def cmd_eval(args) -> int:
-    ev, world = _core("evaluation"), _core("data.world")
+    from semanticgen_world import evaluation as ev, world
+
     if args.prompts < 1:
         raise _core("errors").SemanticGenError(f"--prompts must be at least 1, got {args.prompts}")
     if args.guidance is not None and args.guidance < 1:

@@ -87,7 +87,7 @@ WAN = Preset(
     defaults=dict(fps=16.0, height=480, width=832, steps=50, guidance=5.0, window_frames=8),
 )
 
-# The embedded default: trained here on the procedural world (semanticgen_core/data), shipped in
+# The embedded default: trained here on the procedural world (semanticgen_world), shipped in
 # semanticgen_core/weights. 64x64 at 8 fps; the encoder sees 4 fps, so the plan has 2 steps a second on a
 # 4x4 grid (128 tokens for 4 s); stage 2 sees 9 latent frames of 4x4 patches plus the plan, in windows
 # of 4 latent frames (2 s), as it does for long videos.

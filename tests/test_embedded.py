@@ -36,7 +36,7 @@ def test_embedded_pipeline_makes_a_video():
 def test_shipped_model_draws_the_prompted_colour_in_most_prompts():
     """The detector (opencv, independent of the model) finds the prompt's colour in most clips made as the
     README's first command makes them (4 s, the model's steps and guidance), two seeds a prompt."""
-    from semanticgen_core.evaluation import FIXED_PROMPTS, judge
+    from semanticgen_world.evaluation import FIXED_PROMPTS, judge
 
     pipe = SemanticGenPipeline.embedded()
     d = pipe.preset.defaults
@@ -71,7 +71,7 @@ def test_one_shots_prompt_changes_mostly_its_own_span_of_the_plan():
 def test_one_shots_prompt_changes_mostly_its_own_frames_of_the_video():
     """What a user sees of shot locality: with another prompt for shot 2, shot 2's frames change several
     times more than shot 1's, and shot 1 keeps its prompted colour (judged by the opencv detector)."""
-    from semanticgen_core.evaluation import judge
+    from semanticgen_world.evaluation import judge
 
     pipe = SemanticGenPipeline.embedded()
     opts = SamplingOptions(steps=10, guidance=pipe.preset.defaults["guidance"], seed=3)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from semanticgen_core import evaluation as ev
-from semanticgen_core.data.world import (
+from semanticgen_world import evaluation as ev
+from semanticgen_world.world import (
     HELDOUT_SEED_START,
     BackgroundSpec,
     ObjectSpec,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench import long_video_quality as lq
-from semanticgen_core.data import world
+from semanticgen_world import world
 from semanticgen_core.plan import Segment
 from semanticgen_core.shots import format_shots
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from semanticgen_core.data.world import sample_clip
+from semanticgen_world.world import sample_clip
 from semanticgen_core.errors import Interrupted, SemanticGenError
 from semanticgen_core.model_files import load_model, save_model
 from semanticgen_core.pipeline import SemanticGenPipeline

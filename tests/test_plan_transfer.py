@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from bench import plan_transfer as pt
-from semanticgen_core import evaluation
-from semanticgen_core.data import world
+from semanticgen_world import evaluation
+from semanticgen_world import world
 
 
 def _square(size=32, x0=4, y0=4, side=8, frames=3):

@@ -64,7 +64,7 @@ def test_cache_then_train_both_stages_then_generate(tmp_path, capsys):
 
 def test_stage2_continues_with_the_compressor_frozen_and_a_cool_down(tiny_clip_cache, tmp_path):
     from semanticgen_core.model_files import load_model
-    from semanticgen_core.recipes.loop import lr_factor
+    from semanticgen_world.recipes.loop import lr_factor
 
     common = ["--cache", str(tiny_clip_cache["cache"]), "--batch", "2", "--warmup", "1", "--out", str(tmp_path / "s2")]
     train_stage2.main([*common, "--steps", "2"])

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from semanticgen_core.data.world import (BACKGROUND_COLORS, OBJECT_COLORS, PALETTE, SHAPES, BackgroundSpec, ObjectSpec,
+from semanticgen_world.world import (BACKGROUND_COLORS, OBJECT_COLORS, PALETTE, SHAPES, BackgroundSpec, ObjectSpec,
                                          ShotSpec, classify_pixels, label_maps, render_clip, retexture_shot,
                                          sample_clip, sample_clip_shots)
-from semanticgen_core.recipes import train_semantic_encoder as rec
+from semanticgen_world.recipes import train_semantic_encoder as rec
 
 H = W = 64
 NAMES = list(PALETTE)

@@ -14,7 +14,7 @@ from safetensors.torch import save_file
 from semanticgen_core.checkpoints import init_empty_weights
 from semanticgen_core.errors import CheckpointError, Interrupted, SemanticGenError, ShapeError
 from semanticgen_core.model_files import read_metadata
-from semanticgen_core.recipes import train_vae
+from semanticgen_world.recipes import train_vae
 from semanticgen_core.vae import VideoVAE, valid_frame_counts, wan21_vae_config
 
 # Wan2.1's layout (two res blocks, four levels) at toy width, so the original-key test covers every block.
@@ -199,7 +199,7 @@ def test_train_step_improves_reconstruction():
 
 
 def test_object_weights_cover_the_objects_of_the_label_maps():
-    from semanticgen_core.data.world import label_maps, sample_clip
+    from semanticgen_world.world import label_maps, sample_clip
 
     x, weight = train_vae.clip_batch([3], frames=5, size=32, object_weight=4.0)
     objects = torch.from_numpy(label_maps(sample_clip(3, 5, 32, 32, 8.0).shots, 32, 32)["object"] >= 0)

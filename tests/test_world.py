@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from semanticgen_core.data import world
-from semanticgen_core.data.world import (
+from semanticgen_world import world
+from semanticgen_world.world import (
     HELDOUT_SEED_START,
     MOTIONS,
     PALETTE,

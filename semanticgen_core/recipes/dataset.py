@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 from ..checkpoints import save_file_atomic
-from ..data.world import sample_clip
+from semanticgen_world.world import sample_clip  # replaced by the feature cache in the next commit
 from ..errors import SemanticGenError, run_command
 from ..model_files import load_model
 from ..presets import EMBEDDED

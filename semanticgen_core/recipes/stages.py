@@ -11,7 +11,7 @@ import torch
 from ..model_files import save_model
 from ..presets import EMBEDDED, Preset
 from .dataset import ClipCache, empty_text
-from .loop import Run, lr_factor
+from semanticgen_world.recipes.loop import Run, lr_factor
 
 
 def arguments(description: str, out: str) -> argparse.ArgumentParser:

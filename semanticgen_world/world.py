@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from ..errors import SemanticGenError
+from semanticgen_core.errors import SemanticGenError
 
 HELDOUT_SEED_START = 1_000_000
 

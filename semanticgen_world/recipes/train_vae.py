@@ -1,8 +1,8 @@
 """Train the embedded default's VAE (Wan2.1's layout, shrunk) from scratch on the procedural world, on CPU.
 
-    python -m semanticgen_core.recipes.train_vae --out runs/vae [--steps N] [--minutes M] [--batch 4]
+    python -m semanticgen_world.recipes.train_vae --out runs/vae [--steps N] [--minutes M] [--batch 4]
                                                  [--frames 9] [--threads 1]
-    python -m semanticgen_core.recipes.train_vae --out runs/vae --eval
+    python -m semanticgen_world.recipes.train_vae --out runs/vae --eval
 
 Clips are rendered on the fly from training seeds (< 1_000_000) drawn from the run's seed and the step
 number alone, so a resumed run continues the same stream and ``--workers`` processes can render batches
@@ -39,10 +39,10 @@ import torch
 
 import torch.nn.functional as F
 
-from ..data.world import HELDOUT_SEED_START, label_maps, sample_clip
-from ..errors import CheckpointError, SemanticGenError, run_command
-from ..model_files import read_metadata
-from ..vae import VideoVAE, tiny_vae_config
+from ..world import HELDOUT_SEED_START, label_maps, sample_clip
+from semanticgen_core.errors import CheckpointError, SemanticGenError, run_command
+from semanticgen_core.model_files import read_metadata
+from semanticgen_core.vae import VideoVAE, tiny_vae_config
 from .loop import Run, lr_factor
 
 FPS = 8.0

@@ -16,7 +16,7 @@ from typing import Callable
 
 import torch
 
-from ..checkpoints import atomic_file
+from semanticgen_core.checkpoints import atomic_file
 
 
 def save_atomic(obj, path: Path) -> None:

@@ -1,7 +1,7 @@
 """Train the embedded default's semantic encoder: a tiny Qwen2.5-VL vision tower, from scratch, on the world.
 
-    python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder [--minutes 22]
-    python -m semanticgen_core.recipes.train_semantic_encoder --out runs/semantic_encoder --eval
+    python -m semanticgen_world.recipes.train_semantic_encoder --out runs/semantic_encoder [--minutes 22]
+    python -m semanticgen_world.recipes.train_semantic_encoder --out runs/semantic_encoder --eval
 
 The paper freezes a pretrained video-understanding tower; the embedded default has none, so it trains one
 whose features carry *what, where and how it moves* and not texture, since the semantic space is meant to
@@ -41,11 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..data.world import (BACKGROUND_COLORS, BACKGROUNDS, HELDOUT_SEED_START, OBJECT_COLORS, SHAPES, TEXTURES,
+from ..world import (BACKGROUND_COLORS, BACKGROUNDS, HELDOUT_SEED_START, OBJECT_COLORS, SHAPES, TEXTURES,
                           ShotSpec, label_maps, object_track, render_clip, retexture_shot, sample_clip_shots)
-from ..errors import SemanticGenError, run_command
-from ..presets import EMBEDDED
-from ..semantic_encoder import QwenVisionEncoder, qwen_patchify, sample_indices
+from semanticgen_core.errors import SemanticGenError, run_command
+from semanticgen_core.presets import EMBEDDED
+from semanticgen_core.semantic_encoder import QwenVisionEncoder, qwen_patchify, sample_indices
 from .loop import save_atomic
 
 NUM_FRAMES, FPS, SIZE = 33, 8.0, 64  # 4 s clips of the embedded default
@@ -649,7 +649,7 @@ def train(args) -> int:
 
 
 def export(args, encoder, heads, heldout, step, elapsed, cpu) -> Path:
-    from ..model_files import save_model  # imports the VAE module too; only needed here
+    from semanticgen_core.model_files import save_model  # imports the VAE module too; only needed here
 
     encoder.model.requires_grad_(False)
     figures = head_eval(encoder, heads, heldout)
@@ -670,7 +670,7 @@ def export(args, encoder, heads, heldout, step, elapsed, cpu) -> Path:
 
 
 def run_eval(args) -> int:
-    from ..model_files import load_model
+    from semanticgen_core.model_files import load_model
 
     path = Path(args.weights) if args.weights else Path(args.out) / "semantic_encoder.safetensors"
     encoder = load_model(path, "semantic_encoder").modules["encoder"]

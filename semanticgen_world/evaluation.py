@@ -27,9 +27,9 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from .data import world
-from .errors import SemanticGenError, ShapeError
-from .shots import split_shots
+from . import world
+from semanticgen_core.errors import SemanticGenError, ShapeError
+from semanticgen_core.shots import split_shots
 
 NAMES: tuple[str, ...] = tuple(world.PALETTE)  # colour classes, indexed as world.classify_pixels returns
 

@@ -1,1 +1,0 @@
-"""Procedural video world used to train and evaluate the embedded default models."""

@@ -61,6 +61,7 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         super().__init__(patch_size, num_attention_heads, attention_head_dim, in_channels, out_channels, text_dim,
                          freq_dim, ffn_dim, num_layers, cross_attn_norm, qk_norm, eps, image_dim, added_kv_proj_dim,
                          rope_max_seq_len, pos_embed_seq_len)
+        self.use_semanticgen_blocks()
         inner_dim = num_attention_heads * attention_head_dim
         self.semantic_proj = nn.Linear(semantic_dim, inner_dim)
         self.semantic_gate = nn.Parameter(torch.zeros(num_layers, num_attention_heads))

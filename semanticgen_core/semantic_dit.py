@@ -43,6 +43,7 @@ class SemanticDiT(WanRunner, WanTransformer3DModel):
         super().__init__(patch_size, num_attention_heads, attention_head_dim, in_channels, out_channels, text_dim,
                          freq_dim, ffn_dim, num_layers, cross_attn_norm, qk_norm, eps, image_dim, added_kv_proj_dim,
                          rope_max_seq_len, pos_embed_seq_len)
+        self.use_semanticgen_blocks()
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 shot_starts: Sequence[float] | None = None, return_dict: bool = True):

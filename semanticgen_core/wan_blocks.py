@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from .attention import Rope, Window, rope_at, windowed_self_attention
 from .errors import ShapeError
@@ -44,6 +45,11 @@ def shot_routing(token_times: torch.Tensor, shot_starts: Sequence[float] | None,
 
 class WanRunner:
     """Mixin for ``WanTransformer3DModel`` subclasses: embed, run the blocks, unpatchify."""
+
+    def use_semanticgen_blocks(self) -> None:
+        """Give Wan's blocks SemanticGen's forward (same weights and names), once, after ``__init__``."""
+        for block in self.blocks:
+            block.__class__ = SemanticGenBlock
 
     def time_modulation(self, timestep: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Wan's timestep path: ``temb [B, D]`` for the output head and ``[B, 6, D]`` for the blocks."""
@@ -81,12 +87,12 @@ class WanRunner:
                    layouts: Sequence[list[Window]], gates: torch.Tensor | None):
         """All blocks; layer ``i`` uses ``layouts[i % len(layouts)]`` (odd layers: shifted windows)."""
         for i, block in enumerate(self.blocks):
-            args = (block, xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts[i % len(layouts)],
+            args = (xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts[i % len(layouts)],
                     None if gates is None else gates[i])
             if torch.is_grad_enabled() and self.gradient_checkpointing:
-                xv, xs = self._gradient_checkpointing_func(block_forward, *args)
+                xv, xs = self._gradient_checkpointing_func(block, *args)
             else:
-                xv, xs = block_forward(*args)
+                xv, xs = block(*args)
         return xv, xs
 
     def head(self, x: torch.Tensor, temb: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
@@ -98,38 +104,42 @@ class WanRunner:
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
 
-def block_forward(block, xv, xs, context, shots: Shots, mod_v, mod_s, rope_v, rope_s, windows: list[Window], gate):
-    """``WanTransformerBlock.forward`` over video tokens ``xv`` and optional plan tokens ``xs``.
+class SemanticGenBlock(WanTransformerBlock):
+    """A Wan block (same parameters) whose forward takes SemanticGen's token layout: video tokens ``xv``
+    and optional plan tokens ``xs``. Called as a module, ``block(...)``, so FSDP's per-block sharding,
+    activation checkpointing and offload hooks see it.
 
     Self-attention is windowed and gated; cross-attention and the feed-forward act per token, so the
     groups are concatenated for them (each token with its own shot's prompt).
     """
-    sv = (block.scale_shift_table + mod_v.float()).chunk(6, dim=1)
-    ss = (block.scale_shift_table + mod_s.float()).chunk(6, dim=1) if xs is not None else None
 
-    def modulate(norm, x, m, shift, scale):
-        return (norm(x.float()) * (1 + m[scale]) + m[shift]).type_as(x)
+    def forward(self, xv, xs, context, shots: Shots, mod_v, mod_s, rope_v, rope_s, windows: list[Window], gate):
+        sv = (self.scale_shift_table + mod_v.float()).chunk(6, dim=1)
+        ss = (self.scale_shift_table + mod_s.float()).chunk(6, dim=1) if xs is not None else None
 
-    av, as_ = windowed_self_attention(block.attn1, modulate(block.norm1, xv, sv, 0, 1),
-                                      None if xs is None else modulate(block.norm1, xs, ss, 0, 1),
-                                      rope_v, rope_s, windows, gate)
-    xv = (xv.float() + av * sv[2]).type_as(xv)
-    if xs is not None:
-        xs = (xs.float() + as_ * ss[2]).type_as(xs)
+        def modulate(norm, x, m, shift, scale):
+            return (norm(x.float()) * (1 + m[scale]) + m[shift]).type_as(x)
 
-    n_v = xv.shape[1]
-    x = xv if xs is None else torch.cat([xv, xs], 1)
-    normed = block.norm2(x.float()).type_as(x)
-    if shots is None:
-        x = x + block.attn2(normed, context, None, None)
-    else:
-        out = torch.empty_like(x)
-        for k, idx in shots:
-            out[:, idx] = block.attn2(normed[:, idx], context[:, k], None, None)
-        x = x + out
-    xv, xs = (x, None) if xs is None else (x[:, :n_v], x[:, n_v:])
+        av, as_ = windowed_self_attention(self.attn1, modulate(self.norm1, xv, sv, 0, 1),
+                                          None if xs is None else modulate(self.norm1, xs, ss, 0, 1),
+                                          rope_v, rope_s, windows, gate)
+        xv = (xv.float() + av * sv[2]).type_as(xv)
+        if xs is not None:
+            xs = (xs.float() + as_ * ss[2]).type_as(xs)
 
-    xv = (xv.float() + block.ffn(modulate(block.norm3, xv, sv, 3, 4)).float() * sv[5]).type_as(xv)
-    if xs is not None:
-        xs = (xs.float() + block.ffn(modulate(block.norm3, xs, ss, 3, 4)).float() * ss[5]).type_as(xs)
-    return xv, xs
+        n_v = xv.shape[1]
+        x = xv if xs is None else torch.cat([xv, xs], 1)
+        normed = self.norm2(x.float()).type_as(x)
+        if shots is None:
+            x = x + self.attn2(normed, context, None, None)
+        else:
+            out = torch.empty_like(x)
+            for k, idx in shots:
+                out[:, idx] = self.attn2(normed[:, idx], context[:, k], None, None)
+            x = x + out
+        xv, xs = (x, None) if xs is None else (x[:, :n_v], x[:, n_v:])
+
+        xv = (xv.float() + self.ffn(modulate(self.norm3, xv, sv, 3, 4)).float() * sv[5]).type_as(xv)
+        if xs is not None:
+            xs = (xs.float() + self.ffn(modulate(self.norm3, xs, ss, 3, 4)).float() * ss[5]).type_as(xs)
+        return xv, xs

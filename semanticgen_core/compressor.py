@@ -38,9 +38,12 @@ class SemanticCompressor(ModelMixin, ConfigMixin):
         return mean, logvar.clamp(-30.0, 20.0)
 
     @staticmethod
-    def sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterised sample ``mean + std * eps`` (differentiable in mean and logvar)."""
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    def sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None = None,
+               eps: torch.Tensor | None = None) -> torch.Tensor:
+        """Reparameterised sample ``mean + std * eps`` (differentiable in mean and logvar); ``eps`` drawn
+        from ``generator`` unless given."""
+        if eps is None:
+            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + torch.exp(0.5 * logvar) * eps
 
     @staticmethod

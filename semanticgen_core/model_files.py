@@ -64,15 +64,21 @@ class ModelFile:
 def save_model(path: str | os.PathLike, kind: str, modules: dict[str, torch.nn.Module], preset: Preset,
                info: dict | None = None, dtype: torch.dtype | None = None) -> None:
     """Write a part (its modules' weights, optionally cast to ``dtype``) atomically to ``path``."""
+    save_states(path, kind, {n: m.state_dict() for n, m in modules.items()},
+                {n: _module_config(m) for n, m in modules.items()}, preset, info, dtype)
+
+
+def save_states(path: str | os.PathLike, kind: str, states: dict[str, dict[str, torch.Tensor]], configs: dict[str, dict],
+                preset: Preset, info: dict | None = None, dtype: torch.dtype | None = None) -> None:
+    """``save_model`` from state dicts and configs (the trainer's gathered, averaged weights)."""
     if kind not in BUILDERS:
         raise CheckpointError(f"unknown model kind {kind!r}: one of {', '.join(BUILDERS)}")
     tensors = {}
-    for name, module in modules.items():
-        for key, value in module.state_dict().items():
+    for name, state in states.items():
+        for key, value in state.items():
             value = value.detach().cpu()
             tensors[f"{name}.{key}"] = (value.to(dtype) if dtype and value.is_floating_point() else value).contiguous()
-    metadata = {"format": FORMAT, "version": str(VERSION), "kind": kind,
-                "config": json.dumps({n: _module_config(m) for n, m in modules.items()}),
+    metadata = {"format": FORMAT, "version": str(VERSION), "kind": kind, "config": json.dumps(configs),
                 "preset": json.dumps(preset.to_dict()), "info": json.dumps(info or {})}
     save_file_atomic(tensors, path, metadata)
 

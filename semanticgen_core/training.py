@@ -7,12 +7,20 @@
 (c) the single-stage baseline the claims are measured against: the same DiT as stage 2, trained on the
     same latents from the text alone, with full attention.
 All drop the text at a small rate so classifier-free guidance has an unconditional model to use.
+
+Every random draw comes from ``SampleNoise``: each sample has its own key (the trainer uses run seed, step
+and the sample's place in the global batch), so a sample is noised the same whichever rank or micro-batch
+it lands in (a run on N processes gives a 1-process run's weights) and a resumed run draws exactly what
+an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -21,61 +29,85 @@ from .latent_dit import LatentDiT
 from .semantic_dit import SemanticDiT
 
 
-def flow_times(n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Noise levels in (0, 1) from a logit-normal, which favours the middle of the path (SD3)."""
-    return torch.sigmoid(torch.randn(n, generator=generator)).to(device)
+class SampleNoise:
+    """Per-sample random draws: ``normal(what, shape)`` is ``[B, *shape]``, sample ``i`` drawn from a generator
+    seeded by ``keys[i]`` and the name of the draw (so draws are independent of their order)."""
+
+    def __init__(self, keys: Sequence[Sequence[int]], device: torch.device | str = "cpu"):
+        self.keys, self.device = [tuple(int(k) for k in key) for key in keys], torch.device(device)
+
+    @classmethod
+    def seeded(cls, seed: int, n: int, device: torch.device | str = "cpu") -> "SampleNoise":
+        """``n`` samples keyed by one seed (tests, one-off batches)."""
+        return cls([(seed, i) for i in range(n)], device)
+
+    def _generators(self, what: str) -> list[torch.Generator]:
+        salt = zlib.crc32(what.encode())
+        return [torch.Generator().manual_seed(int(np.random.SeedSequence([*key, salt]).generate_state(1, np.uint64)[0] >> 1))
+                for key in self.keys]
+
+    def normal(self, what: str, shape: Sequence[int] = ()) -> torch.Tensor:
+        return torch.stack([torch.randn(tuple(shape), generator=g) for g in self._generators(what)]).to(self.device)
+
+    def uniform(self, what: str, shape: Sequence[int] = ()) -> torch.Tensor:
+        return torch.stack([torch.rand(tuple(shape), generator=g) for g in self._generators(what)]).to(self.device)
+
+    def grouped(self, k: int) -> "SampleNoise":
+        """One key per group of ``k`` consecutive samples (stage 1 strings ``k`` clips into one plan)."""
+        return SampleNoise([(*self.keys[i], k) for i in range(0, len(self.keys) // k * k, k)], self.device)
 
 
 def flow_matching_loss(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """``|v(x_t, 1000 t) - (eps - x0)|^2`` with ``x_t = (1 - t) x0 + t eps`` (the paper's objective)."""
-    t = flow_times(x0.shape[0], generator, x0.device)
-    eps = torch.randn(x0.shape, generator=generator).to(x0)
+                       noise: SampleNoise) -> torch.Tensor:
+    """``|v(x_t, 1000 t) - (eps - x0)|^2`` with ``x_t = (1 - t) x0 + t eps`` (the paper's objective); ``t``
+    from a logit-normal, which favours the middle of the path (SD3)."""
+    t = torch.sigmoid(noise.normal("flow_t")).to(x0)
+    eps = noise.normal("flow_eps", x0.shape[1:]).to(x0)
     tt = t.view(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - tt) * x0 + tt * eps
     return F.mse_loss(predict(x_t, 1000 * t).float(), (eps - x0).float())
 
 
-def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, generator: torch.Generator | None = None):
+def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, noise: SampleNoise) -> torch.Tensor:
     """Replace each prompt (each sample's, or each shot's for ``[B, S, L, D]``) by the empty prompt with
     probability ``p``."""
-    drop = (torch.rand(text.shape[:-2], generator=generator) < p).to(text.device)[..., None, None]
-    return torch.where(drop, empty.expand_as(text), text)
+    drop = (noise.uniform("text_drop", text.shape[1:-2]) < p)[..., None, None]
+    return torch.where(drop, empty.to(text).expand_as(text), text)
 
 
 def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torch.Tensor, features: torch.Tensor,
-                text: torch.Tensor, empty_text: torch.Tensor, *, kl_weight: float = 1e-4, plan_noise: float = 0.3,
-                text_drop: float = 0.1, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-    """Objective (a). latents ``[B, 16, T, H, W]``; features ``[B, T_s, h, w, d]`` from the frozen encoder."""
+                text: torch.Tensor, empty_text: torch.Tensor, noise: SampleNoise, *, kl_weight: float = 1e-4,
+                plan_noise: float = 0.3, text_drop: float = 0.1, window_offset: float = 0.0) -> dict[str, torch.Tensor]:
+    """Objective (a). latents ``[B, 16, T, H, W]``; features ``[B, T_s, h, w, d]`` from the frozen encoder;
+    ``window_offset``: where stage 2's window grid starts (the trainer draws it once a step, so that borders
+    fall anywhere, as sampling moves them: ``attention.time_windows``)."""
     mean, logvar = compressor(features)
-    z_sem = compressor.sample(mean, logvar, generator)
-    a = plan_noise * torch.rand(z_sem.shape[0], generator=generator).to(z_sem.device)
+    z_sem = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
+    a = plan_noise * noise.uniform("plan_noise_level").to(z_sem)
     aa = a.view(-1, 1, 1, 1, 1)
-    z_aug = (1 - aa) * z_sem + aa * torch.randn(z_sem.shape, generator=generator).to(z_sem)
-    text = drop_text(text, empty_text, text_drop, generator)
-    window = stage2.config.window_frames  # borders anywhere, as sampling moves them (attention.time_windows)
-    offset = float(torch.randint(int(window), (1,), generator=generator)) if window else 0.0
+    z_aug = (1 - aa) * z_sem + aa * noise.normal("plan_noise", z_sem.shape[1:]).to(z_sem)
+    text = drop_text(text, empty_text, text_drop, noise)
     flow = flow_matching_loss(
         lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=1000 * a,
-                            window_offset=offset).sample,
-        latents, generator)
+                            window_offset=window_offset).sample,
+        latents, noise)
     kl = compressor.kl(mean, logvar)
     return {"loss": flow + kl_weight * kl, "flow": flow.detach(), "kl": kl.detach()}
 
 
-def stage1_loss(stage1: SemanticDiT, plan_tokens: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor, *,
-                shot_starts: list[float] | None = None, text_drop: float = 0.1,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def stage1_loss(stage1: SemanticDiT, plan_tokens: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor,
+                noise: SampleNoise, *, shot_starts: list[float] | None = None,
+                text_drop: float = 0.1) -> dict[str, torch.Tensor]:
     """Objective (b). plan_tokens ``[B, T_s, h, w, c]`` from the frozen compressor; text ``[B, L, D]``, or
     per shot ``[B, S, L, D]`` with ``shot_starts`` (as ``SemanticDiT.velocity`` takes them)."""
-    text = drop_text(text, empty_text, text_drop, generator)
-    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text, shot_starts), plan_tokens, generator)
+    text = drop_text(text, empty_text, text_drop, noise)
+    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text, shot_starts), plan_tokens, noise)
     return {"loss": flow, "flow": flow.detach()}
 
 
-def baseline_loss(model: LatentDiT, latents: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor, *,
-                  text_drop: float = 0.1, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def baseline_loss(model: LatentDiT, latents: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor,
+                  noise: SampleNoise, *, text_drop: float = 0.1) -> dict[str, torch.Tensor]:
     """Objective (c). latents ``[B, 16, T, H, W]``; no plan, one window over the whole clip."""
-    text = drop_text(text, empty_text, text_drop, generator)
-    flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, generator)
+    text = drop_text(text, empty_text, text_drop, noise)
+    flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, noise)
     return {"loss": flow, "flow": flow.detach()}

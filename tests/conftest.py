@@ -121,19 +121,20 @@ def tiny_sets():
 
 
 @pytest.fixture(scope="session")
-def tiny_clip_cache(tmp_path_factory):
-    """A 4-clip training cache (recipes.dataset) made by a tiny random VAE and semantic encoder:
-    {"cache": folder, "vae": VAE file}."""
+def tiny_world_cache(tmp_path_factory):
+    """A feature cache of 4 world clips (the embedded preset's geometry: 33 frames, 64x64 at 8 fps) made by a
+    tiny random VAE and semantic encoder: {"cache": folder, "vae": VAE file}."""
     from semanticgen_core.model_files import save_model
     from semanticgen_core.presets import EMBEDDED, TINY
-    from semanticgen_core.recipes import dataset
     from semanticgen_core.vae import VideoVAE, tiny_vae_config
+    from semanticgen_world import cache
 
     root = tmp_path_factory.mktemp("clips")
     torch.manual_seed(0)
     save_model(root / "enc.safetensors", "semantic_encoder", {"encoder": TINY.build()["encoder"]}, EMBEDDED)
     VideoVAE.from_config(tiny_vae_config()).save(root / "vae.safetensors")
-    dataset.build(root / "cache", root / "vae.safetensors", root / "enc.safetensors", num_clips=4, shard=2)
+    cache.main(["--out", str(root / "cache"), "--clips", "4", "--items-per-shard", "2", "--vae",
+                str(root / "vae.safetensors"), "--encoder", str(root / "enc.safetensors")])
     return {"cache": root / "cache", "vae": root / "vae.safetensors"}
 
 

@@ -8,7 +8,7 @@ from semanticgen_core.errors import Interrupted, SemanticGenError, ShapeError
 from semanticgen_core.presets import TINY, WAN
 from semanticgen_core.sampling import SamplingOptions, denoise, initial_noise
 from semanticgen_core.semantic_dit import SemanticDiT
-from semanticgen_core.training import flow_matching_loss, stage1_loss, stage2_loss
+from semanticgen_core.training import SampleNoise, flow_matching_loss, stage1_loss, stage2_loss
 
 
 def test_kl_is_zero_for_standard_normal_and_positive_otherwise():
@@ -75,7 +75,7 @@ def test_progress_and_interrupt_between_steps():
 
 def test_flow_matching_loss_is_zero_for_the_exact_velocity():
     x0 = torch.randn(4, 3)
-    g = torch.Generator().manual_seed(0)
+    g = SampleNoise.seeded(0, 4)
 
     # With x_t = (1-t) x0 + t eps, the velocity eps - x0 = (x_t - x0) / t.
     def predict(x_t, timestep):
@@ -93,10 +93,10 @@ def test_training_steps_reduce_both_losses_on_a_fixed_batch():
     opt = torch.optim.AdamW([*comp.parameters(), *s2.parameters(), *s1.parameters()], lr=3e-3)
 
     def losses():
-        g = torch.Generator().manual_seed(123)  # the same noise every time: a fixed objective
-        a = stage2_loss(comp, s2, latents, features, text, empty, text_drop=0.0, generator=g)
+        g = SampleNoise.seeded(123, 2)  # the same noise every time: a fixed objective
+        a = stage2_loss(comp, s2, latents, features, text, empty, g, text_drop=0.0)
         z = comp.sample(*comp(features), torch.Generator().manual_seed(1)).detach()
-        b = stage1_loss(s1, z, text, empty, text_drop=0.0, generator=g)
+        b = stage1_loss(s1, z, text, empty, g, text_drop=0.0)
         return a, b
     a0, b0 = losses()
     for _ in range(30):
@@ -158,3 +158,14 @@ def test_per_shot_prompts_reach_only_their_own_span():
     torch.testing.assert_close(s1.velocity(x, t, same, shot_starts=[0, 4]), s1.velocity(x, t, shots[:, 0]))
     with pytest.raises(ShapeError, match="give shot_starts with 2 start times"):
         s1.velocity(x, t, shots)
+
+
+def test_sample_noise_depends_on_the_sample_and_the_draw_not_on_the_batch():
+    keys = [(7, 3, i) for i in range(4)]
+    whole = SampleNoise(keys)
+    halves = [SampleNoise(keys[:2]), SampleNoise(keys[2:])]
+    torch.testing.assert_close(whole.normal("eps", (3, 2)), torch.cat([h.normal("eps", (3, 2)) for h in halves]),
+                               rtol=0, atol=0)
+    assert not torch.equal(whole.normal("eps", (5,)), whole.normal("flow_t", (5,)))  # draws are independent
+    assert not torch.equal(whole.normal("eps")[0], whole.normal("eps")[1])            # and so are samples
+    assert whole.grouped(2).keys == [(7, 3, 0, 2), (7, 3, 2, 2)]

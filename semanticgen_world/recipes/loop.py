@@ -83,10 +83,3 @@ class Run:
         print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
         with open(self.out / "log.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def lr_factor(step: int, warmup: int, total: int | None, decay_steps: int) -> float:
-    """Linear warm-up over ``warmup`` steps, constant, then a linear fall to 0 over the last ``decay_steps``
-    of ``total``."""
-    factor = min(1.0, (step + 1) / warmup)
-    return factor * min(1.0, (total - step) / decay_steps) if decay_steps else factor

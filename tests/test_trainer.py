@@ -1,0 +1,241 @@
+"""From a folder of real video files to model files the nodes run: the feature cache and the trainer, on CPU.
+
+Tiny random frozen models (the tiny preset's VAE and semantic encoder, the bundled MiniLM) encode real mp4
+files written by OpenCV; the trainer trains a few steps and exports; the exported files run through the
+text-to-video workflow headless. Distributed runs use torchrun with gloo on two CPU processes.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from semanticgen_core import feature_cache
+from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.feature_cache import FeatureCache, FrozenModels, clip_spec
+from semanticgen_core.model_files import load_model, save_model
+from semanticgen_core.presets import TINY
+from semanticgen_core.trainer import main as train
+from semanticgen_core.vae import VideoVAE, tiny_vae_config
+from semanticgen_core.video_data import VideoFolder, read_clips
+from semanticgen_world.world import sample_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+SECONDS = 1.0  # the tiny preset's clips: 9 frames at 8 fps, 64x64
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
+    for frame in frames:
+        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    writer.release()
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Five world clips as mp4 + caption (at 12 fps and 96x80, so the cache resamples and crops), 2.5 seconds
+    each (two clips apiece), plus a corrupt file and a video without a caption."""
+    folder = tmp_path_factory.mktemp("videos")
+    for seed in range(5):
+        clip = sample_clip(seed, 30, 80, 96, 12.0)
+        write_mp4(folder / f"clip_{seed}.mp4", clip.frames, 12.0)
+        (folder / f"clip_{seed}.txt").write_text(clip.caption + "\n")
+    (folder / "broken.mp4").write_bytes(os.urandom(4096))
+    (folder / "broken.txt").write_text("a red circle\n")
+    write_mp4(folder / "uncaptioned.mp4", sample_clip(9, 24, 80, 96, 12.0).frames, 12.0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory):
+    """The tiny preset's frozen models as files: a VAE and a semantic encoder (random, seeded)."""
+    folder = tmp_path_factory.mktemp("frozen")
+    torch.manual_seed(0)
+    VideoVAE.from_config(tiny_vae_config()).save(folder / "vae.safetensors")
+    save_model(folder / "encoder.safetensors", "semantic_encoder", {"encoder": TINY.build()["encoder"]}, TINY)
+    return {"vae": folder / "vae.safetensors", "encoder": folder / "encoder.safetensors"}
+
+
+def cache_args(videos, frozen, out, *extra):
+    return ["--videos", str(videos), "--out", str(out), "--preset", "tiny", "--vae", str(frozen["vae"]),
+            "--encoder", str(frozen["encoder"]), "--seconds", str(SECONDS), "--items-per-shard", "2", *extra]
+
+
+@pytest.fixture(scope="module")
+def cache(videos, frozen, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    feature_cache.main(cache_args(videos, frozen, out))
+    return out
+
+
+def test_the_cache_holds_every_readable_clip_encoded_by_the_frozen_models(cache, videos, frozen, capsys):
+    data = FeatureCache(cache)
+    assert len(data) == 10  # 5 videos x 2 s at 8 fps: two 9-frame clips each; broken and uncaptioned skipped
+    record = json.loads((cache / "cache.json").read_text())
+    assert record["preset"] == "tiny" and record["made_by"]["vae"]["file"] == "vae.safetensors"
+    assert record["clip"] == {"num_frames": 9, "fps": 8.0, "height": 64, "width": 64}
+    skipped = [json.loads(feature_cache.safe_open(str(p), "pt").metadata()["skipped"])
+               for p in sorted(cache.glob("shard_*"))]
+    assert any("broken.mp4" in line for lines in skipped for line in lines)
+
+    # row 0 is the first clip of the first video (sorted by name), encoded by the same models
+    spec = clip_spec(TINY, SECONDS)
+    models = FrozenModels.load(TINY, frozen["vae"], frozen["encoder"])
+    items = VideoFolder(videos, spec).items
+    assert [i.path.name for i in items[:2]] == ["broken.mp4", "clip_0.mp4"]
+    first = read_clips(items[1], spec)[0]
+    expected = models.encode([first], spec.fps)
+    row = data[0]
+    torch.testing.assert_close(row["latents"], expected["latents"][0].float(), rtol=0, atol=0)
+    torch.testing.assert_close(row["features"], expected["features"][0].float(), rtol=0, atol=0)
+    text, _ = models.text.encode([first.caption])
+    assert row["text"].shape == text[0].shape  # padded back to the text encoder's length
+    torch.testing.assert_close(row["text"], text[0].to(torch.bfloat16).float(), rtol=0, atol=0)
+    torch.testing.assert_close(data.empty_text, models.text.encode([""])[0][0].to(torch.bfloat16).float(),
+                               rtol=0, atol=0)
+
+
+def test_a_cache_resumes_splits_over_ranks_and_refuses_other_models(cache, videos, frozen, tmp_path, monkeypatch,
+                                                                     capsys):
+    # Rerun: every shard is there, nothing is encoded again.
+    before = {p.name: p.stat().st_mtime_ns for p in cache.glob("shard_*")}
+    feature_cache.main(cache_args(videos, frozen, cache))
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("shard_*")} == before
+    assert "wrote 0 shards" in capsys.readouterr().out
+
+    # Two ranks (as torchrun would run them) write alternate shards: together, the one-process cache.
+    split = tmp_path / "split"
+    for rank in (0, 1):
+        monkeypatch.setattr(feature_cache.dist, "rank", lambda r=rank: r)
+        monkeypatch.setattr(feature_cache.dist, "world_size", lambda: 2)
+        feature_cache.main(cache_args(videos, frozen, split))
+        if rank == 0:
+            assert sorted(p.name for p in split.glob("shard_*")) == ["shard_00000.safetensors", "shard_00002.safetensors"]
+    for shard in sorted(cache.glob("shard_*")):
+        a, b = load_file(shard), load_file(split / shard.name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), shard.name
+    monkeypatch.undo()
+
+    # Another VAE: refused, by name.
+    other = tmp_path / "other_vae.safetensors"
+    torch.manual_seed(1)
+    VideoVAE.from_config(tiny_vae_config()).save(other)
+    with pytest.raises(SemanticGenError, match=r"vae: the cache was made by vae\.safetensors.*other_vae\.safetensors"):
+        feature_cache.main(cache_args(videos, {**frozen, "vae": other}, cache))
+
+
+def test_bad_datasets_and_caches_get_clear_errors(frozen, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SemanticGenError, match="no video files"):
+        feature_cache.main(cache_args(empty, frozen, tmp_path / "c1"))
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"path": "a.mp4", "caption": "x"}\nnot json\n')
+    with pytest.raises(SemanticGenError, match="line 2"):
+        feature_cache.main(cache_args(manifest, frozen, tmp_path / "c2"))
+    with pytest.raises(SemanticGenError, match="not a feature cache"):
+        train(["stage2", "--cache", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "1"])
+
+
+def stage2_args(cache, out, steps, *extra):
+    return ["stage2", "--cache", str(cache), "--out", str(out), "--steps", str(steps), "--batch", "4",
+            "--warmup", "2", "--log-every", "1", "--lr", "1e-3", *extra]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path)
+
+
+def test_train_export_and_render_through_the_nodes(cache, frozen, tmp_path, pack, tiny_sets, capsys):
+    from semanticgen import runner
+
+    s2 = train(stage2_args(cache, tmp_path / "s2", 3, "--ema", "0.9"))
+    s1 = train(["stage1", "--cache", str(cache), "--out", str(tmp_path / "s1"), "--steps", "2", "--batch", "4",
+                "--max-shots", "2", "--stage2", str(s2)])
+    base = train(["baseline", "--cache", str(cache), "--out", str(tmp_path / "base"), "--steps", "2", "--batch", "2",
+                  "--init", str(s2), "--lr", "0", "--export-dtype", "float16"])
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3] and all(np.isfinite(r["loss"]) and r["loss"] > 0 for r in log)
+    assert {"flow", "kl", "grad_norm", "samples_per_s", "memory_gb"} <= log[0].keys()
+
+    info = load_model(s2, "stage2").info
+    assert info["steps"] == 3 and info["world_size"] == 1 and info["ema"] == 0.9 and info["clips"] == 10
+    assert info["data"]["made_by"]["vae"]["file"] == "vae.safetensors" and "cpu_hours" in info
+    # The export is the average, not the last weights.
+    raw = weights(train(stage2_args(cache, tmp_path / "raw", 3)))
+    assert not torch.allclose(raw["stage2.proj_out.weight"], weights(s2)["stage2.proj_out.weight"])
+    stage1 = load_model(s1, "stage1")
+    assert stage1.info["steps"] == 2 and stage1.info["stage2"] == "stage2.safetensors"
+    # --lr 0 from the stage-2 file: the baseline keeps its DiT (float16 export)
+    torch.testing.assert_close(load_model(base, "baseline").modules["baseline"].proj_out.weight,
+                               load_model(s2, "stage2").modules["stage2"].proj_out.weight, rtol=1e-3, atol=1e-3)
+
+    # The exported files through the text-to-video workflow, as a user runs them.
+    models = tmp_path / "models" / "semanticgen"
+    models.mkdir(parents=True)
+    for src in (s1, s2):
+        (models / src.name).write_bytes(src.read_bytes())
+    (models / "vae.safetensors").write_bytes(frozen["vae"].read_bytes())
+    (models / "encoder.safetensors").write_bytes(frozen["encoder"].read_bytes())
+    pack.nodes.comfy.configure(models=tmp_path / "models", input=tmp_path / "input", output=tmp_path / "output",
+                               temp=tmp_path / "temp")
+    api = runner.to_api(runner.load_workflow("text_to_video"))
+    files = {"stage1": "stage1.safetensors", "stage2": "stage2.safetensors", "vae": "vae.safetensors",
+             "semantic_encoder": "encoder.safetensors"}
+    result = runner.run("text_to_video", sets=tiny_sets(api, files))
+    videos = [p for p in result.files if str(p).endswith(".mp4")]
+    assert videos and cv2.VideoCapture(str(videos[0])).get(cv2.CAP_PROP_FRAME_COUNT) == 9
+
+
+def torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                           str(nproc), "-m", "semanticgen_core.trainer", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_give_the_weights_of_one(cache, tmp_path, parallel):
+    one = train(stage2_args(cache, tmp_path / "one", 3, "--accum", "2", "--ema", "0.5"))
+    done = torchrun(2, stage2_args(cache, tmp_path / "two", 3, "--parallel", parallel, "--ema", "0.5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(one), weights(tmp_path / "two" / "stage2.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-5, msg=key)
+    moved = weights(train(stage2_args(cache, tmp_path / "moved", 3, "--seed", "1")))
+    assert not torch.allclose(moved["stage2.proj_out.weight"], a["stage2.proj_out.weight"])  # the check can fail
+    assert load_model(tmp_path / "two" / "stage2.safetensors", "stage2").info["world_size"] == 2
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_weights(cache, tmp_path, capsys):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "semanticgen_core.trainer",
+                             *stage2_args(cache, tmp_path / "killed", 10_000, "--save-every", "2", "--ema", "0.9")],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.monotonic() + 120
+    while not (latest.is_file() and latest.read_text() >= "step_0000004") and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stopped_at = int(latest.read_text().split("_")[1])
+    assert 4 <= stopped_at < 10_000
+    total = stopped_at + 3
+    resumed = train(stage2_args(cache, tmp_path / "killed", total, "--save-every", "2", "--ema", "0.9"))
+    assert f"at step {stopped_at} " in capsys.readouterr().out  # resumed, not started again
+    assert not list((tmp_path / "killed" / "checkpoints").glob("*.tmp"))  # a half-written checkpoint is gone
+    straight = train(stage2_args(cache, tmp_path / "straight", total, "--save-every", "2", "--ema", "0.9"))
+    a, b = weights(resumed), weights(straight)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(resumed, "stage2").info["steps"] == total

@@ -1,0 +1,112 @@
+"""The trainer's options on a world feature cache: a frozen compressor with a cool-down, long multi-shot plans,
+the plan's source and width (the paper's ablations), and errors from the command line."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from semanticgen_core.compressor import SemanticCompressor
+from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.feature_cache import FeatureCache
+from semanticgen_core.model_files import load_model
+from semanticgen_core.pipeline import SemanticGenPipeline
+from semanticgen_core.plan_sources import latents_as_features, plan_preset
+from semanticgen_core.presets import EMBEDDED
+from semanticgen_core.sampling import SamplingOptions
+from semanticgen_core.trainer import lr_factor, main as train, string_shots
+
+
+def common(cache, out, steps, *extra):
+    return ["--cache", str(cache), "--out", str(out), "--batch", "2", "--warmup", "1", "--steps", str(steps), *extra]
+
+
+def test_stage2_continues_with_the_compressor_frozen_and_a_cool_down(tiny_world_cache, tmp_path):
+    cache = tiny_world_cache["cache"]
+    first = train(["stage2", *common(cache, tmp_path / "s2", 2)])
+    before = load_model(first, "stage2").modules
+    train(["stage2", *common(cache, tmp_path / "s2", 4, "--decay-steps", "3", "--freeze-compressor")])
+    after = load_model(first, "stage2").modules
+    for name, tensor in before["compressor"].state_dict().items():  # so a stage 1 trained on it stays valid
+        assert torch.equal(tensor, after["compressor"].state_dict()[name]), name
+    assert not torch.equal(before["stage2"].proj_out.weight, after["stage2"].proj_out.weight)
+    # warm-up, constant, then down to 0 at the last step's end
+    assert [lr_factor(s, 2, 10, 4) for s in (0, 1, 5, 6, 7, 9)] == [0.5, 1.0, 1.0, 1.0, 0.75, 0.25]
+    with pytest.raises(SemanticGenError, match="--decay-steps needs --steps"):
+        train(["stage2", "--cache", str(cache), "--out", str(tmp_path / "x"), "--decay-steps", "3"])
+
+
+def test_stage1_strings_cached_clips_into_multi_shot_plans():
+    from semanticgen_core.plan import Segment
+    from semanticgen_core.shots import shot_starts
+
+    plan, text = torch.randn(5, 9, 4, 4, 8), torch.randn(5, 32, 384)
+    long, shots, starts = string_shots(plan, text, 2)
+    assert long.shape == (2, 18, 4, 4, 8) and shots.shape == (2, 2, 32, 384)
+    assert torch.equal(long[1, 9:], plan[3]) and torch.equal(shots[1, 1], text[3])   # clip 3 = 2nd shot of plan 1
+    # the same shot boundaries as a real two-shot prompt over the same plan steps
+    assert starts == shot_starts([Segment(0, 4, "a"), Segment(4, 8, "b")], 8.0, 18)
+    assert string_shots(plan, text, 1)[2] is None
+
+
+def test_vae_latents_as_plan_features_are_each_plan_cells_2x2_patch():
+    latents = torch.randn(2, 16, 9, 8, 8)
+    features = latents_as_features(latents)
+    assert features.shape == (2, 9, 4, 4, 64)  # the encoder's plan grid and width
+    b, t, i, j, c, p, q = 1, 5, 2, 3, 7, 1, 0
+    assert features[b, t, i, j, c * 4 + p * 2 + q] == latents[b, c, t, 2 * i + p, 2 * j + q]
+    assert plan_preset(EMBEDDED, 8) == EMBEDDED  # the default plan width is the embedded default itself
+
+
+def test_plan_source_and_width_options_train_export_and_load(tiny_world_cache, tmp_path, monkeypatch):
+    seen = []
+    forward = SemanticCompressor.forward
+
+    def spy(self, features):
+        seen.append(features.detach().clone())
+        return forward(self, features)
+
+    monkeypatch.setattr(SemanticCompressor, "forward", spy)
+    cache = tiny_world_cache["cache"]
+    rows = [FeatureCache(cache)[i] for i in range(4)]
+    features, patches = [r["features"] for r in rows], [latents_as_features(r["latents"][None])[0] for r in rows]
+
+    def rows_of(inputs, source):  # every compressor input row is one cached clip's
+        return bool(inputs) and all(any(torch.equal(row, s) for s in source) for x in inputs for row in x)
+
+    enc = train(["stage2", *common(cache, tmp_path / "enc", 1)])
+    assert rows_of(seen, features) and load_model(enc, "stage2").info["plan_from"] == "encoder"
+    seen.clear()
+    s2_file = train(["stage2", *common(cache, tmp_path / "s2", 1, "--plan-from", "vae", "--plan-dim", "16")])
+    assert rows_of(seen, patches) and not rows_of(seen, features)
+    s2 = load_model(s2_file, "stage2")
+    assert s2.info["plan_from"] == "vae" and s2.modules["compressor"].config.out_dim == 16
+    assert s2.modules["stage2"].config.semantic_dim == 16 and s2.preset.compressor["out_dim"] == 16
+
+    seen.clear()  # stage 1 takes the plan source and width from the stage-2 file
+    s1_file = train(["stage1", *common(cache, tmp_path / "s1", 1, "--stage2", str(s2_file), "--max-shots", "2")])
+    assert rows_of(seen, patches)
+    s1 = load_model(s1_file, "stage1")
+    assert s1.info["plan_from"] == "vae" and s1.modules["stage1"].config.in_channels == 16
+    assert s1.modules["stage1"].config.out_channels == 16 and s1.preset.stage1["in_channels"] == 16
+
+    pipe = SemanticGenPipeline.from_files(s1_file, s2_file, tiny_world_cache["vae"])
+    opts = SamplingOptions(steps=1, guidance=1.0)
+    assert pipe.generate_plan("a red circle moving up", 9, 8.0, 64, 64, opts).tokens.shape[-1] == 16
+    assert pipe("a red circle moving up", num_frames=9, opts=opts).shape == (9, 64, 64, 3)
+
+
+def test_batch_sizes_that_do_not_split_are_refused(tiny_world_cache, tmp_path):
+    with pytest.raises(SemanticGenError, match=r"--batch 3 must split evenly over 1 processes x --accum 2"):
+        train(["stage2", *common(tiny_world_cache["cache"], tmp_path / "a", 1), "--batch", "3", "--accum", "2"])
+
+
+def test_the_trainer_as_a_command_ends_a_bad_input_with_its_message_not_a_traceback(tmp_path):
+    missing = tmp_path / "no-cache"
+    done = subprocess.run([sys.executable, "-m", "semanticgen_core.trainer", "stage2", "--cache", str(missing),
+                           "--out", str(tmp_path / "run"), "--steps", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"error: {missing} is not a feature cache") and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # refused before anything was written

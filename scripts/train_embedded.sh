@@ -16,23 +16,23 @@ if [ "${ENC_MIN:-22}" != 0 ]; then  # ENC_MIN=0 keeps the encoder (and a cache b
 fi
 VAE=runs/vae/vae.safetensors
 cp runs/semantic_encoder/semantic_encoder.safetensors "$W/"
-# the cache belongs to this VAE and encoder: a new pair gets a new folder
-CACHE=runs/cache-$(cat "$VAE" "$W/semantic_encoder.safetensors" | sha256sum | cut -c1-8)
-python -m semanticgen_core.recipes.dataset --cache "$CACHE" --vae "$VAE" \
-    --encoder "$W/semantic_encoder.safetensors" --clips "${CLIPS:-2000}" --threads "$T"
+# the cache belongs to this VAE and encoder: a new pair gets a new folder (the cache also refuses a mismatch)
+CACHE=runs/features-$(cat "$VAE" "$W/semantic_encoder.safetensors" | sha256sum | cut -c1-8)
+python -m semanticgen_world.cache --out "$CACHE" --vae "$VAE" --encoder "$W/semantic_encoder.safetensors" \
+    --clips "${CLIPS:-2000}" --threads "$T"
 INIT=()
-if [ -f "$W/stage2.safetensors" ] && [ ! -f runs/baseline/last.pt ]; then
+if [ -f "$W/stage2.safetensors" ] && [ ! -f runs/baseline/checkpoints/latest ]; then
     cp "$W/stage2.safetensors" runs/stage2-start.safetensors
     INIT=(--init runs/stage2-start.safetensors)
 fi
-python -m semanticgen_core.recipes.train_stage2 --cache "$CACHE" --out runs/stage2 --minutes "${S2_MIN:-30}" \
-    --export-dtype float16 &
-python -m semanticgen_core.recipes.train_baseline --cache "$CACHE" --out runs/baseline --minutes "${S2_MIN:-30}" \
+TRAIN=(python -m semanticgen_core.trainer)
+"${TRAIN[@]}" stage2 --cache "$CACHE" --out runs/stage2 --minutes "${S2_MIN:-30}" --threads 1 --export-dtype float16 &
+"${TRAIN[@]}" baseline --cache "$CACHE" --out runs/baseline --minutes "${S2_MIN:-30}" --threads 1 \
     --export-dtype float16 "${INIT[@]}" &
 wait %1 && wait %2
 cp runs/stage2/stage2.safetensors runs/baseline/baseline.safetensors "$W/"
-python -m semanticgen_core.recipes.train_stage1 --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out runs/stage1 \
-    --threads "$T" --minutes "${S1_MIN:-20}" --export-dtype float16
+"${TRAIN[@]}" stage1 --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out runs/stage1 --threads "$T" \
+    --minutes "${S1_MIN:-20}" --export-dtype float16
 cp runs/stage1/stage1.safetensors "$W/"
 # Last, a fresh decoder 20 wide on the frozen encoder (the latents, the cache and the stages stay valid), in
 # a folder of its own per joint VAE, so a retrained VAE starts a new decoder run.

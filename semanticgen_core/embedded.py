@@ -1,7 +1,7 @@
 """Where the embedded default's weights live: ``semanticgen_core/weights``, shipped with the pack.
 
-One file per part, each written by its training recipe (``semanticgen_core/recipes``) with
-``model_files.save_model``. Nothing here downloads anything.
+One file per part, written by ``scripts/train_embedded.sh`` (the trainer for the stages, the world's
+recipes for its VAE and semantic encoder). Nothing here downloads anything.
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ def weights_path(part: str) -> Path:
     if not path.is_file():
         raise CheckpointError(
             f"the embedded default's {part} weights are missing: expected {path}. They ship with the pack; "
-            f"reinstall it, or train them with `python -m semanticgen_core.recipes.train_{part}`")
+            "reinstall it, or train them with `bash scripts/train_embedded.sh`")
     return path

@@ -88,7 +88,7 @@ class WanRunner:
         """All blocks; layer ``i`` uses ``layouts[i % len(layouts)]`` (odd layers: shifted windows)."""
         for i, block in enumerate(self.blocks):
             args = (xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts[i % len(layouts)],
-                    None if gates is None else gates[i])
+                    layer_gate(gates, i))
             if torch.is_grad_enabled() and self.gradient_checkpointing:
                 xv, xs = self._gradient_checkpointing_func(block, *args)
             else:
@@ -102,6 +102,14 @@ class WanRunner:
         pt, ph, pw = self.config.patch_size
         x = x.reshape(x.shape[0], *grid, pt, ph, pw, -1).permute(0, 7, 1, 4, 2, 5, 3, 6)
         return x.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+def layer_gate(gates: torch.Tensor | None, i: int) -> torch.Tensor | None:
+    """Layer ``i``'s row of the plan gates. Under no_grad a view of a parameter claims to need a gradient
+    yet has no graph, which module hooks that follow autograd (FlopCounterMode's, FSDP's) reject: detach it."""
+    if gates is None:
+        return None
+    return gates[i] if torch.is_grad_enabled() else gates[i].detach()
 
 
 class SemanticGenBlock(WanTransformerBlock):

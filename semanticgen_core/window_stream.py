@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .attention import Rope, time_windows, window_start
-from .wan_blocks import cell_centres, shot_routing
+from .wan_blocks import cell_centres, layer_gate, shot_routing
 
 
 @dataclass
@@ -97,7 +97,7 @@ def stream_forward(model, hidden_states: torch.Tensor, semantic_tokens: torch.Te
             times = new.tv if new.ts is None else torch.cat([new.tv, new.ts])
             windows = time_windows(new.tv, new.ts, window, shifted=bool(i % 2), offset=offset)
             new.xv, new.xs = block(new.xv, new.xs, context, shot_routing(times, shot_starts, num_shots),
-                                   mod_v, mod_s, new.rope_v, new.rope_s, windows, model.semantic_gate[i])
+                                   mod_v, mod_s, new.rope_v, new.rope_s, windows, layer_gate(model.semantic_gate, i))
         else:
             if len(new.tv):
                 f0, f1 = int(new.tv[0]), int(new.tv[-1]) + 1

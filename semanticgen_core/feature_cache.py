@@ -4,7 +4,7 @@ Training never runs the frozen models (the VAE, the semantic encoder, the text e
 of the memory and a large share of the time). ``build`` encodes every clip of a data source once into
 sharded safetensors files:
 
-    cache.json             what made the cache (preset, each model's file and fingerprint, clip geometry,
+    cache.json             what made the cache (the preset, each model's file and fingerprint, clip geometry,
                            the data source) and how it is sharded; a rerun with other models is refused
     empty_text.safetensors the empty prompt's embedding (classifier-free guidance drops the text to it)
     shard_00000.safetensors ...  per clip: ``latents`` [16, T', H/8, W/8] (normalised, float16),
@@ -147,7 +147,7 @@ def _shard_path(cache: Path, index: int) -> Path:
 
 
 def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSource, items_per_shard: int) -> dict:
-    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "preset": preset.name, "made_by": models.made_by,
+    return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "preset": preset.to_dict(), "made_by": models.made_by,
             "clip": asdict(spec), "text_max_length": models.text.max_length, "source": source.describe(),
             "items": len(source.items), "items_per_shard": items_per_shard,
             "shards": -(-len(source.items) // items_per_shard)}
@@ -175,7 +175,7 @@ def build(source: DataSource, cache: str | os.PathLike, preset: Preset, models: 
     """Encode ``source`` into ``cache`` (resuming, and splitting shards across ranks under torchrun).
     Returns a summary: clips and shards written by this process, files skipped."""
     cache = Path(cache)
-    record = _record(preset, models, spec, source, items_per_shard)
+    record = json.loads(json.dumps(_record(preset, models, spec, source, items_per_shard)))  # as read back
     manifest = cache / "cache.json"
     if dist.is_main():
         if manifest.is_file():
@@ -260,8 +260,9 @@ class FeatureCache:
         self._open: OrderedDict[Path, object] = OrderedDict()
 
     @property
-    def preset(self) -> str:
-        return self.record["preset"]
+    def preset(self) -> Preset:
+        """The preset the cache was made for (its geometry and the models' sizes), as recorded."""
+        return Preset.from_dict(self.record["preset"])
 
     def __len__(self) -> int:
         return len(self.rows)

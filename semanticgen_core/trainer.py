@@ -56,7 +56,7 @@ from .feature_cache import FeatureCache
 from .latent_dit import LatentDiT
 from .model_files import load_model, save_states
 from .plan_sources import SOURCES, plan_features, plan_preset
-from .presets import PRESETS, Preset
+from .presets import Preset
 from .semantic_dit import SemanticDiT
 from .training import SampleNoise, baseline_loss, stage1_loss, stage2_loss
 
@@ -332,8 +332,8 @@ class Trainer:
                     "ema": self.args.ema, "world_size": dist.world_size(), "device": self.device.type,
                     f"{'gpu' if self.device.type == 'cuda' else 'cpu'}_hours": round(hours, 4),
                     "wall_minutes": round(self.elapsed / 60, 2), "clips": len(self.cache),
-                    "data": {"cache": self.cache.folder.name, **{k: self.cache.record[k] for k in
-                                                                 ("preset", "made_by", "clip", "source")}}}
+                    "data": {"cache": self.cache.folder.name, "preset": self.cache.preset.name,
+                             **{k: self.cache.record[k] for k in ("made_by", "clip", "source")}}}
             configs = {n: dict(m.config) for n, m in self.task.trained.items()}
             save_states(path, self.task.kind, states, configs, self.task.preset, info,
                         dtype=getattr(torch, self.args.export_dtype))
@@ -542,7 +542,7 @@ def main(argv: list[str] | None = None) -> Path:
     try:
         cache = FeatureCache(args.cache)
         torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
-        task = TASKS[args.task](args, PRESETS[cache.preset])
+        task = TASKS[args.task](args, cache.preset)
         args.out.mkdir(parents=True, exist_ok=True)
         trainer = Trainer(args, task, cache)
         path = trainer.run()

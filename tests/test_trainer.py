@@ -81,7 +81,8 @@ def test_the_cache_holds_every_readable_clip_encoded_by_the_frozen_models(cache,
     data = FeatureCache(cache)
     assert len(data) == 10  # 5 videos x 2 s at 8 fps: two 9-frame clips each; broken and uncaptioned skipped
     record = json.loads((cache / "cache.json").read_text())
-    assert record["preset"] == "tiny" and record["made_by"]["vae"]["file"] == "vae.safetensors"
+    assert data.preset.name == "tiny" and data.preset.plan_grid(9, 8.0, 64, 64) == TINY.plan_grid(9, 8.0, 64, 64)
+    assert record["made_by"]["vae"]["file"] == "vae.safetensors"
     assert record["clip"] == {"num_frames": 9, "fps": 8.0, "height": 64, "width": 64}
     skipped = [json.loads(feature_cache.safe_open(str(p), "pt").metadata()["skipped"])
                for p in sorted(cache.glob("shard_*"))]

@@ -1,7 +1,7 @@
 """The paper's claims, measured: convergence in semantic vs VAE space (its Fig. 9) and plan width (its Table 3).
 
-Every variant is the embedded default's two-stage pipeline trained from scratch on the same cache with the
-same recipes, steps, batch and seed; only the plan differs:
+Every variant is the embedded default's two-stage pipeline trained from scratch on the same world feature
+cache by the same trainer, with the same steps, batch and seed; only the plan differs:
 
     semantic-8    the paper's plan: the semantic encoder's features compressed to 8 channels
     vae-8         the plan compressed from the VAE latents instead (2x2 patches: 64 wide, like the features)
@@ -15,9 +15,11 @@ prompt, judged by the independent OpenCV detector (``semanticgen_world/evaluatio
 judged on its own, without stage 2 ("plan adherence"): each generated plan's nearest cached training clip
 in the variant's plan space is re-rendered from its world seed and judged by the same detector, so a
 stage 2 that does not yet follow plans cannot hide what stage 1 learnt. Training runs
-in-process through the recipes' ``main``, one folder per variant under ``--runs``; a rerun continues
-where it stopped and reuses every checkpoint and evaluation already made.
+in-process through ``semanticgen_core.trainer.main``, one folder per variant under ``--runs``; a rerun
+continues where it stopped and reuses every checkpoint and evaluation already made.
 
+    python -m semanticgen_world.cache --out runs/cache --clips 1500 --vae runs/vae/vae.safetensors \
+        --encoder semanticgen_core/weights/semantic_encoder.safetensors
     python bench/claims.py --cache runs/cache --vae runs/vae/vae.safetensors \
         [--s2-steps 600 --s1-steps 600 --checkpoints 5 --prompts 24 --sample-steps 10] [--out docs]
 
@@ -100,6 +102,33 @@ def quality(report: dict) -> dict:
             **{a: report["objects"][a]["accuracy"] for a in ATTRIBUTES},
             "all_correct": report["all_correct"]["accuracy"], "consistency": report["consistency"],
             "per_prompt_adherence": per_prompt}
+
+
+def world_seed(source: str) -> int | None:
+    """The world seed of a cached clip's source (``"world seed 17"``), or None for a clip of a video file."""
+    kind, _, seed = source.rpartition(" ")
+    return int(seed) if kind == "world seed" and seed.isdigit() else None
+
+
+def cache_seeds(cache) -> list[int]:
+    """The world seed of every row of a ``FeatureCache``: plan adherence re-renders the nearest clip from
+    it, so a cache of video files cannot be judged."""
+    seeds = [world_seed(s) for s in cache.sources]
+    if None in seeds:
+        bad = cache.sources[seeds.index(None)]
+        raise SemanticGenError(f"{cache.folder} holds clips that are not world clips ({bad!r}): the claims bench "
+                               "re-renders cached clips from their world seed, so it needs a world cache "
+                               "(python -m semanticgen_world.cache)")
+    return seeds
+
+
+def shot_limit(batch: int, most: int = 8) -> int:
+    """Stage 1's ``--max-shots`` for ``batch``: the largest power of two up to ``most`` (the trainer's
+    default) that divides the batch, as the trainer requires."""
+    k = 1
+    while k * 2 <= most and batch % (k * 2) == 0:
+        k *= 2
+    return k
 
 
 def nearest_clip(library, tokens) -> int:
@@ -205,6 +234,22 @@ def verdict(c: dict, claim: str) -> str:
 # --------------------------------------------------------------------------- training and evaluation
 
 
+def plan_library(compressor, cache, plan_from: str, chunk: int = 250):
+    """The compressor's mean plan of every row of a ``FeatureCache`` ``[N, T, h, w, c]``, read ``chunk`` rows
+    at a time."""
+    import torch
+
+    from semanticgen_core.plan_sources import plan_features
+
+    parts = []
+    with torch.no_grad():
+        for first in range(0, len(cache), chunk):
+            rows = [cache[i] for i in range(first, min(first + chunk, len(cache)))]
+            batch = {k: torch.stack([r[k] for r in rows]) for k in ("features", "latents")}
+            parts.append(compressor(plan_features(batch, plan_from))[0])
+    return torch.cat(parts)
+
+
 def file_info(path: Path) -> dict:
     return json.loads(read_metadata(path).get("info", "{}"))
 
@@ -226,69 +271,81 @@ def _copy_atomic(src: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
+def _started(run: Path) -> bool:
+    """Whether a training run folder holds a state to continue (the trainer's, or the removed recipes')."""
+    return (run / "checkpoints" / "latest").is_file() or (run / "last.pt").is_file()
+
+
+def _train(task: str, argv: list[str]) -> None:
+    """``python -m semanticgen_core.trainer <task> <argv>``, in this process."""
+    from semanticgen_core import trainer
+
+    run = Path(argv[argv.index("--out") + 1])
+    if (run / "last.pt").is_file() and not (run / "checkpoints" / "latest").is_file():
+        raise SemanticGenError(f"{run} was trained by the removed CPU recipes (last.pt), which the trainer cannot "
+                               f"continue: delete {run.parent} to start the variant over")
+    trainer.main([task, *argv])
+
+
 class Bench:
     """Trains and evaluates the variants with one set of options (``parse_args``)."""
 
     def __init__(self, args, log=print):
         import torch
 
+        from semanticgen_core.feature_cache import FeatureCache
         from semanticgen_core.text_encoders import MiniLMTextEncoder
 
         self.args, self.log, self.torch = args, log, torch
         torch.set_num_threads(args.threads)
+        self._cache = FeatureCache(args.cache)
+        self._seeds = cache_seeds(self._cache)  # a cache of video files fails here, before any training
+        self.max_shots = shot_limit(args.batch)
         self.prompts = evaluation.heldout_prompts(args.prompts)
         self.text_encoder = MiniLMTextEncoder.from_pretrained()
-        self._cache = None
         self._libraries: dict[Path, object] = {}  # stage-2 file -> its compressor's plans of the cached clips
 
     def _common(self, out: Path, steps: int) -> list[str]:
         a = self.args
         return ["--cache", str(a.cache), "--out", str(out), "--steps", str(steps), "--batch", str(a.batch),
-                "--threads", str(a.threads)]
-
-    def _recipe(self, main, argv: list[str]) -> None:
-        self.torch.manual_seed(self.args.seed)  # the recipes build their modules from the global generator
-        main(argv)
+                "--threads", str(a.threads), "--seed", str(a.seed)]
 
     def stage2(self, name: str) -> tuple[Path, list[str]]:
-        """The variant's stage-2 file, trained (or resumed) to ``--s2-steps``, and its recipe's arguments."""
-        from semanticgen_core.recipes import train_stage2
-
+        """The variant's stage-2 file, trained (or resumed) to ``--s2-steps``, and the trainer's arguments."""
         v, folder = VARIANTS[name], self.args.runs / name
         path = folder / "stage2" / "stage2.safetensors"
         argv = self._common(path.parent, self.args.s2_steps) + ["--plan-from", v.plan_from,
                                                                 "--plan-dim", str(v.plan_dim)]
         if not path.is_file() or file_info(path)["steps"] != self.args.s2_steps:
-            if (folder / "stage1" / "last.pt").is_file():
+            if _started(folder / "stage1"):
                 raise SemanticGenError(f"{folder / 'stage1'} was trained on another stage 2 than the "
                                        f"{self.args.s2_steps} steps asked for: delete {folder} to start over")
             self.log(f"{name}: stage 2, {self.args.s2_steps} steps")
-            self._recipe(train_stage2.main, argv)
+            _train("stage2", argv)
         _check_steps(path, self.args.s2_steps)
         return path, argv
 
     def stage1_at(self, name: str, stage2: Path, step: int) -> tuple[Path, list[str]]:
         """A copy of stage 1 exported at ``step`` (trained on from where its run stopped)."""
-        from semanticgen_core.recipes import train_stage1
-
         out = self.args.runs / name / "stage1"
         checkpoint = out / "checkpoints" / f"stage1_{step:06d}.safetensors"
-        argv = self._common(out, step) + ["--stage2", str(stage2)]
+        argv = self._common(out, step) + ["--stage2", str(stage2), "--max-shots", str(self.max_shots)]
         if not checkpoint.is_file():
             self.log(f"{name}: stage 1 to step {step}")
-            self._recipe(train_stage1.main, argv)
+            _train("stage1", argv)
             _check_steps(out / "stage1.safetensors", step)
             _copy_atomic(out / "stage1.safetensors", checkpoint)
         return checkpoint, argv
 
     def evaluate(self, name: str, stage1: Path, stage2: Path, step: int) -> dict:
         """The checkpoint's record (cached beside the run, keyed by the exact models and settings)."""
+        from semanticgen_core.feature_cache import fingerprint
         from semanticgen_core.pipeline import SemanticGenPipeline
-        from semanticgen_core.recipes.dataset import file_id
         from semanticgen_core.sampling import SamplingOptions
 
         a = self.args
-        key = {"stage1": file_id(stage1), "stage2": file_id(stage2), "vae": file_id(a.vae), "prompts": a.prompts,
+        key = {"stage1": fingerprint(stage1), "stage2": fingerprint(stage2), "vae": fingerprint(a.vae),
+               "prompts": a.prompts,
                "sample_steps": a.sample_steps, "guidance": a.guidance, "seed": a.seed}
         cached = a.runs / name / "evals" / f"{step:06d}.json"
         if cached.is_file() and json.loads(cached.read_text())["key"] == key:
@@ -316,32 +373,26 @@ class Bench:
         samples is matched to the nearest cached training clip (mean squared distance to the compressor's
         mean of that clip, in this variant's plan space); the clip is re-rendered from its world seed and
         judged against the prompt by the detector. Cached beside the run like ``evaluate``'s records."""
+        from semanticgen_core.feature_cache import fingerprint
         from semanticgen_core.pipeline import SemanticGenPipeline
-        from semanticgen_core.recipes.dataset import ClipCache, file_id
-        from semanticgen_core.recipes.plan_sources import plan_features
         from semanticgen_core.sampling import SamplingOptions
 
         a, torch = self.args, self.torch
-        key = {"stage1": file_id(stage1), "stage2": file_id(stage2), "cache": str(a.cache), "prompts": a.prompts,
-               "sample_steps": a.sample_steps, "guidance": a.guidance, "seed": a.seed}
+        key = {"stage1": fingerprint(stage1), "stage2": fingerprint(stage2), "cache": fingerprint(a.cache),
+               "prompts": a.prompts, "sample_steps": a.sample_steps, "guidance": a.guidance, "seed": a.seed}
         cached = a.runs / name / "evals" / f"{step:06d}_plans.json"
         if cached.is_file() and json.loads(cached.read_text())["key"] == key:
             return json.loads(cached.read_text())
-        if self._cache is None:
-            self._cache = ClipCache(a.cache)
         pipe = SemanticGenPipeline.from_files(stage1, stage2, None, text_encoder=self.text_encoder)
         if stage2 not in self._libraries:  # the compressor is frozen: one library per variant
-            with torch.no_grad():
-                self._libraries[stage2] = torch.cat([
-                    pipe.compressor(plan_features(self._cache.batch(idx), VARIANTS[name].plan_from))[0]
-                    for idx in torch.arange(len(self._cache)).split(250)])
+            self._libraries[stage2] = plan_library(pipe.compressor, self._cache, VARIANTS[name].plan_from)
         library = self._libraries[stage2]
         d = pipe.preset.defaults
         judgements = []
         for i, prompt in enumerate(self.prompts):
             opts = SamplingOptions(steps=a.sample_steps, guidance=a.guidance, seed=a.seed + i)
             plan = pipe.generate_plan(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts)
-            seed = int(self._cache.data["seeds"][nearest_clip(library, plan.tokens)])
+            seed = self._seeds[nearest_clip(library, plan.tokens)]
             clip = world.sample_clip(seed, evaluation.CLIP_FRAMES, evaluation.CLIP_SIZE, evaluation.CLIP_SIZE,
                                      evaluation.CLIP_FPS)
             judgements.append({**evaluation.judge(clip.frames, prompt), "nearest_seed": seed})
@@ -360,9 +411,9 @@ class Bench:
                            "plan": self.plan_adherence(name, stage1, stage2, step)})
         v, info = VARIANTS[name], file_info(stage2)
         return {"plan_from": v.plan_from, "plan_dim": v.plan_dim, "about": v.about, "clips": info["clips"],
-                "data": info["data"],
-                "stage2_command": "python -m semanticgen_core.recipes.train_stage2 " + shlex.join(s2_argv),
-                "stage1_command": "python -m semanticgen_core.recipes.train_stage1 " + shlex.join(s1_argv),
+                "data": info["data"], "stage1_max_shots": self.max_shots,
+                "stage2_command": "python -m semanticgen_core.trainer stage2 " + shlex.join(s2_argv),
+                "stage1_command": "python -m semanticgen_core.trainer stage1 " + shlex.join(s1_argv),
                 "points": points}
 
 
@@ -457,7 +508,7 @@ def write_markdown(path: Path, results: dict, lines: list[str], meta: dict, pict
         "a rerun reuses the checkpoints and evaluations already made).",
         "",
         "Each variant is the embedded default's two-stage pipeline trained from scratch on the same cache "
-        f"({meta['clips']} clips), with the same recipes, batch {a['batch']}, training seed {a['seed']} and steps: "
+        f"({meta['clips']} clips) by the same trainer, with batch {a['batch']}, training seed {a['seed']} and steps: "
         f"stage 2 + compressor {a['s2_steps']} steps, then stage 1 on the frozen compressor's plans, "
         f"evaluated at steps {', '.join(map(str, meta['checkpoints']))}. Each evaluation generates {a['prompts']} "
         f"clips (4 s, 33 frames at 8 fps, 64x64) from the captions of held-out world seeds "
@@ -466,7 +517,7 @@ def write_markdown(path: Path, results: dict, lines: list[str], meta: dict, pict
         "(`docs/evaluation.md`). **Adherence** is the fraction of a prompt's colour, shape and motion-direction "
         "judgements (over all its objects) that are right, averaged over prompts (± its standard error over "
         "prompts); colour, shape and motion columns are accuracies over all prompt objects. CPU minutes are "
-        f"the training wall time the recipes record ({a['threads']} thread(s); other jobs on the machine "
+        f"the training wall time the trainer records ({a['threads']} thread(s); other jobs on the machine "
         "inflate it), cumulative; \"total\" adds stage 2's. \"Full\" plan width is 64 here, the semantic "
         "encoder's own width, so the paper's \"full\" and \"64\" rows coincide.",
         "",
@@ -498,13 +549,13 @@ def write_markdown(path: Path, results: dict, lines: list[str], meta: dict, pict
         "",
         "## Commands",
         "",
-        "Each variant's recipes (stage 1 is run once per checkpoint with `--steps` raised; it resumes):",
+        "Each variant's training commands (stage 1 is run once per checkpoint with `--steps` raised; it resumes):",
         "",
     ]
     for name, r in results.items():
         parts += [f"- {name} ({r['about']}):", f"  `{r['stage2_command']}`", f"  `{r['stage1_command']}`"]
     parts += ["", f"Data: cache made by {json.dumps(meta['data'])}; VAE `{a['vae']}` "
-                  f"(sha256 {meta['vae_id']}). Raw numbers, every judgement included: `claims.json`."]
+                  f"(fingerprint {meta['vae_id']}). Raw numbers, every judgement included: `claims.json`."]
     if transfer:
         parts += ["", "Plan transfer (the paper's Fig. 4), regenerated by the same command: "
                       "[plan_transfer.md](plan_transfer.md)."]
@@ -517,7 +568,7 @@ def write_markdown(path: Path, results: dict, lines: list[str], meta: dict, pict
 def parse_args(argv):
     d = EMBEDDED.defaults
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--cache", type=Path, required=True, help="clips cached by semanticgen_core.recipes.dataset")
+    p.add_argument("--cache", type=Path, required=True, help="a world feature cache (python -m semanticgen_world.cache)")
     p.add_argument("--vae", type=Path, required=True, help="the VAE the cache was made with (decodes for the eval)")
     p.add_argument("--runs", type=Path, default=Path("runs/claims"), help="one run folder per variant in here")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -554,7 +605,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     for ln in lines:
         log(ln)
 
-    from semanticgen_core.recipes.dataset import file_id
+    from semanticgen_core.feature_cache import fingerprint
 
     png = a.out / "img" / "convergence.png"
     plan_transfer.write_png(png, figure(results))
@@ -562,7 +613,7 @@ def main(argv: list[str] | None = None, log=print) -> dict:
     first = next(iter(results.values()))
     held = [world.HELDOUT_SEED_START, world.HELDOUT_SEED_START + a.prompts - 1]
     meta = {"command": command, "seconds": time.monotonic() - started, "clips": first["clips"], "data": first["data"],
-            "vae_id": file_id(a.vae), "heldout_seeds": held,
+            "vae_id": fingerprint(a.vae), "heldout_seeds": held,
             "checkpoints": checkpoint_steps(a.s1_steps, a.checkpoints),
             "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()}}
     record = {**meta, "findings": lines, "comparisons": comparisons, "variants": results}

@@ -100,7 +100,7 @@ class FrozenModels:
         from .text_encoders import MiniLMTextEncoder, UMT5TextEncoder
         from .vae import VideoVAE
 
-        vae_model = VideoVAE.from_pretrained(vae, dtype=dtype, device=device)
+        vae_model = VideoVAE.from_pretrained(vae, config=preset.vae or None, dtype=dtype, device=device)
         encoder = Path(encoder)
         if encoder.is_file() and read_metadata(encoder).get("kind") == "semantic_encoder":
             encoder_model = load_model(encoder, "semantic_encoder", dtype=dtype, device=device).modules["encoder"]

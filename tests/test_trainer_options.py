@@ -110,3 +110,12 @@ def test_the_trainer_as_a_command_ends_a_bad_input_with_its_message_not_a_traceb
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith(f"error: {missing} is not a feature cache") and "Traceback" not in done.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_dataloader_workers_read_the_same_batches(tiny_world_cache, tmp_path):
+    from safetensors.torch import load_file
+
+    cache = tiny_world_cache["cache"]
+    a = load_file(train(["stage2", *common(cache, tmp_path / "w0", 2)]))
+    b = load_file(train(["stage2", *common(cache, tmp_path / "w2", 2, "--workers", "2")]))
+    assert all(torch.equal(a[k], b[k]) for k in a)

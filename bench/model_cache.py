@@ -27,8 +27,7 @@ LOADERS = {"SemanticGenStage1Loader": "stage1", "SemanticGenStage2Loader": "stag
 
 def tiny_models(folder: Path) -> dict[str, str]:
     """Random TINY-sized SemanticGen files (text width 384, for the bundled MiniLM) in folder/semanticgen."""
-    pack = runner.load_pack()
-    lib = lambda name: importlib.import_module(f"{pack.__name__}.semanticgen_core.{name}")  # noqa: E731
+    lib = lambda name: importlib.import_module(f"semanticgen_core.{name}")  # noqa: E731
     tiny = lib("presets").TINY
     preset = dataclasses.replace(tiny, name="tiny-minilm", text_encoder="minilm",
                                  stage1={**tiny.stage1, "text_dim": 384}, stage2={**tiny.stage2, "text_dim": 384})
@@ -53,7 +52,8 @@ def main() -> None:
 
     torch.set_num_threads(1)
     pack = runner.load_pack()
-    embedded = importlib.import_module(f"{pack.__name__}.semanticgen_core.embedded")
+    from semanticgen_core import embedded
+
     have_embedded = all((embedded.WEIGHTS_DIR / f"{p}.safetensors").is_file() for p in embedded.PARTS)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

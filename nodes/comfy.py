@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from ..semanticgen_core.errors import Interrupted
+from semanticgen_core.errors import Interrupted
 
 MODEL_EXTENSIONS = (".safetensors", ".sft")
 SEMANTICGEN_FOLDER = "semanticgen"  # models/semanticgen: SemanticGen's own model files

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-from ..semanticgen_core.errors import ShapeError
+from semanticgen_core.errors import ShapeError
 from . import comfy, latent_format
 from .loaders import ready
 from .model_cache import LoadedModel

@@ -31,7 +31,7 @@ from collections import OrderedDict
 
 import torch
 
-from ..semanticgen_core.errors import SemanticGenError
+from semanticgen_core.errors import SemanticGenError
 from . import comfy
 from .loaders import ready
 from .model_cache import LoadedModel, _file_key
@@ -137,7 +137,7 @@ def _png_data_url(rgb: torch.Tensor) -> str:
 def plan_payload(plan, basis=None) -> dict:
     """What the timeline editor needs to show a plan: its time base and segments, and a PNG strip of its
     steps side by side (one pixel per token, coloured by ``basis``, the PCA of the node's input plan)."""
-    from ..semanticgen_core.plan_ops import pca_rgb
+    from semanticgen_core.plan_ops import pca_rgb
 
     rgb = pca_rgb(plan.tokens, basis)                 # [T, h, w, 3]
     steps, h, w = plan.grid
@@ -152,7 +152,7 @@ def plan_payload(plan, basis=None) -> dict:
 def editor_payload(plan, result, edits: list, other=None) -> dict:
     """The edit node's message to the editor: input, output (and other) plans in the input's colours, and
     the edit list that turned the input into the output."""
-    from ..semanticgen_core.plan_ops import pca_basis
+    from semanticgen_core.plan_ops import pca_basis
 
     basis = pca_basis(plan.tokens)
     same_space = other is not None and other.tokens.shape[-1] == plan.tokens.shape[-1]
@@ -207,7 +207,7 @@ class SemanticGenEditPlan:
     def VALIDATE_INPUTS(cls, edits=None):
         if edits is None:  # linked from another node: checked when it runs
             return True
-        from ..semanticgen_core.plan_ops import parse_edits
+        from semanticgen_core.plan_ops import parse_edits
 
         try:
             parse_edits(edits)
@@ -217,7 +217,7 @@ class SemanticGenEditPlan:
 
     def edit(self, plan, edits: str = "[]", other=None, stage1: LoadedModel | None = None,
              conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None):
-        from ..semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
+        from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
 
         comfy.check_interrupt()
         checked = parse_edits(edits)
@@ -230,7 +230,7 @@ class SemanticGenEditPlan:
 
     @staticmethod
     def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder):
-        from ..semanticgen_core.sampling import SamplingOptions
+        from semanticgen_core.sampling import SamplingOptions
 
         which = f"edit{'s' if len(regenerates) > 1 else ''} {', '.join(map(str, regenerates))}"
         if stage1 is None or (conditioning is None and text_encoder is None):
@@ -282,7 +282,7 @@ class SemanticGenPlanPreview:
         }}
 
     def preview(self, plan, size: int = 256):
-        from ..semanticgen_core.plan_ops import pca_rgb
+        from semanticgen_core.plan_ops import pca_rgb
 
         rgb = pca_rgb(plan.tokens)  # [T, h, w, 3]
         _, h, w = plan.grid

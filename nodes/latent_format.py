@@ -17,7 +17,7 @@ import torch
 
 
 def _stats(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    from ..semanticgen_core.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD  # imported late: pack import stays light
+    from semanticgen_core.vae import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD  # imported late: pack import stays light
 
     shape = (1, len(WAN21_LATENTS_MEAN), 1, 1, 1)
     mean = torch.tensor(WAN21_LATENTS_MEAN, dtype=torch.float32, device=like.device).view(shape)

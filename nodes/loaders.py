@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ..semanticgen_core import embedded
-from ..semanticgen_core.errors import CheckpointError, SemanticGenError
-from ..semanticgen_core.formats import MODEL_FILE_FORMAT
+from semanticgen_core import embedded
+from semanticgen_core.errors import CheckpointError, SemanticGenError
+from semanticgen_core.formats import MODEL_FILE_FORMAT
 from . import comfy
 from .model_cache import CACHE, LoadedModel, _file_key
 
@@ -164,7 +164,7 @@ class _Loader:
 
     def load_file(self, path: Path, name: str, dtype: torch.dtype):
         """Read the file: -> (modules by name, preset or None, info dict)."""
-        from ..semanticgen_core.model_files import load_model
+        from semanticgen_core.model_files import load_model
 
         model = load_model(path, self.KIND, dtype=dtype)
         return model.modules, model.preset, model.info
@@ -194,7 +194,7 @@ class SemanticGenTextEncoderLoader(_Loader):
         return Path(get_model_path())
 
     def load_file(self, path: Path, name: str, dtype: torch.dtype):
-        from ..semanticgen_core.text_encoders import MiniLMTextEncoder, UMT5TextEncoder
+        from semanticgen_core.text_encoders import MiniLMTextEncoder, UMT5TextEncoder
 
         if name == EMBEDDED:
             encoder = MiniLMTextEncoder.from_pretrained(path)
@@ -232,8 +232,8 @@ class SemanticGenStage2Loader(_Loader):
     def load_file(self, path: Path, name: str, dtype: torch.dtype):
         if semanticgen_kind(path) is not None:
             return super().load_file(path, name, dtype)
-        from ..semanticgen_core.latent_dit import LatentDiT
-        from ..semanticgen_core.presets import WAN
+        from semanticgen_core.latent_dit import LatentDiT
+        from semanticgen_core.presets import WAN
 
         log.warning("SemanticGen: %s is %s", name, WAN_DIT_WARNING)
         dit = LatentDiT.from_wan(path, dtype=dtype, semantic_dim=WAN.stage2["semantic_dim"],
@@ -256,7 +256,7 @@ class SemanticGenVAELoader(_Loader):
     def load_file(self, path: Path, name: str, dtype: torch.dtype):
         if path.is_file() and semanticgen_kind(path) is not None:
             return super().load_file(path, name, dtype)
-        from ..semanticgen_core.vae import VideoVAE
+        from semanticgen_core.vae import VideoVAE
 
         return {"vae": VideoVAE.from_pretrained(path, dtype=dtype)}, None, {}
 
@@ -286,8 +286,8 @@ class SemanticGenSemanticEncoderLoader(_Loader):
     def load_file(self, path: Path, name: str, dtype: torch.dtype):
         if path.is_file() and semanticgen_kind(path) is not None:
             return super().load_file(path, name, dtype)
-        from ..semanticgen_core.presets import WAN
-        from ..semanticgen_core.semantic_encoder import QwenVisionEncoder, qwen25vl_3b_vision_config
+        from semanticgen_core.presets import WAN
+        from semanticgen_core.semantic_encoder import QwenVisionEncoder, qwen25vl_3b_vision_config
 
         folder = path if path.is_dir() else path.parent
         config = None if (folder / "config.json").is_file() else qwen25vl_3b_vision_config()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..semanticgen_core.errors import PlanFormatError, SemanticGenError
+from semanticgen_core.errors import PlanFormatError, SemanticGenError
 from . import comfy
 from .loaders import ready
 from .model_cache import LoadedModel
@@ -43,7 +43,7 @@ class SemanticGenSemanticEncode:
         }}
 
     def encode(self, semantic_encoder: LoadedModel, stage2: LoadedModel, images, fps: float, prompt: str = ""):
-        from ..semanticgen_core.pipeline import SemanticGenPipeline
+        from semanticgen_core.pipeline import SemanticGenPipeline
 
         if stage2["compressor"] is None:
             raise SemanticGenError(
@@ -176,6 +176,6 @@ class SemanticGenLoadPlan:
             return ""
 
     def load(self, plan_path: str):
-        from ..semanticgen_core.plan import SemanticPlan
+        from semanticgen_core.plan import SemanticPlan
 
         return (SemanticPlan.load(_resolve_plan(plan_path)),)

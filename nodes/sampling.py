@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..semanticgen_core.errors import SemanticGenError
-from ..semanticgen_core.formats import SAMPLERS
+from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.formats import SAMPLERS
 from . import comfy, latent_format
 from .loaders import ready
 from .model_cache import LoadedModel
@@ -33,13 +33,13 @@ def sampling_inputs(steps: int) -> dict:
 
 
 def _options(seed, steps, guidance, shift, sampler):
-    from ..semanticgen_core.sampling import SamplingOptions
+    from semanticgen_core.sampling import SamplingOptions
 
     return SamplingOptions(steps=steps, sampler=sampler, shift=shift, guidance=guidance, seed=seed)
 
 
 def _pipeline(preset, name, **parts):
-    from ..semanticgen_core.pipeline import SemanticGenPipeline
+    from semanticgen_core.pipeline import SemanticGenPipeline
 
     kwargs = dict(text_encoder=None, stage1=None, compressor=None, stage2=None, vae=None)
     kwargs.update(parts)

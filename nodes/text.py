@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..semanticgen_core.errors import SemanticGenError
-from ..semanticgen_core.shots import split_shots
+from semanticgen_core.errors import SemanticGenError
+from semanticgen_core.shots import split_shots
 from . import comfy
 from .model_cache import LoadedModel
 

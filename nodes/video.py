@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..semanticgen_core.errors import SemanticGenError
+from semanticgen_core.errors import SemanticGenError
 from . import comfy
 from .plans import next_path
 

@@ -14,7 +14,6 @@ The embedded default needs none. Ctrl-C stops after the current step; a second C
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shlex
@@ -25,6 +24,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+
+from semanticgen_core import errors
 
 from . import runner
 
@@ -147,12 +148,6 @@ def cmd_api(args) -> int:
     return 0
 
 
-def _core(module: str):
-    """A ``semanticgen_core`` module imported through the pack (so its errors are the ones main() catches)."""
-    runner.load_pack()
-    return importlib.import_module(f"{runner.PACK_NAME}.semanticgen_core.{module}")
-
-
 def _eval_table(results: dict, out=None) -> None:
     out = out or sys.stdout  # looked up now: the stream may be replaced after import (tests capture it)
     rows = [("colour", "color"), ("shape", "shape"), ("motion (direction)", "motion"),
@@ -173,22 +168,24 @@ def _eval_table(results: dict, out=None) -> None:
 
 
 def cmd_eval(args) -> int:
+    from semanticgen_core import embedded, pipeline, sampling
+    from semanticgen_core.vae import VideoVAE
     from semanticgen_world import evaluation as ev, world
 
     if args.prompts < 1:
-        raise _core("errors").SemanticGenError(f"--prompts must be at least 1, got {args.prompts}")
+        raise errors.SemanticGenError(f"--prompts must be at least 1, got {args.prompts}")
     if args.guidance is not None and args.guidance < 1:
-        raise _core("errors").SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
+        raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
     started = time.time()
     pipe = None
     if args.reference in (None, "plan"):  # names the missing file if weights are absent
-        pipe = _core("pipeline").SemanticGenPipeline.embedded(with_encoder=args.reference == "plan")
+        pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan")
         d = pipe.preset.defaults
         fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
     else:
         fps, height, width = ev.CLIP_FPS, ev.CLIP_SIZE, ev.CLIP_SIZE
     if height != width:
-        raise _core("errors").SemanticGenError(f"eval renders square reference clips; the model makes {height}x{width}")
+        raise errors.SemanticGenError(f"eval renders square reference clips; the model makes {height}x{width}")
     num_frames = frames_for(args.seconds, fps)
     start = world.HELDOUT_SEED_START + args.first
     clips = ev.heldout_clips(args.prompts, start, num_frames, height, fps)
@@ -197,13 +194,12 @@ def cmd_eval(args) -> int:
         lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
     steps, vae, recons = None, None, None
     if args.reference == "vae":  # the ground truth through the VAE alone: the ceiling the stages can reach
-        vae = _core("vae").VideoVAE.from_pretrained(args.vae or _core("embedded").weights_path("vae"))
+        vae = VideoVAE.from_pretrained(args.vae or embedded.weights_path("vae"))
         recons = [ev.reconstruct(vae, c.frames) for c in clips]  # the PSNR below reuses them
         generate = ev.reference_generator([replace(c, frames=r) for c, r in zip(clips, recons)])
     elif pipe is None:
         generate = ev.reference_generator(clips)
     else:
-        sampling = _core("sampling")
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
         ground_truth = ev.reference_generator(clips)  # caption -> its clip's frames
@@ -228,13 +224,13 @@ def cmd_eval(args) -> int:
             vae = pipe.vae
         if vae is None:
             try:
-                from_file = args.vae or _core("embedded").weights_path("vae")  # names the missing file
-            except _core("errors").CheckpointError as e:
+                from_file = args.vae or embedded.weights_path("vae")  # names the missing file
+            except errors.CheckpointError as e:
                 if args.psnr_clips is not None:  # asked for explicitly: fail
                     raise
                 psnr_skipped = str(e)  # --reference needs no model; say why the PSNR is absent
             else:
-                vae = _core("vae").VideoVAE.from_pretrained(from_file)
+                vae = VideoVAE.from_pretrained(from_file)
         if vae is not None:
             psnr_clips = clips[:n_psnr] if n_psnr <= len(clips) else \
                 ev.heldout_clips(n_psnr, start, num_frames, height, fps)
@@ -346,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
         print("aborted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001
-        errors = runner._errors()
         if isinstance(e, errors.Interrupted):
             print(f"stopped: {e}", file=sys.stderr)
             return 130

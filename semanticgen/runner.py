@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from semanticgen_core.errors import Interrupted
+
 ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "comfyui_semanticgen"
 WORKFLOWS = ROOT / "workflows"
@@ -47,11 +49,6 @@ def load_pack(root: Path = ROOT):
         del sys.modules[PACK_NAME]
         raise
     return module
-
-
-def _errors():
-    load_pack()
-    return importlib.import_module(f"{PACK_NAME}.semanticgen_core.errors")
 
 
 class WorkflowError(ValueError):
@@ -495,7 +492,7 @@ def execute(api: dict[str, dict], on_node: Callable[[NodeRun], None] | None = No
         t0 = time.perf_counter()
         try:
             out = getattr(cls(), cls.FUNCTION)(**kwargs)
-        except _errors().Interrupted:
+        except Interrupted:
             raise
         except Exception as e:  # noqa: BLE001  (re-raised with the node named)
             raise NodeError(f"{_where(node_id, title, node['class_type'])} failed: {e}") from e

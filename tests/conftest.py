@@ -43,7 +43,7 @@ def pack():
 def _tiny_preset():
     import dataclasses
 
-    from comfyui_semanticgen.semanticgen_core.presets import TINY
+    from semanticgen_core.presets import TINY
 
     # TINY's sizes, with text width 384 so the bundled all-MiniLM-L6-v2 ("embedded" text encoder) drives it.
     return dataclasses.replace(TINY, name="tiny-minilm", text_encoder="minilm",
@@ -56,8 +56,8 @@ TINY_FILES = {"stage1": "tiny_stage1.safetensors", "stage2": "tiny_stage2.safete
 
 def write_tiny_models(models_dir: Path) -> dict[str, str]:
     """Random TINY-sized SemanticGen files in ``models_dir/semanticgen`` (ComfyUI's layout)."""
-    from comfyui_semanticgen.semanticgen_core.model_files import save_model
-    from comfyui_semanticgen.semanticgen_core.vae import VideoVAE
+    from semanticgen_core.model_files import save_model
+    from semanticgen_core.vae import VideoVAE
 
     preset = _tiny_preset()
     folder = models_dir / "semanticgen"

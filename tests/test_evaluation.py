@@ -19,6 +19,7 @@ from semanticgen_world.world import (
     render_shot,
     sample_clip,
 )
+import semanticgen_core.embedded
 from semanticgen_core.errors import SemanticGenError, ShapeError
 from semanticgen_core.vae import VideoVAE, tiny_vae_config
 
@@ -293,7 +294,7 @@ def test_eval_command_reference_mode_and_missing_weights(pack, tmp_path, monkeyp
     assert [j["prompt"] for j in record["per_prompt"]] == ev.heldout_prompts(3)
     assert "colour" in capsys.readouterr().out
     # Without the embedded default's weights the command names the missing file.
-    monkeypatch.setattr(pack.semanticgen_core.embedded, "WEIGHTS_DIR", tmp_path / "no-weights")
+    monkeypatch.setattr(semanticgen_core.embedded, "WEIGHTS_DIR", tmp_path / "no-weights")
     assert main(["eval", "--prompts", "1", "-q"]) == 2
     err = capsys.readouterr().err
     assert "weights are missing" in err and str(tmp_path / "no-weights") in err
@@ -309,7 +310,7 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     weights.mkdir()
     for part in ("stage1", "stage2", "vae"):
         shutil.copy(tiny_models["dir"] / "semanticgen" / tiny_models[part], weights / f"{part}.safetensors")
-    monkeypatch.setattr(pack.semanticgen_core.embedded, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(semanticgen_core.embedded, "WEIGHTS_DIR", weights)
     out = tmp_path / "eval.json"
     args = ["eval", "--prompts", "2", "--seconds", "1", "--steps", "1", "--psnr-clips", "1", "--out", str(out), "-q"]
     assert main(args) == 0

@@ -105,8 +105,8 @@ def test_missing_file_names_the_file_and_its_folder(pack, tiny_models):
 
 
 def test_embedded_without_weights_is_a_clear_error(pack, tiny_models, tmp_path, monkeypatch):
-    from comfyui_semanticgen.semanticgen_core import embedded
-    from comfyui_semanticgen.semanticgen_core.errors import CheckpointError
+    from semanticgen_core import embedded
+    from semanticgen_core.errors import CheckpointError
 
     monkeypatch.setattr(embedded, "WEIGHTS_DIR", tmp_path)
     loader = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]
@@ -251,7 +251,7 @@ def test_save_video_writes_a_readable_mp4_with_a_preview(pack, tiny_models):
 
 
 def test_save_and_load_plan_round_trip(pack, tiny_models):
-    from comfyui_semanticgen.semanticgen_core.plan import SemanticPlan, Segment
+    from semanticgen_core.plan import SemanticPlan, Segment
 
     plan = SemanticPlan(tokens=torch.randn(2, 4, 4, 8), fps=2.0, video_fps=8.0, num_frames=9, height=64, width=64,
                         segments=[Segment(0.0, 9 / 8, "a star")], encoder="test", compressor="tiny-minilm")
@@ -267,7 +267,7 @@ def test_save_and_load_plan_round_trip(pack, tiny_models):
 
 
 def test_stage2_rejects_a_plan_of_another_width(pack, tiny_models):
-    from comfyui_semanticgen.semanticgen_core.plan import SemanticPlan, Segment
+    from semanticgen_core.plan import SemanticPlan, Segment
 
     (stage2,) = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]().load(tiny_models["stage2"], "auto")
     (te,) = pack.NODE_CLASS_MAPPINGS["SemanticGenTextEncoderLoader"]().load("embedded", "auto")
@@ -276,3 +276,17 @@ def test_stage2_rejects_a_plan_of_another_width(pack, tiny_models):
                         segments=[], encoder="other", compressor="other")
     with pytest.raises(ValueError, match="3-channel tokens .* renders 8-channel plans"):
         pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Sample"]().sample(stage2, plan, cond, 0, 1, 1.0, 3.0, "euler", -1)
+
+
+def test_the_library_has_one_import_identity(pack, tiny_models, tiny_sets):
+    """The nodes, the runner and the tests share ``semanticgen_core``: an error a node raises is the class
+    callers catch, and no second copy of the library is loaded under the pack's name."""
+    import sys
+
+    import semanticgen_core.errors
+    from semanticgen import runner
+
+    api = runner.to_api(runner.load_workflow("text_to_video"))
+    runner.run("text_to_video", sets=tiny_sets(api, tiny_models))
+    assert not [m for m in sys.modules if m.startswith(f"{pack.__name__}.semanticgen_core")]
+    assert pack.nodes.text.SemanticGenError is semanticgen_core.errors.SemanticGenError

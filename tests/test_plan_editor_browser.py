@@ -46,7 +46,7 @@ CTRL, SHIFT = 2, 8
 
 
 def core(pack, name: str):
-    return importlib.import_module(f"{pack.__name__}.semanticgen_core.{name}")
+    return importlib.import_module(f"semanticgen_core.{name}")
 
 
 def keep_screenshot(png: bytes, tmp_path: Path, name: str) -> Path:

@@ -68,7 +68,7 @@ def test_decoded_chunks_are_written_one_at_a_time(pack, vae, monkeypatch):
 
 
 def test_interrupt_mid_video_leaves_no_file(pack, vae, monkeypatch):
-    from comfyui_semanticgen.semanticgen_core.errors import Interrupted
+    from semanticgen_core.errors import Interrupted
 
     writer, write = pack.nodes.video.VideoFileWriter, pack.nodes.video.VideoFileWriter.write
     checks, temp_files = [], []
@@ -105,7 +105,7 @@ def test_an_error_in_the_block_removes_the_temporary_file(pack, tiny_models):
 @pytest.mark.parametrize("node,name", [("SemanticGenDecodeToVideo", "SemanticGen VAE Decode to Video"),
                                        ("SemanticGenVAEDecode", "SemanticGen VAE Decode")])
 def test_image_latents_are_refused_clearly(pack, vae, node, name):
-    from comfyui_semanticgen.semanticgen_core.errors import ShapeError
+    from semanticgen_core.errors import ShapeError
 
     cls = pack.NODE_CLASS_MAPPINGS[node]
     with pytest.raises(ShapeError, match=rf"{name} takes video latents .* got \[1, 16, 8, 8\]: an image latent\? "

@@ -89,7 +89,7 @@ def test_workflow_runs_headless(pack, tiny_models, tiny_sets, path):
     length = next((v for k, v in sets.items() if k.endswith(".length")), 9)  # 61 for the 60 s multi-shot one
     assert len(videos) == 1 and count_frames(videos[0]) == length
     if path.stem == "save_plan_then_render":
-        from comfyui_semanticgen.semanticgen_core.plan import SemanticPlan
+        from semanticgen_core.plan import SemanticPlan
 
         (plan_file,) = [f for f in result.files if f.suffix == ".safetensors"]
         assert SemanticPlan.load(plan_file).num_frames == 9
@@ -233,7 +233,7 @@ def test_missing_model_file_fails_validation_with_where_to_put_it(pack, tiny_mod
 
 
 def test_interrupt_stops_sampling_promptly_and_the_next_run_works(pack, tiny_models, tiny_sets):
-    from comfyui_semanticgen.semanticgen_core.errors import Interrupted
+    from semanticgen_core.errors import Interrupted
     from semanticgen import runner
 
     comfy = pack.nodes.comfy

@@ -377,7 +377,7 @@ class Bench:
         from semanticgen_core.pipeline import SemanticGenPipeline
         from semanticgen_core.sampling import SamplingOptions
 
-        a, torch = self.args, self.torch
+        a = self.args
         key = {"stage1": fingerprint(stage1), "stage2": fingerprint(stage2), "cache": fingerprint(a.cache),
                "prompts": a.prompts, "sample_steps": a.sample_steps, "guidance": a.guidance, "seed": a.seed}
         cached = a.runs / name / "evals" / f"{step:06d}_plans.json"

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import resource
 import shutil
 import signal
@@ -225,7 +223,7 @@ class Trainer:
         if not dist.active():  # checkpoints are written the same way by one process; no need to say so
             warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         self.out = Path(args.out)
-        self.step, self.elapsed, self.resumed_from = 0, 0.0, None
+        self.step, self.elapsed = 0, 0.0
         world = dist.world_size()
         if args.batch % (world * args.accum) or (args.batch // (world * args.accum)) % task.group:
             raise SemanticGenError(
@@ -251,11 +249,10 @@ class Trainer:
         if self.args.parallel == "fsdp":
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-            # The objectives never change a model's output in place, which is all this warning is about.
-            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-
             if not dist.active():
                 raise SemanticGenError("--parallel fsdp shards over processes: launch with torchrun")
+            # The objectives never change a model's output in place, which is all this warning is about.
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
                 if self.autocast else MixedPrecisionPolicy()
             for block in self.task.blocks:
@@ -312,7 +309,6 @@ class Trainer:
         for name, value in state["ema"].items():
             self.ema[name].copy_(value)
         self.step, self.elapsed = int(state["progress"]["step"]), float(state["progress"]["elapsed"])
-        self.resumed_from = folder
         if dist.is_main():
             print(f"resumed {folder} at step {self.step} ({self.elapsed / 60:.1f} min trained)", flush=True)
 

@@ -81,11 +81,12 @@ class Task:
 def stage2_task(args, preset: Preset) -> Task:
     preset = plan_preset(preset, args.plan_dim)
     compressor = SemanticCompressor(**preset.compressor)
+    # stage 2 trains in the shifted windows it samples long videos with (the preset's, else its default)
+    window = preset.stage2.get("window_frames", preset.defaults.get("window_frames"))
     if args.init_wan:
-        stage2 = LatentDiT.from_wan(args.init_wan, semantic_dim=args.plan_dim,
-                                    window_frames=preset.stage2.get("window_frames"))
+        stage2 = LatentDiT.from_wan(args.init_wan, semantic_dim=args.plan_dim, window_frames=window)
     else:
-        stage2 = LatentDiT(**preset.stage2)
+        stage2 = LatentDiT(**{**preset.stage2, "window_frames": window})
     if args.init:
         start = load_model(args.init, "stage2").modules
         compressor, stage2 = start["compressor"].float(), start["stage2"].float()
@@ -232,7 +233,7 @@ class Trainer:
         self.model = torch.nn.ModuleDict(task.trained).to(self.device).train()
         if args.checkpointing:
             for module in task.trained.values():
-                if hasattr(module, "enable_gradient_checkpointing"):
+                if getattr(module, "_supports_gradient_checkpointing", False):  # the compressor has none
                     module.enable_gradient_checkpointing()
         self.engine = self._wrap()  # FSDP swaps the parameters for sharded ones: collect them after
         self.params = [p for p in self.model.parameters() if p.requires_grad]
@@ -365,13 +366,7 @@ class Trainer:
         try:
             while args.steps is None or self.step < args.steps:
                 tick = time.monotonic()
-                for group in self.optimizer.param_groups:
-                    group["lr"] = self.lr(self.step)
-                losses = self._step(micro)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self._update_ema()
-                self.step += 1
+                losses = self.train_step(micro)
                 self.elapsed += time.monotonic() - tick
                 progress.update(1)
                 for k, v in losses.items():
@@ -393,6 +388,17 @@ class Trainer:
                 signal.signal(s, handler)
         self.save()
         return self.export()
+
+    def train_step(self, micro: Iterator[Batch]) -> dict[str, float]:
+        """One optimiser step: learning rate, forward/backward over ``--accum`` micro-batches, AdamW, EMA."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(self.step)
+        losses = self._step(micro)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+        self.step += 1
+        return losses
 
     def _step(self, micro: Iterator[Batch]) -> dict[str, float]:
         """One optimiser step's forward/backward over ``--accum`` micro-batches; gradients synchronised once."""

@@ -14,6 +14,7 @@ belongs in (instead of core's bare "Value not in list"). Every load goes through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -35,9 +36,10 @@ DTYPE_TOOLTIP = ("Weight precision. auto: fp32 on the CPU, bf16 (or fp16) on a G
                  "precisions is cached twice.")
 
 WAN_DIT_WARNING = (
-    "a Wan2.1 DiT, not a SemanticGen stage-2 file: it runs, but its in-context (semantic) layers are "
-    "untrained and start closed, so the render follows the text only and ignores the plan. Train stage 2 "
-    "(compressor + in-context layers) to get plan-following renders.")
+    "a Wan2.1 DiT, not a SemanticGen stage-2 file: its in-context (plan) layers were never trained, so "
+    "SemanticGen Stage 2 renders it as plain Wan2.1 text-to-video (full attention, no plan: only the plan's size, "
+    "length and frame rate are used, and no attention window). Train stage 2 from it (python -m "
+    "semanticgen_core.trainer stage2 --init-wan FILE) to get plan-following renders.")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -236,9 +238,11 @@ class SemanticGenStage2Loader(_Loader):
         from semanticgen_core.presets import WAN
 
         log.warning("SemanticGen: %s is %s", name, WAN_DIT_WARNING)
-        dit = LatentDiT.from_wan(path, dtype=dtype, semantic_dim=WAN.stage2["semantic_dim"],
-                                 window_frames=WAN.defaults["window_frames"])
-        return {"stage2": dit}, WAN, {"warning": f"{name} is {WAN_DIT_WARNING}"}
+        # No window: Wan was trained with full attention; the plan layers stay at their exact (closed) start
+        # from Wan, and SemanticGen Stage 2 passes no plan to a model marked plain_wan.
+        dit = LatentDiT.from_wan(path, dtype=dtype, semantic_dim=WAN.stage2["semantic_dim"], window_frames=None)
+        preset = dataclasses.replace(WAN, defaults={**WAN.defaults, "window_frames": None})
+        return {"stage2": dit}, preset, {"plain_wan": True, "warning": f"{name} is {WAN_DIT_WARNING}"}
 
 
 class SemanticGenVAELoader(_Loader):

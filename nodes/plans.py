@@ -45,10 +45,21 @@ class SemanticGenSemanticEncode:
     def encode(self, semantic_encoder: LoadedModel, stage2: LoadedModel, images, fps: float, prompt: str = ""):
         from semanticgen_core.pipeline import SemanticGenPipeline
 
+        from .sampling import size_problem
+
         if stage2["compressor"] is None:
             raise SemanticGenError(
-                f"{stage2.name} has no trained compressor (it is {stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); "
-                "taking a plan from a video needs a SemanticGen stage-2 file (or 'embedded').")
+                f"SemanticGen Plan from Video: input 'stage2' ({stage2.name}) has no trained compressor (it is "
+                f"{stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); taking a plan from a video needs a "
+                "SemanticGen stage-2 file (or 'embedded').")
+        if images.ndim != 4:
+            raise SemanticGenError(f"SemanticGen Plan from Video: input 'images' must be frames [T, H, W, 3], got "
+                                   f"{list(images.shape)}")
+        # The plan takes the video's size, which stage 2 renders: refuse here what stage 2 could not render.
+        for name, value in (("images' width", images.shape[2]), ("images' height", images.shape[1])):
+            problem = size_problem("SemanticGen Plan from Video", name, int(value))
+            if problem:
+                raise SemanticGenError(f"{problem} Resize the frames first (SemanticGen Load Video's width and height).")
         comfy.check_interrupt()
         ready(semantic_encoder, stage2)
         encoder, compressor = semantic_encoder["encoder"], stage2["compressor"]

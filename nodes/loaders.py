@@ -262,7 +262,31 @@ class SemanticGenVAELoader(_Loader):
             return super().load_file(path, name, dtype)
         from semanticgen_core.vae import VideoVAE
 
-        return {"vae": VideoVAE.from_pretrained(path, dtype=dtype)}, None, {}
+        return {"vae": VideoVAE.from_pretrained(path, config=_wan_vae_config(path), dtype=dtype)}, None, {}
+
+
+def _wan_vae_config(path: Path) -> dict | None:
+    """Wan2.1's VAE config at the width of a single-file Wan VAE (None: Wan2.1's own, or not a single file).
+
+    The original layout stores no config; Wan2.1's VAE is 96 channels wide, and a file of the same architecture at
+    another width (a scaled-down or distilled one) loads with its width read off its first convolution."""
+    from safetensors import safe_open
+
+    from semanticgen_core.vae import wan21_vae_config
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            first = next((k for k in ("encoder.conv1.weight", "encoder.conv_in.weight") if k in keys), None)
+            width = f.get_slice(first).get_shape()[0] if first else None
+    except Exception:  # noqa: BLE001  (unreadable: from_pretrained says why)
+        return None
+    config = dict(wan21_vae_config())
+    if width is None or width == config["base_dim"]:
+        return None
+    return {**config, "base_dim": int(width)}
 
 
 class SemanticGenSemanticEncoderLoader(_Loader):
@@ -296,7 +320,8 @@ class SemanticGenSemanticEncoderLoader(_Loader):
         folder = path if path.is_dir() else path.parent
         config = None if (folder / "config.json").is_file() else qwen25vl_3b_vision_config()
         encoder = QwenVisionEncoder.from_checkpoint(path, config=config, sample_fps=WAN.sample_fps, dtype=dtype)
-        return {"encoder": encoder}, WAN, {}
+        # A checkpoint has no frame rate of its own: Plan from Video samples at the rate of the stage-2 file's preset.
+        return {"encoder": encoder}, WAN, {"checkpoint": True}
 
 
 LOADERS = (SemanticGenTextEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader, SemanticGenVAELoader,

@@ -7,6 +7,7 @@ with a checksum, written under ComfyUI's output folder.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from semanticgen_core.errors import PlanFormatError, SemanticGenError
@@ -67,6 +68,17 @@ class SemanticGenSemanticEncode:
             raise SemanticGenError(
                 f"the semantic encoder ({semantic_encoder.name}) gives {encoder.feature_dim}-d features but the compressor "
                 f"of {stage2.name} takes {compressor.config.in_dim}-d ones: use the encoder this stage 2 was trained with.")
+        sample_fps = stage2.preset.sample_fps if stage2.preset is not None else encoder.sample_fps
+        if encoder.sample_fps != sample_fps:
+            if not semantic_encoder.info.get("checkpoint"):
+                raise SemanticGenError(
+                    f"SemanticGen Plan from Video: the semantic encoder ({semantic_encoder.name}) samples "
+                    f"{encoder.sample_fps:g} frames a second but the compressor of {stage2.name} was trained on features "
+                    f"sampled at {sample_fps:g}: use the encoder this stage 2 was trained with.")
+            # a Qwen2.5-VL checkpoint samples at the rate stage 2's compressor was trained at (a shallow copy: the
+            # cached encoder, shared with other workflows, keeps its own)
+            encoder = copy.copy(encoder)
+            encoder.sample_fps = float(sample_fps)
         name = stage2.preset.name if stage2.preset is not None else stage2.name
         pipe = SemanticGenPipeline(preset=stage2.preset, text_encoder=None, stage1=None, compressor=compressor,
                                    stage2=None, vae=None, semantic_encoder=encoder, name=name)

@@ -14,6 +14,7 @@ belongs in (instead of core's bare "Value not in list"). Every load goes through
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from pathlib import Path
@@ -35,9 +36,10 @@ DTYPE_TOOLTIP = ("Weight precision. auto: fp32 on the CPU, bf16 (or fp16) on a G
                  "precisions is cached twice.")
 
 WAN_DIT_WARNING = (
-    "a Wan2.1 DiT, not a SemanticGen stage-2 file: it runs, but its in-context (semantic) layers are "
-    "untrained and start closed, so the render follows the text only and ignores the plan. Train stage 2 "
-    "(compressor + in-context layers) to get plan-following renders.")
+    "a Wan2.1 DiT, not a SemanticGen stage-2 file: its in-context (plan) layers were never trained, so "
+    "SemanticGen Stage 2 renders it as plain Wan2.1 text-to-video (full attention, no plan: only the plan's size, "
+    "length and frame rate are used, and no attention window). Train stage 2 from it (python -m "
+    "semanticgen_core.trainer stage2 --init-wan FILE) to get plan-following renders.")
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -236,9 +238,11 @@ class SemanticGenStage2Loader(_Loader):
         from semanticgen_core.presets import WAN
 
         log.warning("SemanticGen: %s is %s", name, WAN_DIT_WARNING)
-        dit = LatentDiT.from_wan(path, dtype=dtype, semantic_dim=WAN.stage2["semantic_dim"],
-                                 window_frames=WAN.defaults["window_frames"])
-        return {"stage2": dit}, WAN, {"warning": f"{name} is {WAN_DIT_WARNING}"}
+        # No window: Wan was trained with full attention; the plan layers stay at their exact (closed) start
+        # from Wan, and SemanticGen Stage 2 passes no plan to a model marked plain_wan.
+        dit = LatentDiT.from_wan(path, dtype=dtype, semantic_dim=WAN.stage2["semantic_dim"], window_frames=None)
+        preset = dataclasses.replace(WAN, defaults={**WAN.defaults, "window_frames": None})
+        return {"stage2": dit}, preset, {"plain_wan": True, "warning": f"{name} is {WAN_DIT_WARNING}"}
 
 
 class SemanticGenVAELoader(_Loader):
@@ -258,7 +262,31 @@ class SemanticGenVAELoader(_Loader):
             return super().load_file(path, name, dtype)
         from semanticgen_core.vae import VideoVAE
 
-        return {"vae": VideoVAE.from_pretrained(path, dtype=dtype)}, None, {}
+        return {"vae": VideoVAE.from_pretrained(path, config=_wan_vae_config(path), dtype=dtype)}, None, {}
+
+
+def _wan_vae_config(path: Path) -> dict | None:
+    """Wan2.1's VAE config at the width of a single-file Wan VAE (None: Wan2.1's own, or not a single file).
+
+    The original layout stores no config; Wan2.1's VAE is 96 channels wide, and a file of the same architecture at
+    another width (a scaled-down or distilled one) loads with its width read off its first convolution."""
+    from safetensors import safe_open
+
+    from semanticgen_core.vae import wan21_vae_config
+
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = set(f.keys())
+            first = next((k for k in ("encoder.conv1.weight", "encoder.conv_in.weight") if k in keys), None)
+            width = f.get_slice(first).get_shape()[0] if first else None
+    except Exception:  # noqa: BLE001  (unreadable: from_pretrained says why)
+        return None
+    config = dict(wan21_vae_config())
+    if width is None or width == config["base_dim"]:
+        return None
+    return {**config, "base_dim": int(width)}
 
 
 class SemanticGenSemanticEncoderLoader(_Loader):
@@ -292,7 +320,8 @@ class SemanticGenSemanticEncoderLoader(_Loader):
         folder = path if path.is_dir() else path.parent
         config = None if (folder / "config.json").is_file() else qwen25vl_3b_vision_config()
         encoder = QwenVisionEncoder.from_checkpoint(path, config=config, sample_fps=WAN.sample_fps, dtype=dtype)
-        return {"encoder": encoder}, WAN, {}
+        # A checkpoint has no frame rate of its own: Plan from Video samples at the rate of the stage-2 file's preset.
+        return {"encoder": encoder}, WAN, {"checkpoint": True}
 
 
 LOADERS = (SemanticGenTextEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader, SemanticGenVAELoader,

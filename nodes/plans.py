@@ -7,6 +7,7 @@ with a checksum, written under ComfyUI's output folder.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from semanticgen_core.errors import PlanFormatError, SemanticGenError
@@ -45,10 +46,21 @@ class SemanticGenSemanticEncode:
     def encode(self, semantic_encoder: LoadedModel, stage2: LoadedModel, images, fps: float, prompt: str = ""):
         from semanticgen_core.pipeline import SemanticGenPipeline
 
+        from .sampling import size_problem
+
         if stage2["compressor"] is None:
             raise SemanticGenError(
-                f"{stage2.name} has no trained compressor (it is {stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); "
-                "taking a plan from a video needs a SemanticGen stage-2 file (or 'embedded').")
+                f"SemanticGen Plan from Video: input 'stage2' ({stage2.name}) has no trained compressor (it is "
+                f"{stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); taking a plan from a video needs a "
+                "SemanticGen stage-2 file (or 'embedded').")
+        if images.ndim != 4:
+            raise SemanticGenError(f"SemanticGen Plan from Video: input 'images' must be frames [T, H, W, 3], got "
+                                   f"{list(images.shape)}")
+        # The plan takes the video's size, which stage 2 renders: refuse here what stage 2 could not render.
+        for name, value in (("images' width", images.shape[2]), ("images' height", images.shape[1])):
+            problem = size_problem("SemanticGen Plan from Video", name, int(value))
+            if problem:
+                raise SemanticGenError(f"{problem} Resize the frames first (SemanticGen Load Video's width and height).")
         comfy.check_interrupt()
         ready(semantic_encoder, stage2)
         encoder, compressor = semantic_encoder["encoder"], stage2["compressor"]
@@ -56,6 +68,17 @@ class SemanticGenSemanticEncode:
             raise SemanticGenError(
                 f"the semantic encoder ({semantic_encoder.name}) gives {encoder.feature_dim}-d features but the compressor "
                 f"of {stage2.name} takes {compressor.config.in_dim}-d ones: use the encoder this stage 2 was trained with.")
+        sample_fps = stage2.preset.sample_fps if stage2.preset is not None else encoder.sample_fps
+        if encoder.sample_fps != sample_fps:
+            if not semantic_encoder.info.get("checkpoint"):
+                raise SemanticGenError(
+                    f"SemanticGen Plan from Video: the semantic encoder ({semantic_encoder.name}) samples "
+                    f"{encoder.sample_fps:g} frames a second but the compressor of {stage2.name} was trained on features "
+                    f"sampled at {sample_fps:g}: use the encoder this stage 2 was trained with.")
+            # a Qwen2.5-VL checkpoint samples at the rate stage 2's compressor was trained at (a shallow copy: the
+            # cached encoder, shared with other workflows, keeps its own)
+            encoder = copy.copy(encoder)
+            encoder.sample_fps = float(sample_fps)
         name = stage2.preset.name if stage2.preset is not None else stage2.name
         pipe = SemanticGenPipeline(preset=stage2.preset, text_encoder=None, stage1=None, compressor=compressor,
                                    stage2=None, vae=None, semantic_encoder=encoder, name=name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from semanticgen_core.errors import SemanticGenError
 from semanticgen_core.formats import SAMPLERS
 from . import comfy, latent_format
@@ -9,7 +11,43 @@ from .loaders import ready
 from .model_cache import LoadedModel
 from .text import TextConditioning
 
+log = logging.getLogger("SemanticGen")
+
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
+# Video sides are multiples of 16: the VAE's 8x spatial stride times stage 2's 2x2 patches (every Wan2.1 model).
+SIZE_MULTIPLE = 16
+MAX_SIZE = 4096
+STAGE1_NODE = "SemanticGen Stage 1: Plan from Text"
+STAGE2_NODE = "SemanticGen Stage 2: Render Plan"
+
+
+def size_problem(node: str, name: str, value: int, minimum: int = SIZE_MULTIPLE, maximum: int = MAX_SIZE,
+                 zero_ok: bool = False) -> str | None:
+    """What is wrong with a video side ``value`` given to input ``name`` of ``node``, or None.
+
+    The message names the node, the input and the nearest valid values, so a bad size stops at the first node
+    that takes it instead of a tensor error inside stage 2.
+    """
+    if zero_ok and value == 0:
+        return None
+    if value < minimum:
+        return f"{node}: {name} {value} is below the minimum {minimum}" + (" (0 keeps the video's own)." if zero_ok else ".")
+    if value > maximum:
+        return f"{node}: {name} {value} is above the maximum {maximum}."
+    if value % SIZE_MULTIPLE:
+        below = value // SIZE_MULTIPLE * SIZE_MULTIPLE
+        nearest = [v for v in (below, below + SIZE_MULTIPLE) if max(minimum, SIZE_MULTIPLE) <= v <= maximum]
+        return (f"{node}: {name} {value} is not a multiple of {SIZE_MULTIPLE} (the VAE's 8x stride times stage 2's "
+                f"2x2 patches): use {' or '.join(map(str, nearest))}.")
+    return None
+
+
+def check_size(node: str, **sides: int) -> None:
+    """Raise a SemanticGenError naming the node and input of the first bad side (see ``size_problem``)."""
+    for name, value in sides.items():
+        problem = size_problem(node, name, int(value))
+        if problem:
+            raise SemanticGenError(problem)
 
 
 def sampling_inputs(steps: int) -> dict:
@@ -78,8 +116,17 @@ class SemanticGenStage1Sample:
             **sampling_inputs(20),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        # Naming width and height here makes ComfyUI skip its own range check of them: size_problem does it.
+        problems = [size_problem(STAGE1_NODE, name, value) for name, value in (("width", width), ("height", height))
+                    if value is not None]
+        problems = [p for p in problems if p]
+        return "; ".join(problems) if problems else True
+
     def sample(self, stage1: LoadedModel, conditioning: TextConditioning, width: int, height: int, length: int,
                fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str):
+        check_size(STAGE1_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
         ready(stage1)
         dit = stage1["stage1"]
         conditioning.check(dit.config.text_dim, f"stage 1 ({stage1.name})")
@@ -113,7 +160,8 @@ class SemanticGenStage2Sample:
             "window_frames": ("INT", {"default": -1, "min": -1, "max": 4096,
                                       "tooltip": "Attention window in latent frames (shifted by half on odd layers, "
                                                  "so cost grows linearly with length). -1: the model's own setting; "
-                                                 "0: full attention over the whole video."}),
+                                                 "0: full attention over the whole video. A plain Wan2.1 DiT "
+                                                 "renders with full attention only (-1 or 0)."}),
         }}
 
     def sample(self, stage2: LoadedModel, plan, conditioning: TextConditioning, seed: int, steps: int,
@@ -121,16 +169,64 @@ class SemanticGenStage2Sample:
         ready(stage2)
         dit = stage2["stage2"]
         conditioning.check(dit.config.text_dim, f"stage 2 ({stage2.name})")
-        if plan.tokens.shape[-1] != dit.config.semantic_dim:
+        plain = bool(stage2.info.get("plain_wan"))  # a Wan2.1 DiT: the plan's tokens are not used
+        if not plain and plan.tokens.shape[-1] != dit.config.semantic_dim:
             raise SemanticGenError(
                 f"this plan has {plan.tokens.shape[-1]}-channel tokens (made by {plan.encoder}, compressor "
                 f"{plan.compressor!r}) but stage 2 ({stage2.name}) renders {dit.config.semantic_dim}-channel plans: "
                 "use the stage 1 / stage 2 / compressor of one model family.")
+        if plan.height % SIZE_MULTIPLE or plan.width % SIZE_MULTIPLE:
+            check_size(STAGE2_NODE, **{"plan's width": plan.width, "plan's height": plan.height})
         pipe = _pipeline(stage2.preset, _preset_name(stage2), stage2=dit, compressor=stage2["compressor"])
+        if plain and window_frames > 0:
+            raise SemanticGenError(
+                f"{STAGE2_NODE}: window_frames {window_frames} needs a SemanticGen stage-2 file, but {stage2.name} is a "
+                "plain Wan2.1 DiT, which was trained with full attention only: set window_frames to -1 or 0.")
         window = -1 if window_frames < 0 else (None if window_frames == 0 else window_frames)
-        latents = pipe.render_latents(plan, _options(seed, steps, guidance, shift, sampler), prompt=conditioning.prompt,
-                                      window_frames=window, progress=comfy.Progress("stage 2", steps),
-                                      should_stop=comfy.should_stop, text_embeddings=conditioning.embeddings())
+        latents = render_latents(pipe, plan, _options(seed, steps, guidance, shift, sampler),
+                                 plain_wan=stage2.name if plain else None,
+                                 prompt=conditioning.prompt, window_frames=window,
+                                 progress=comfy.Progress("stage 2", steps), should_stop=comfy.should_stop,
+                                 text_embeddings=conditioning.embeddings())
         # Keep the real frame count and rate with the latents: the VAE decodes 4k+1 frames and trims to it.
-        return ({"samples": latent_format.to_comfy(latents), "semanticgen_num_frames": plan.num_frames,
-                 "semanticgen_fps": plan.video_fps},)
+        out = ({"samples": latent_format.to_comfy(latents), "semanticgen_num_frames": plan.num_frames,
+                "semanticgen_fps": plan.video_fps},)
+        if plain:  # shown on the node in ComfyUI, and in the runner's result
+            return {"ui": {"text": [PLAIN_WAN_NOTE.format(name=stage2.name)]}, "result": out}
+        return out
+
+
+PLAIN_WAN_NOTE = ("{name} is a plain Wan2.1 DiT: rendered as Wan2.1 text-to-video with full attention and no plan "
+                  "(its plan layers were never trained); the plan gave only the size, length and frame rate.")
+
+
+def render_latents(pipe, plan, opts, *, plain_wan: str | None = None, prompt: str | None = None,
+                   window_frames: int | None = -1, progress=None, should_stop=None, text_embeddings=None):
+    """Stage 2 of ``pipe`` on ``plan``: ``pipe.render_latents``, or for a plain Wan2.1 DiT (``plain_wan``: its name;
+    its plan layers were never trained) Wan's own forward, full attention and no plan tokens, on the plan's geometry and shots.
+
+    Shared by SemanticGen Stage 2 and ``semanticgen generate``, so both render a plain Wan file the same way.
+    """
+    if not plain_wan:
+        return pipe.render_latents(plan, opts, prompt=prompt, window_frames=window_frames, progress=progress,
+                                   should_stop=should_stop, text_embeddings=text_embeddings)
+    import torch
+
+    from semanticgen_core.pipeline import latent_frames
+    from semanticgen_core.sampling import denoise, initial_noise
+    from semanticgen_core.shots import parse_shots, shot_starts
+
+    log.warning("SemanticGen: %s", PLAIN_WAN_NOTE.format(name=plain_wan))
+    dit = pipe._need("stage2")
+    dtype = next(dit.parameters()).dtype
+    shape = (1, dit.config.in_channels, latent_frames(plan.num_frames), plan.height // 8, plan.width // 8)
+    segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
+    text, empty = pipe.shot_text(segments, text_embeddings)
+    starts = shot_starts(segments, plan.duration_s, shape[2] // dit.config.patch_size[0])
+
+    def velocity(x, t, context):
+        return dit(x, t, context, window_frames=None, shot_starts=starts).sample
+
+    with torch.no_grad():
+        return denoise(velocity, initial_noise(shape, opts.seed, pipe.device, dtype), text.to(dtype), empty.to(dtype),
+                       opts, progress, should_stop)

@@ -165,6 +165,9 @@ def video_ui(videos: list[tuple[Path, str, int]]) -> dict:
             "animated": [True], "frames": [count for *_, count in videos]}
 
 
+LOAD_VIDEO_NODE = "SemanticGen Load Video"
+
+
 class SemanticGenLoadVideo:
     CATEGORY = "SemanticGen/video"
     FUNCTION = "load"
@@ -192,23 +195,29 @@ class SemanticGenLoadVideo:
             "force_rate": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.1, "round": 0.01,
                                      "tooltip": "Resample to this frame rate (nearest frame); 0 keeps the file's."}),
             "width": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
-                              "tooltip": "Resize (cover and centre-crop) to this width; 0 keeps it (or keeps the "
-                                         "aspect ratio when only height is set). 64 for the embedded default."}),
+                              "tooltip": "Resize (cover and centre-crop) to this width, a multiple of 16; 0 keeps "
+                                         "it (or keeps the aspect ratio when only height is set). 64 for the embedded "
+                                         "default. Plan from Video takes only multiples of 16."}),
             "height": ("INT", {"default": 0, "min": 0, "max": 4096, "step": 16,
-                               "tooltip": "Resize to this height; 0 keeps it (see width)."}),
+                               "tooltip": "Resize to this height, a multiple of 16; 0 keeps it (see width)."}),
             "max_frames": ("INT", {"default": 0, "min": 0, "max": 100000,
                                    "tooltip": "Keep at most this many frames from the start; 0 keeps all."}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, video=None):
-        if video is None:
-            return True
-        try:
-            _resolve_video(video)
-        except SemanticGenError as e:
-            return str(e)
-        return True
+    def VALIDATE_INPUTS(cls, video=None, width=None, height=None):
+        from .sampling import size_problem
+
+        # Naming width and height here makes ComfyUI skip its own range check of them: size_problem does it.
+        problems = [size_problem(LOAD_VIDEO_NODE, name, value, zero_ok=True)
+                    for name, value in (("width", width), ("height", height)) if value is not None]
+        if video is not None:
+            try:
+                _resolve_video(video)
+            except SemanticGenError as e:
+                problems.append(str(e))
+        problems = [p for p in problems if p]
+        return "; ".join(problems) if problems else True
 
     @classmethod
     def IS_CHANGED(cls, video=None, **_):
@@ -219,6 +228,11 @@ class SemanticGenLoadVideo:
             return ""
 
     def load(self, video: str, force_rate: float = 0.0, width: int = 0, height: int = 0, max_frames: int = 0):
+        from .sampling import size_problem
+
+        for problem in (size_problem(LOAD_VIDEO_NODE, n, v, zero_ok=True) for n, v in (("width", width), ("height", height))):
+            if problem:
+                raise SemanticGenError(problem)
         frames, fps = read_video(_resolve_video(video), force_rate, width, height, max_frames)
         return (frames, fps, int(frames.shape[0]))
 

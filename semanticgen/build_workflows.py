@@ -58,8 +58,8 @@ Pick them in the loaders instead of `embedded`:
 - **Text encoder:** `models/text_encoders/umt5_xxl_fp16.safetensors`, with google/umt5-xxl's tokenizer files in
   `models/text_encoders/umt5-xxl-tokenizer/`.
 - **Stage 2:** a SemanticGen stage-2 file in `models/semanticgen/`, or the Wan2.1 DiT
-  `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors` (runs, but its in-context layers are untrained:
-  it follows the text and ignores the plan).
+  `models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors`: its in-context layers were never trained, so
+  stage 2 renders it as plain Wan2.1 (full attention, no plan) and says so.
 - **VAE:** `models/vae/wan_2.1_vae.safetensors`.
 - **Stage 1 / semantic encoder:** SemanticGen files in `models/semanticgen/`; the Qwen2.5-VL-3B-Instruct
   checkpoint (shards, index and config.json) in `models/clip_vision/Qwen2.5-VL-3B-Instruct/`.

@@ -1,7 +1,8 @@
 """Command line: run a ComfyUI workflow headless, or make a video from a prompt.
 
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
-    python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--out FILE.mp4]
+    python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--steps N] [--guidance G] [--out FILE.mp4]
+                                   [--width W --height H --fps F] [--stage1 F --stage2 F --vae F --text-encoder F]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
     python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json]
                                [--reference [vae|plan]]
@@ -19,7 +20,6 @@ import os
 import shlex
 import signal
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -29,7 +29,7 @@ from semanticgen_core import errors
 
 from . import runner
 
-TEXT_TO_VIDEO = runner.WORKFLOWS / "text_to_video.json"
+UMT5_FILE = "umt5_xxl_fp16.safetensors"  # the text encoder of models built on Wan2.1
 
 
 def _default_dir(env: str, sub: str, fallback: str) -> Path:
@@ -86,7 +86,7 @@ def _report(result: runner.RunResult) -> None:
 
 def _folders(args) -> dict:
     return dict(models=args.models or _default_dir("SEMANTICGEN_MODELS_DIR", "models", "models"),
-                input=args.input or _default_dir("SEMANTICGEN_INPUT_DIR", "input", "input"))
+                input=getattr(args, "input", None) or _default_dir("SEMANTICGEN_INPUT_DIR", "input", "input"))
 
 
 def cmd_run(args) -> int:
@@ -107,36 +107,94 @@ def frames_for(seconds: float, fps: float) -> int:
     return 4 * max(0, round(seconds * fps / 4)) + 1
 
 
+def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float) -> None:
+    width = max([len(name) for name, _ in times] + [10])
+    for name, seconds in times:
+        print(f"  {name:<{width}}  {seconds:7.2f} s")
+    total = sum(seconds for _, seconds in times)
+    print(f"  {'total':<{width}}  {total:7.2f} s  ({loads} model loads, {load_seconds:.2f} s)")
+
+
 def cmd_generate(args) -> int:
-    api = runner.to_api(runner.load_workflow(TEXT_TO_VIDEO))
-    by_type = {n["class_type"]: i for i, n in api.items()}
-    stage1 = api[by_type["SemanticGenStage1Sample"]]["inputs"]
-    fps = float(stage1["fps"])
-    out = Path(args.out).resolve()
-    sets = {f"{by_type['SemanticGenTextEncode']}.prompt": args.prompt,
-            f"{by_type['SemanticGenStage1Sample']}.length": frames_for(args.seconds, fps),
-            f"{by_type['SemanticGenStage1Sample']}.seed": args.seed,
-            f"{by_type['SemanticGenStage2Sample']}.seed": args.seed,
-            f"{by_type['SemanticGenSaveVideo']}.filename_prefix": "video"}
-    if args.steps:
-        sets[f"{by_type['SemanticGenStage1Sample']}.steps"] = args.steps
-        sets[f"{by_type['SemanticGenStage2Sample']}.steps"] = args.steps
-    api = runner.apply_sets(api, sets)
-    api = runner.apply_sets(api, args.set or [])
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Text -> mp4 through ``SemanticGenPipeline``: stage 1, stage 2, then the VAE decodes chunk by chunk into
+    the file. Models are picked as in the loader nodes (``embedded`` or a file in the models folders) and go
+    through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``render_latents``)."""
+    from semanticgen_core.pipeline import SemanticGenPipeline
+    from semanticgen_core.sampling import SamplingOptions
+
     pack = runner.load_pack()
+    nodes = pack.nodes
+    comfy, loaders, sampling, cache = nodes.comfy, nodes.loaders, nodes.sampling, nodes.model_cache.CACHE
+    comfy.configure(**_folders(args))
+    comfy.clear_interrupt()
+    out = Path(args.out).resolve()
+    if out.suffix.lower() != ".mp4":
+        raise errors.SemanticGenError(f"--out {args.out}: give an .mp4 file")
+    for name, value in (("--width", args.width), ("--height", args.height)):
+        if value is not None:  # before anything loads
+            sampling.check_size("semanticgen generate", **{name: value})
+    times: list[tuple[str, float]] = []
+    loads0, load_s0 = cache.loads, cache.load_seconds
     remove = _progress_printer(args.quiet)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".semanticgen-") as tmp:
-        pack.nodes.comfy.configure(output=tmp, **_folders(args))
-        try:
-            with _interruptible():
-                result = runner.execute(api)
-        finally:
-            remove()
-        videos = [p for p in result.files if p.suffix == ".mp4"]
-        os.replace(videos[0], out)
-    print(f"{frames_for(args.seconds, fps)} frames at {fps:g} fps, seed {args.seed}:")
-    _report(result)
+    try:
+        with _interruptible():
+            t0 = time.perf_counter()
+            (stage1,) = loaders.SemanticGenStage1Loader().load(args.stage1, args.dtype)
+            (stage2,) = loaders.SemanticGenStage2Loader().load(args.stage2, args.dtype)
+            (vae,) = loaders.SemanticGenVAELoader().load(args.vae, args.dtype)
+            preset = stage1.preset
+            text_name = args.text_encoder or ("embedded" if preset.text_encoder == "minilm" else UMT5_FILE)
+            (text_encoder,) = loaders.SemanticGenTextEncoderLoader().load(text_name, args.dtype)
+            d = preset.defaults
+            fps = float(args.fps or d["fps"])
+            width, height = int(args.width or d["width"]), int(args.height or d["height"])
+            sampling.check_size("semanticgen generate", **{"--width": width, "--height": height})
+            num_frames = frames_for(args.seconds, fps)
+            steps = args.steps or int(d["steps"])
+            guidance = float(d["guidance"]) if args.guidance is None else args.guidance
+            if guidance < 1:
+                raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {guidance:g}")
+            opts = SamplingOptions(steps=steps, guidance=guidance, seed=args.seed)
+            te = text_encoder.ready()["text_encoder"]
+            for model, key in ((stage1, "stage1"), (stage2, "stage2")):
+                if model[key].config.text_dim != te.dim:
+                    raise errors.SemanticGenError(
+                        f"{model.name} reads {model[key].config.text_dim}-d text embeddings but the text encoder "
+                        f"{text_name} gives {te.dim}-d ones: pick its text encoder with --text-encoder.")
+            loaders.ready(stage1, stage2, vae)
+            plain = stage2.name if stage2.info.get("plain_wan") else None
+            pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
+                                       compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
+                                       name=preset.name)
+            times.append(("load models", time.perf_counter() - t0))
+            print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
+                  f"{guidance:g}")
+            if plain:
+                print(f"  note: {sampling.PLAIN_WAN_NOTE.format(name=plain)}")
+
+            t0 = time.perf_counter()
+            plan = pipe.generate_plan(args.prompt, num_frames, fps, height, width, opts,
+                                      progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop)
+            times.append(("Stage 1: plan", time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            latents = sampling.render_latents(pipe, plan, opts, plain_wan=plain,
+                                              progress=comfy.Progress("stage 2", steps),
+                                              should_stop=comfy.should_stop)
+            times.append(("Stage 2: render", time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            out.parent.mkdir(parents=True, exist_ok=True)
+            chunks = 1 + (latents.shape[2] - 1)
+            progress = comfy.Progress("VAE decode", chunks)
+            # the chunks go straight into the file (written beside it, renamed when complete)
+            with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
+                for frames in pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=1,
+                                                   progress=lambda i, total: progress(i, chunks),
+                                                   should_stop=comfy.should_stop):
+                    writer.write(frames)
+            times.append(("VAE decode", time.perf_counter() - t0))
+    finally:
+        remove()
+    _stage_table(times, cache.loads - loads0, cache.load_seconds - load_s0)
     print(f"wrote {out}")
     return 0
 
@@ -289,13 +347,30 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("generate", help="text -> video with the shipped text_to_video workflow")
-    p.add_argument("prompt")
+    p = sub.add_parser("generate", help="text -> video: stage 1, stage 2 and the VAE through SemanticGenPipeline",
+                       description="Text -> mp4 with SemanticGenPipeline (no workflow): the models are picked as in the "
+                                   "loader nodes, 'embedded' or a file name in the models folders. Size, frame rate, "
+                                   "steps and guidance default to the stage-1 model's. Prints the time of each stage.")
+    p.add_argument("prompt", help="what the video shows; several shots as '0-8 s: ...; 8-20 s: ...'")
     p.add_argument("--seconds", type=float, default=4.0, help="video length (default 4)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the workflow's)")
+    p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance of both stages (default: the model's)")
+    p.add_argument("--width", type=int, help="video width, a multiple of 16 (default: the model's)")
+    p.add_argument("--height", type=int, help="video height, a multiple of 16 (default: the model's)")
+    p.add_argument("--fps", type=float, help="frame rate (default: the model's)")
+    p.add_argument("--stage1", default="embedded", help="stage-1 file in models/semanticgen (default embedded)")
+    p.add_argument("--stage2", default="embedded", help="stage-2 file in models/semanticgen, or a Wan2.1 DiT in "
+                                                        "models/diffusion_models (default embedded)")
+    p.add_argument("--vae", default="embedded", help="VAE file in models/semanticgen or models/vae (default embedded)")
+    p.add_argument("--text-encoder", help=f"text encoder: embedded, or {UMT5_FILE} in models/text_encoders "
+                                          "(default: the one the stage-1 model was trained with)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="weight precision (default auto: fp32 on the CPU, bf16 or fp16 on a GPU)")
+    p.add_argument("--codec", default="vp9", choices=["vp9", "mp4v"], help="video codec (default vp9)")
     p.add_argument("--out", default="semanticgen.mp4", help="the .mp4 to write (default semanticgen.mp4)")
-    common(p)
+    p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="judge the embedded default on held-out prompts with an independent detector",

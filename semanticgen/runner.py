@@ -441,6 +441,7 @@ class RunResult:
     ui: dict[str, dict] = field(default_factory=dict)        # node id -> its "ui" output
     runs: list[NodeRun] = field(default_factory=list)          # in execution order
     files: list[Path] = field(default_factory=list)            # files the output nodes wrote
+    outputs: dict[str, tuple] = field(default_factory=dict)    # node id -> what it returned (plans, latents...)
     loads: int = 0                                             # models read from disk during this run
     load_seconds: float = 0.0
     seconds: float = 0.0
@@ -504,7 +505,7 @@ def execute(api: dict[str, dict], on_node: Callable[[NodeRun], None] | None = No
             if out.get("ui"):
                 result.ui[node_id] = out["ui"]
             out = out.get("result", ())
-        outputs[node_id] = tuple(out or ())
+        outputs[node_id] = result.outputs[node_id] = tuple(out or ())
         for key in ("images", "plans"):
             for item in (result.ui.get(node_id) or {}).get(key, []):
                 if item.get("type") == "output":

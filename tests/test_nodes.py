@@ -145,15 +145,98 @@ def test_stage2_loader_takes_a_wan_dit_and_says_its_plan_layers_are_untrained(pa
     wan_dit_file(tiny_models["dir"] / "diffusion_models" / "wan_tiny.safetensors")
     loader = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]
     assert "wan_tiny.safetensors" in loader.INPUT_TYPES()["required"]["model_name"][0]
-    assert "untrained" in loader.INPUT_TYPES()["required"]["model_name"][1]["tooltip"]
+    assert "never trained" in loader.INPUT_TYPES()["required"]["model_name"][1]["tooltip"]
     with caplog.at_level("WARNING", logger="SemanticGen"):
         (model,) = loader().load("wan_tiny.safetensors", "fp32")
-    assert "untrained" in caplog.text and "untrained" in model.info["warning"]
+    assert "never trained" in caplog.text and "full attention, no plan" in model.info["warning"]
     assert model["compressor"] is None and model["stage2"].config.semantic_dim == 8
+    assert model.info["plain_wan"] and model["stage2"].config.window_frames is None  # never windowed
     # Taking a plan from a video needs the (missing) compressor: said plainly.
     encode = pack.NODE_CLASS_MAPPINGS["SemanticGenSemanticEncode"]()
-    with pytest.raises(ValueError, match="no trained compressor"):
+    with pytest.raises(ValueError, match="Plan from Video: input 'stage2' .* no trained compressor"):
         encode.encode(None, model, torch.zeros(5, 64, 64, 3), 8.0)
+
+
+def test_a_plain_wan_file_renders_as_plain_wan(pack, tiny_models, caplog):
+    """A Wan2.1 DiT in the stage-2 loader renders exactly as Wan2.1 text-to-video: every model call is Wan's own
+    forward (full attention, no plan tokens), and the node says so; a window is refused, never applied."""
+    from diffusers import WanTransformer3DModel
+    from safetensors.torch import load_file
+
+    from semanticgen_core.pipeline import latent_frames
+    from semanticgen_core.plan import SemanticPlan, Segment
+    from semanticgen_core.sampling import SamplingOptions, denoise, initial_noise
+
+    path = wan_dit_file(tiny_models["dir"] / "diffusion_models" / "wan_tiny.safetensors")
+    wan = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16,
+                                out_channels=16, text_dim=384, freq_dim=32, ffn_dim=32, num_layers=1).eval()
+    wan.load_state_dict(load_file(path))
+    (stage2,) = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]().load("wan_tiny.safetensors", "fp32")
+    (te,) = pack.NODE_CLASS_MAPPINGS["SemanticGenTextEncoderLoader"]().load("embedded", "auto")
+    (cond,) = pack.NODE_CLASS_MAPPINGS["SemanticGenTextEncode"]().encode(te, "a red circle bouncing", "")
+    # any plan: its tokens (here even of another width) are not used, only its size, length and rate
+    plan = SemanticPlan(tokens=torch.randn(2, 4, 4, 3), fps=2.0, video_fps=8.0, num_frames=9, height=32, width=48,
+                        segments=[Segment(0.0, 9 / 8, "ignored")], encoder="test", compressor="other")
+    calls = []
+    dit = stage2["stage2"]
+    original = dit.forward
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    dit.forward = spy
+    node = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Sample"]()
+    try:
+        with caplog.at_level("WARNING", logger="SemanticGen"):
+            out = node.sample(stage2, plan, cond, 5, 3, 2.0, 3.0, "euler", -1)
+        with pytest.raises(ValueError, match=r"Stage 2: Render Plan: window_frames 4 needs a SemanticGen stage-2 "
+                                             r"file.*set window_frames to -1 or 0"):
+            node.sample(stage2, plan, cond, 5, 3, 2.0, 3.0, "euler", 4)
+    finally:
+        del dit.forward
+    assert len(calls) == 3 and all(c.get("semantic_tokens") is None and c["window_frames"] is None for c in calls)
+    (note,) = out["ui"]["text"]
+    assert "plain Wan2.1 DiT" in note and "full attention and no plan" in note and "no plan" in caplog.text
+    (latent,) = out["result"]
+    opts = SamplingOptions(steps=3, guidance=2.0, shift=3.0, seed=5)
+    noise = initial_noise((1, 16, latent_frames(9), 4, 6), 5)
+    with torch.no_grad():
+        want = denoise(lambda x, t, c: wan(x, t, c).sample, noise, cond.cond, cond.uncond, opts)
+    torch.testing.assert_close(pack.nodes.latent_format.from_comfy(latent["samples"]), want, rtol=1e-5, atol=1e-5)
+    assert latent["semanticgen_num_frames"] == 9
+
+
+def test_a_size_off_the_16_pixel_grid_stops_at_the_first_node_that_takes_it(pack, tiny_models, tiny_sets):
+    from semanticgen import runner
+
+    stage1 = pack.NODE_CLASS_MAPPINGS["SemanticGenStage1Sample"]
+    message = stage1.VALIDATE_INPUTS(width=72, height=64)
+    assert message == ("SemanticGen Stage 1: Plan from Text: width 72 is not a multiple of 16 (the VAE's 8x stride "
+                       "times stage 2's 2x2 patches): use 64 or 80.")
+    assert stage1.VALIDATE_INPUTS(width=64, height=64) is True and stage1.VALIDATE_INPUTS() is True
+    assert "height 8 is below the minimum 16" in stage1.VALIDATE_INPUTS(width=64, height=8)
+    (s1,) = pack.NODE_CLASS_MAPPINGS["SemanticGenStage1Loader"]().load(tiny_models["stage1"], "auto")
+    with pytest.raises(ValueError, match="Plan from Text: height 40 is not a multiple of 16.*use 32 or 48"):
+        stage1().sample(s1, None, 64, 40, 9, 8.0, 0, 1, 1.0, 3.0, "euler")  # a linked value: checked when it runs
+    # headless: refused by validation, before any model is loaded
+    api = runner.to_api(runner.load_workflow("text_to_video"))
+    sets = {**tiny_sets(api, tiny_models), "Stage 1: plan.width": 72}
+    loads = pack.nodes.model_cache.CACHE.loads
+    with pytest.raises(runner.WorkflowError, match=r"node 8 'Stage 1: plan' \(SemanticGenStage1Sample\): SemanticGen "
+                                                   r"Stage 1: Plan from Text: width 72 is not a multiple of 16.*use 64 or 80"):
+        runner.run("text_to_video", sets=sets)
+    assert pack.nodes.model_cache.CACHE.loads == loads
+    load_video = pack.NODE_CLASS_MAPPINGS["SemanticGenLoadVideo"]
+    assert "SemanticGen Load Video: width 72 is not a multiple of 16" in load_video.VALIDATE_INPUTS(
+        "semanticgen_example.mp4", 72, 0)
+    assert load_video.VALIDATE_INPUTS("semanticgen_example.mp4", 0, 0) is True
+    with pytest.raises(ValueError, match="Load Video: height 20 is not a multiple of 16.*use 16 or 32"):
+        load_video().load("semanticgen_example.mp4", 0.0, 64, 20, 3)
+    (stage2,) = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]().load(tiny_models["stage2"], "auto")
+    with pytest.raises(ValueError, match="Plan from Video: images' width 72 is not a multiple of 16.*use 64 or 80.*"
+                                         "Load Video's width and height"):
+        pack.NODE_CLASS_MAPPINGS["SemanticGenSemanticEncode"]().encode(None, stage2, torch.zeros(5, 64, 72, 3), 8.0)
 
 
 # -- model cache ------------------------------------------------------------------------------------

@@ -267,20 +267,62 @@ def test_a_second_run_loads_no_model(pack, tiny_models, tiny_sets):
     assert first.loads == 4 and second.loads == 0 and second.load_seconds == 0.0
 
 
-def test_cli_generate_writes_the_video_and_prints_stage_times(pack, tiny_models, tiny_sets, tmp_path, capsys):
+def test_cli_generate_writes_the_video_and_prints_stage_times(pack, tiny_models, tmp_path, capsys):
+    """``generate`` runs SemanticGenPipeline itself (no workflow), with the loaders' model choices."""
     from semanticgen import runner
     from semanticgen.cli import main
 
-    api = runner.to_api(runner.load_workflow("text_to_video"))
-    sets = [f"{k}={v}" for k, v in tiny_sets(api, tiny_models).items() if not k.endswith((".length", ".steps"))]
     out = tmp_path / "clips" / "star.mp4"
-    args = ["generate", "a purple star moving up", "--seconds", "1", "--seed", "3", "--steps", "2", "--out", str(out),
-            "--models", str(tiny_models["dir"]), "-q"] + [a for s in sets for a in ("--set", s)]
-    assert main(args) == 0
+    models = ["--stage1", tiny_models["stage1"], "--stage2", tiny_models["stage2"], "--vae", tiny_models["vae"]]
+    args = ["generate", "a purple star moving up", "--seconds", "1", "--seed", "3", "--steps", "2", "--guidance", "1.5",
+            "--out", str(out), "--models", str(tiny_models["dir"]), "-q", *models]
+    executed = []
+    original = runner.execute
+    runner.execute = lambda *a, **k: executed.append(a) or original(*a, **k)
+    try:
+        assert main(args) == 0
+    finally:
+        runner.execute = original
+    assert not executed  # the pipeline, not a workflow
     printed = capsys.readouterr().out
-    assert count_frames(out) == 9 and "9 frames at 8 fps, seed 3" in printed
-    for stage in ("Stage 1: plan", "Stage 2: render", "VAE decode", "total"):
+    assert count_frames(out) == 9 and "9 frames at 8 fps, seed 3: 64x64, 2 steps, guidance 1.5" in printed
+    for stage in ("load models", "Stage 1: plan", "Stage 2: render", "VAE decode", "total"):
         assert stage in printed
-    assert not list(out.parent.glob(".semanticgen-*"))
+    assert not [p for p in out.parent.iterdir() if p.name != "star.mp4"]  # no partial file left
+    assert main(["generate", "a purple star", "--width", "72", "--out", str(out), *models]) == 2  # before any load
+    assert "semanticgen generate: --width 72 is not a multiple of 16" in capsys.readouterr().err
+    assert main(["generate", "a purple star", "--out", str(out), "--stage2", "nope.safetensors",
+                 "--models", str(tiny_models["dir"])]) == 2
+    assert "stage-2 model file 'nope.safetensors' not found" in capsys.readouterr().err
     assert main(["run", "text_to_video", "--set", "Nope.x=1"]) == 2
     assert "no node with id or title 'Nope'" in capsys.readouterr().err
+
+
+def test_cli_generate_makes_the_workflows_video(pack, tiny_models, tiny_sets, tmp_path):
+    """The pipeline path and the workflow path are one method: same models, seed and settings, same video."""
+    import cv2
+    import numpy as np
+
+    from semanticgen import runner
+    from semanticgen.cli import main
+
+    out = tmp_path / "cli.mp4"
+    assert main(["generate", "a purple star moving up", "--seconds", "1", "--seed", "3", "--steps", "2", "--guidance",
+                 "2.5", "--codec", "mp4v", "--out", str(out), "--models", str(tiny_models["dir"]), "-q", "--stage1",
+                 tiny_models["stage1"], "--stage2", tiny_models["stage2"], "--vae", tiny_models["vae"]]) == 0
+    api = runner.to_api(runner.load_workflow("text_to_video"))
+    sets = {**tiny_sets(api, tiny_models), "Prompt.prompt": "a purple star moving up", "Stage 1: plan.seed": 3,
+            "Stage 2: render.seed": 3, "Save video.codec": "mp4v"}
+    pack.nodes.comfy.configure(models=tiny_models["dir"])
+    (video,) = [f for f in runner.run("text_to_video", sets=sets, output=tmp_path / "wf").files if f.suffix == ".mp4"]
+
+    def frames(path):
+        cap, got = cv2.VideoCapture(str(path)), []
+        while (read := cap.read())[0]:
+            got.append(read[1].astype(np.int16))
+        return np.stack(got)
+
+    # equal up to float rounding (the workflow's LATENT goes through core's raw layout and back), which the
+    # lossy codec may turn into a few levels here and there
+    diff = np.abs(frames(out) - frames(video))
+    assert diff.mean() < 0.1 and diff.max() <= 8, (diff.mean(), diff.max())

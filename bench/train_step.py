@@ -7,22 +7,25 @@
 Random weights of the preset's architectures, built on the device (no download: same shapes, same cost), and a
 synthetic feature cache of the real row shapes (``latents [16, T', H/8, W/8]``, ``features [T_s, h, w, d]``,
 ``text [L, D]``), so each step is the trainer's own: ``trainer.stage2_task`` / ``stage1_task`` build the task,
-``trainer.Trainer`` wraps it (bf16 autocast over fp32 master weights on a GPU, activation checkpointing per
-block, AdamW), its DataLoader (``StepBatches`` over ``CacheRows``) feeds it, and a step is ``Trainer.run``'s
-loop body: ``_step`` (forward, backward, gradient clip), ``optimizer.step``, ``zero_grad``.
+``trainer.Trainer(args, task, cache)`` wraps it (bf16 autocast over fp32 master weights on a GPU, its
+``--checkpointing``: activation checkpointing per block of the DiTs, AdamW), its DataLoader (``StepBatches`` over
+``CacheRows``) feeds it, and a step is ``Trainer.train_step`` (what ``Trainer.run`` calls each step: learning
+rate, forward/backward over the micro-batches, gradient clip, AdamW, EMA).
 
 Tasks, in this order (the optional one last, so the budget goes to the required ones first):
 
-* ``stage2``: the compressor and stage 2 (``LatentDiT``) exactly as the trainer builds them from the preset.
-  Note: ``wan2.1-1.3b``'s ``stage2`` config has no ``window_frames``, so the trainer trains stage 2 with
-  full attention over video + plan tokens.
+* ``stage2``: the compressor and stage 2 (``LatentDiT``) exactly as the trainer builds them from the preset:
+  attention in the shifted windows stage 2 samples long videos with (``stage2_task``: the preset's
+  ``stage2["window_frames"]``, else its sampling default ``defaults["window_frames"]``: 8 latent frames for
+  ``wan2.1-1.3b``, none for ``tiny``) and the trainer's random window offset per step. ``--window-frames N``
+  sets the preset's stage-2 window (0: full attention), so that the trainer builds stage 2 with it.
 * ``stage1``: ``SemanticDiT`` on the plans of a frozen compressor (read from a stage-2 file, as the trainer
   requires: the bench writes one with a random compressor of the preset's size), one clip per plan
   (``--max-shots 1``: the trainer's default strings up to 8 clips, which needs a batch that is a multiple of
   8); ``--stage1-batch`` sets its batch apart.
-* ``stage2-windowed``: stage 2 with attention in shifted windows of ``--window-frames`` latent frames (default
-  the preset's sampling default, 8 for ``wan2.1-1.3b``) and the trainer's random window offset per step; run
-  only when that differs from what the trainer builds.
+* ``stage2-full``: the comparison, stage 2 with full attention over video + plan tokens (the trainer's
+  ``stage2_task`` on the preset with ``stage2["window_frames"] = None``, as stage 2 trained before it took
+  windows); run only when the trainer's stage 2 is windowed (else it is the ``stage2`` row).
 
 Per task: ``--warmup-steps`` untimed steps, then ``--steps`` timed steps (synchronised), each the trainer's
 full optimiser step including fetching the micro-batch from the (in-memory) cache. Reported: mean step time,
@@ -91,7 +94,7 @@ from semanticgen_core.semantic_dit import SemanticDiT  # noqa: E402
 from semanticgen_core.text_encoders import MiniLMTextEncoder, UMT5TextEncoder  # noqa: E402
 from semanticgen_core.wan_blocks import cell_centres  # noqa: E402
 
-TASK_ORDER = ("stage2", "stage1", "stage2-windowed")
+TASK_ORDER = ("stage2", "stage1", "stage2-full")
 GiB = 2 ** 30
 STEPS_FOR_HOURS = 10_000
 WATCHDOG_GRACE = 30.0  # seconds past --max-seconds before the watchdog ends a run stuck in a step
@@ -348,37 +351,11 @@ def write_stage2_file(preset: Preset, path: Path, seed: int) -> Path:
     return path
 
 
-def make_trainer(args, task: tr.Task, cache, notes: list[str]) -> tr.Trainer:
-    """``Trainer(args, task, cache)``. Its ``--checkpointing`` calls ``enable_gradient_checkpointing`` on every
-    trained module that has the method, and diffusers' ``ModelMixin`` (the compressor too) has it but raises
-    for a model that does not support it: then the trainer is built without it and checkpointing is enabled
-    here on the modules that support it (the DiTs), which is what the trainer means to do."""
-    try:
-        return tr.Trainer(args, task, cache)
-    except ValueError as e:
-        if not (args.checkpointing and "does not support gradient checkpointing" in str(e)):
-            raise
-    trainer = tr.Trainer(argparse.Namespace(**{**vars(args), "checkpointing": False}), task, cache)
-    trainer.args = args
-    for module in task.trained.values():
-        if getattr(module, "_supports_gradient_checkpointing", False):
-            module.enable_gradient_checkpointing()
-    notes.append("checkpointing enabled by the bench (the trainer's --checkpointing raises on the compressor)")
-    return trainer
-
-
-def train_step(trainer: tr.Trainer, micro) -> dict[str, float]:
-    """One optimiser step as ``Trainer.run`` takes it (its loop body, without logging and checkpoints)."""
-    if hasattr(trainer, "train_step"):  # should the trainer expose its step
-        return trainer.train_step(micro)
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = trainer.lr(trainer.step)
-    losses = trainer._step(micro)
-    trainer.optimizer.step()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer._update_ema()
-    trainer.step += 1
-    return losses
+def stage2_window(preset: Preset) -> int | None:
+    """The window (latent frames) the trainer's ``stage2_task`` trains stage 2 in for ``preset``: its stage-2
+    config's, else its sampling default; ``None`` for full attention. (Each row reports the window of the DiT
+    the trainer actually built; this only decides whether ``stage2-full`` differs from ``stage2``.)"""
+    return preset.stage2.get("window_frames", preset.defaults.get("window_frames")) or None
 
 
 def _sync(device: torch.device) -> None:
@@ -408,14 +385,14 @@ class Budget:
 
 
 def build(task_kind: str, args, task_preset: Preset, cache, device: torch.device, seed: int, notes: list[str]):
-    """The trainer's task and ``Trainer``, the models built on ``device`` (as the trainer's main does it, with
-    fresh weights from the run's seed). Should building under ``torch.device(device)`` fail for a reason other
-    than memory, the models are built on the CPU and moved, as the trainer itself would (slower)."""
+    """The trainer's task and ``Trainer(args, task, cache)``, the models built on ``device`` (as the trainer's main
+    does it, with fresh weights from the run's seed). Should building under ``torch.device(device)`` fail for a
+    reason other than memory, the models are built on the CPU and moved, as the trainer itself would (slower)."""
     try:
         with trainer_device(device):
             torch.manual_seed(seed)
             task = tr.TASKS[task_kind](args, task_preset)
-            return task, make_trainer(args, task, cache, notes)
+            return task, tr.Trainer(args, task, cache)
     except Exception as e:  # noqa: BLE001
         if device.type == "cpu" or _is_oom(e):
             raise
@@ -425,7 +402,7 @@ def build(task_kind: str, args, task_preset: Preset, cache, device: torch.device
     torch.manual_seed(seed)
     task = tr.TASKS[task_kind](args, task_preset)
     with trainer_device(device):
-        return task, make_trainer(args, task, cache, notes)
+        return task, tr.Trainer(args, task, cache)
 
 
 def run_task(name: str, preset: Preset, geometry: Geometry, opts, device: torch.device, budget: Budget,
@@ -460,8 +437,8 @@ def _measure(row: dict, name: str, preset: Preset, geometry: Geometry, opts, dev
              workdir: Path) -> None:
     task_kind = "stage1" if name == "stage1" else "stage2"
     task_preset = preset
-    if name == "stage2-windowed":
-        task_preset = dataclasses.replace(preset, stage2={**preset.stage2, "window_frames": opts.window_frames})
+    if name == "stage2-full":  # the comparison: the trainer's stage 2 with full attention
+        task_preset = dataclasses.replace(preset, stage2={**preset.stage2, "window_frames": None})
     stage2_file = write_stage2_file(preset, workdir / "stage2.safetensors", opts.seed) if task_kind == "stage1" \
         else None
     total_steps = opts.warmup_steps + opts.steps + (1 if opts.count_flops else 0)
@@ -493,7 +470,7 @@ def _measure(row: dict, name: str, preset: Preset, geometry: Geometry, opts, dev
         def one_step() -> tuple[float, dict, list[dict]]:
             _sync(device)
             tick = time.perf_counter()
-            losses = train_step(trainer, micro)
+            losses = trainer.train_step(micro)
             _sync(device)
             return time.perf_counter() - tick, losses, recorder.take()
 
@@ -563,7 +540,7 @@ def count_step(trainer: tr.Trainer, micro, recorder: FlopRecorder, device: torch
     kernel = sdpa_kernel(SDPBackend.MATH) if device.type == "cpu" else contextlib.nullcontext()
     recorder.take()
     with kernel, FlopCounterMode(display=False) as counter:
-        train_step(trainer, micro)
+        trainer.train_step(micro)
     f = step_flops(recorder.take())
     counted = counter.get_total_flops()
     return {"counted": counted, "analytic_hardware": f["hardware"], "analytic_model": f["model"],
@@ -635,6 +612,12 @@ def markdown(report: dict) -> str:
               f"{report['warmup_steps']} warm-up step(s). Peak memory: "
               + ("torch.cuda.max_memory_allocated from before the models were built." if env["device"] == "cuda"
                  else "the process's peak RSS (CPU: not per task)."),
+              ("Attention: stage2 is stage 2 as the trainer builds it for this preset, in shifted windows of "
+               f"{report['stage2_window']} latent frames (preset stage2 window_frames, else its sampling default; a "
+               "random window offset per step); stage2-full is the same step with full attention, for comparison."
+               if report.get("stage2_window") else
+               "Attention: the trainer's stage 2 for this preset has no window (full attention); stage2-full would "
+               "be the same row, so it is not run."),
               "Model FLOPs (analytic: matmuls, convolutions, attention scores and values, as the step ran) = "
               "forward + backward of the trained models (about 3 x forward) + forward of frozen ones; activation "
               "checkpointing's recomputation not counted -> MFU. HFU counts it too (the blocks: about 4 x forward). "
@@ -671,7 +654,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--tasks", nargs="+", choices=TASK_ORDER, default=list(TASK_ORDER))
     p.add_argument("--window-frames", type=int, default=None,
-                   help="stage2-windowed's window in latent frames (default: the preset's sampling default; 0: skip)")
+                   help="stage 2's training window in latent frames, set as the preset's stage-2 window_frames "
+                        "(default: what the trainer takes for the preset, 8 for wan2.1-1.3b; 0: full attention)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when present")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="the trainer's --precision")
     p.add_argument("--no-checkpointing", dest="checkpointing", action="store_false",
@@ -711,11 +695,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if opts.layers:
         preset = dataclasses.replace(preset, stage1={**preset.stage1, "num_layers": opts.layers},
                                      stage2={**preset.stage2, "num_layers": opts.layers})
+    if opts.window_frames is not None:  # the trainer's stage2_task reads the preset's stage-2 window first
+        preset = dataclasses.replace(preset, stage2={**preset.stage2, "window_frames": opts.window_frames or None})
     d = preset.defaults
     geometry = Geometry.of(preset, opts.frames, float(opts.fps or d["fps"]), int(opts.height or d["height"]),
                            int(opts.width or d["width"]))
-    if opts.window_frames is None:
-        opts.window_frames = d.get("window_frames")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     if opts.peak_tflops:
@@ -739,6 +723,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 row["hfu"] = row["achieved_hw_tflops"] * 1e12 / peak if peak else None
                 row["mfu_vs_matmul"] = row["achieved_tflops"] / matmul if matmul else None
         return {"command": command, "preset": preset.name, "layers": opts.layers, "batch": opts.batch,
+                "stage2_window": stage2_window(preset),
                 "warmup_steps": opts.warmup_steps,
                 "steps": opts.steps, "bf16": device.type == "cuda" and opts.precision == "bf16",
                 "checkpointing": opts.checkpointing, "max_seconds": opts.max_seconds,
@@ -772,16 +757,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         state["matmul"] = measure_matmul_tflops(device, opts.matmul_seconds)
         with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
             for name in [t for t in TASK_ORDER if t in opts.tasks]:
-                if name == "stage2-windowed":
-                    own = preset.stage2.get("window_frames")
-                    if not opts.window_frames or opts.window_frames == own:
-                        log(f"{name}: skipped ({'no window given' if not opts.window_frames else 'same as stage2'})")
-                        continue
+                if name == "stage2-full" and not stage2_window(preset):
+                    log(f"{name}: skipped (the trainer's stage 2 has full attention already: the stage2 row)")
+                    continue
                 log(f"{name}: building and running ...")
                 state["task"] = name
                 row = run_task(name, preset, geometry, opts, device, budget, Path(tmp))
-                if name == "stage2-windowed":
-                    row["task"] = f"stage2 (windows of {opts.window_frames})"
                 log(f"{name}: " + (row["error"] or f"{row['step_mean_s']:.3f} s/step, peak "
                                                     f"{row['peak_memory_gib']:.2f} GiB, {row['achieved_tflops']:.2f} "
                                                     "model TFLOP/s"))

@@ -34,9 +34,16 @@ def rope_at(rope: WanRotaryPosEmbed, t: torch.Tensor, h: torch.Tensor, w: torch.
 
     Equal to ``WanRotaryPosEmbed`` at integer grid positions, but with no table to run past, and able
     to place semantic tokens between video tokens (a semantic cell spans several latent pixels).
+    diffusers stores the three axes' widths on the module only from 0.36 (``t_dim``, ``h_dim``, ``w_dim``);
+    before, they are derived from ``attention_head_dim`` exactly as its ``__init__`` does.
     """
+    if hasattr(rope, "t_dim"):
+        dims = (rope.t_dim, rope.h_dim, rope.w_dim)
+    else:  # diffusers < 0.36: WanRotaryPosEmbed.__init__ splits the head the same way but keeps only the table
+        h_dim = w_dim = 2 * (rope.attention_head_dim // 6)
+        dims = (rope.attention_head_dim - h_dim - w_dim, h_dim, w_dim)
     cos, sin = [], []
-    for pos, dim in ((t, rope.t_dim), (h, rope.h_dim), (w, rope.w_dim)):
+    for pos, dim in zip((t, h, w), dims):
         c, s = get_1d_rotary_pos_embed(dim, pos.double(), use_real=True, repeat_interleave_real=True,
                                        freqs_dtype=torch.float64)
         cos.append(c)

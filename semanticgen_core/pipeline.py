@@ -122,7 +122,7 @@ class SemanticGenPipeline:
         stage1 = self._need("stage1")
         grid = self.preset.plan_grid(num_frames, fps, height, width)
         dtype = next(stage1.parameters()).dtype
-        noise = initial_noise((1, *grid, stage1.config.in_channels), opts.seed, self.device, dtype)
+        noise = initial_noise((1, *grid, stage1.config.in_channels), opts.seed, self.device)  # float32 state
         segments = parse_shots(prompt, num_frames / fps)
         text, empty = self.shot_text(segments, text_embeddings)
         starts = shot_starts(segments, num_frames / fps, grid[0])
@@ -130,7 +130,8 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, starts)
 
-        tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+        tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
+                         model_dtype=dtype)
         return SemanticPlan(
             tokens=tokens[0].float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=num_frames,
             height=height, width=width, segments=segments, seed=opts.seed, encoder=f"stage1:{self.name}",
@@ -152,7 +153,7 @@ class SemanticGenPipeline:
                        window_frames: int | None = -1, progress: Progress | None = None,
                        should_stop: ShouldStop | None = None,
                        text_embeddings: TextPair | None = None) -> torch.Tensor:
-        """Stage 2: plan (+ text) -> normalised VAE latents ``[1, 16, T', H/8, W/8]``.
+        """Stage 2: plan (+ text) -> normalised float32 VAE latents ``[1, 16, T', H/8, W/8]``.
 
         ``prompt`` (plain or per shot) defaults to the plan's own segments; ``window_frames=-1`` uses the
         model's configured attention window; ``text_embeddings`` as in ``generate_plan``. With windows the
@@ -168,7 +169,7 @@ class SemanticGenPipeline:
             raise SemanticGenError(f"video size {plan.height}x{plan.width} must be a multiple of 8 (the VAE's stride)")
         dtype = next(stage2.parameters()).dtype
         shape = (1, stage2.config.in_channels, latent_frames(plan.num_frames), plan.height // 8, plan.width // 8)
-        noise = initial_noise(shape, opts.seed, self.device, dtype)
+        noise = initial_noise(shape, opts.seed, self.device)  # float32 state; only the model runs in ``dtype``
         segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
         text, empty = self.shot_text(segments, text_embeddings)
         starts = shot_starts(segments, plan.duration_s, shape[2] // stage2.config.patch_size[0])
@@ -183,13 +184,14 @@ class SemanticGenPipeline:
                           window_frames=window, shot_starts=starts, stream_frames=stream,
                           window_offset=offset).sample
 
-        return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop)
+        return denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
+                       model_dtype=dtype)
 
     @torch.no_grad()
     def render_baseline(self, prompt: str, num_frames: int, fps: float, height: int, width: int,
                         opts: SamplingOptions, progress: Progress | None = None,
                         should_stop: ShouldStop | None = None) -> torch.Tensor:
-        """The single-stage baseline: text -> normalised VAE latents with full attention, no plan."""
+        """The single-stage baseline: text -> normalised float32 VAE latents with full attention, no plan."""
         baseline = self._need("baseline")
         dtype = next(baseline.parameters()).dtype
         shape = (1, baseline.config.in_channels, latent_frames(num_frames), height // 8, width // 8)
@@ -200,8 +202,8 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return baseline(x, t, context, window_frames=None, shot_starts=starts).sample
 
-        return denoise(velocity, initial_noise(shape, opts.seed, self.device, dtype), text.to(dtype),
-                       empty.to(dtype), opts, progress, should_stop)
+        return denoise(velocity, initial_noise(shape, opts.seed, self.device), text.to(dtype),
+                       empty.to(dtype), opts, progress, should_stop, model_dtype=dtype)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, num_frames: int | None = None, progress=None,

@@ -4,6 +4,12 @@ The models predict the velocity ``v = eps - x0`` of ``x_t = (1 - t) x0 + t eps``
 from pure noise at t = 1 to data at t = 0. ``shift`` moves the schedule toward high noise (Wan's
 ``flow_shift``), classifier-free guidance mixes conditional and unconditional velocities, and the seed
 fixes the starting noise (drawn on the CPU so a seed gives the same video on any device).
+
+The sampling state is float32 whatever the model's dtype (as in diffusers' Wan pipeline, which keeps the
+latents in float32 while the transformer runs in bf16): the noise, every scheduler step and the guidance
+mix are float32, and only the model's input is cast to its dtype. A bf16 state would round the state to
+8 bits of mantissa after each of the ~50 steps; late steps move it by less than half a bf16 ulp, so they
+would be lost altogether.
 """
 
 from __future__ import annotations
@@ -46,7 +52,9 @@ def make_scheduler(opts: SamplingOptions):
 
 
 def initial_noise(shape: tuple[int, ...], seed: int, device=None, dtype=torch.float32) -> torch.Tensor:
-    """Seeded standard normal noise, drawn on the CPU for device-independent reproducibility."""
+    """Seeded standard normal noise, drawn on the CPU for device-independent reproducibility.
+
+    Keep the default float32 for a sampling state (``denoise`` works in float32 anyway)."""
     generator = torch.Generator("cpu").manual_seed(int(seed))
     return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
 
@@ -54,32 +62,38 @@ def initial_noise(shape: tuple[int, ...], seed: int, device=None, dtype=torch.fl
 def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_text: torch.Tensor | None,
             opts: SamplingOptions, progress: Callable[[int, int, torch.Tensor], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
-            hold: Callable[[torch.Tensor, float], torch.Tensor] | None = None) -> torch.Tensor:
-    """Integrate the flow from ``noise`` to a sample.
+            hold: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
+            model_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Integrate the flow from ``noise`` to a float32 sample.
 
     ``text`` / ``uncond_text``: ``[B, L, D]`` conditional and unconditional (empty-prompt) embeddings;
     guidance is skipped when ``uncond_text`` is None or ``opts.guidance == 1``.
+    ``model_dtype``: the dtype ``velocity`` is called with (``x`` only; the timestep stays float32);
+    default ``text``'s dtype, which callers already cast to the model's. The state between steps, the
+    scheduler's step and the guidance mix are float32 whatever it is.
     ``progress(step, total, x)`` is called after each step; ``should_stop()`` before each, raising
     ``Interrupted`` if it returns True. ``hold(x, sigma)`` may overwrite parts of ``x`` after each step
-    (e.g. known plan regions re-noised to the current level) and returns the new ``x``.
+    (e.g. known plan regions re-noised to the current level) and returns the new ``x`` (kept float32).
     """
     scheduler = make_scheduler(opts)
     guided = uncond_text is not None and opts.guidance != 1.0
-    x = noise
+    model_dtype = model_dtype or text.dtype
+    x = noise.to(torch.float32)
     total = len(scheduler.timesteps)
     for i, t in enumerate(scheduler.timesteps):
         if should_stop is not None and should_stop():
             raise Interrupted(f"sampling interrupted at step {i} of {total}")
         tb = t.expand(x.shape[0]).to(x.device)
+        xm = x.to(model_dtype)
         if guided:
-            v_cond, v_uncond = velocity(torch.cat([x, x]), torch.cat([tb, tb]),
-                                        torch.cat([text, uncond_text])).chunk(2)
+            v_cond, v_uncond = velocity(torch.cat([xm, xm]), torch.cat([tb, tb]),
+                                        torch.cat([text, uncond_text])).float().chunk(2)
             v = v_uncond + opts.guidance * (v_cond - v_uncond)
         else:
-            v = velocity(x, tb, text)
-        x = scheduler.step(v.to(torch.float32), t, x.to(torch.float32), return_dict=False)[0].to(noise.dtype)
+            v = velocity(xm, tb, text).float()
+        x = scheduler.step(v, t, x, return_dict=False)[0].to(torch.float32)
         if hold is not None:
-            x = hold(x, float(scheduler.sigmas[i + 1]))
+            x = hold(x, float(scheduler.sigmas[i + 1])).to(torch.float32)
         if progress is not None:
             progress(i + 1, total, x)
     return x

@@ -27,6 +27,7 @@ from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, SemanticGenError
 
 UMT5_TOKENIZER_DIRNAME = "umt5-xxl-tokenizer"  # looked for next to a single-file umT5 checkpoint
+SPIECE_KEY = "spiece_model"  # ComfyUI's umT5 files: the SentencePiece ModelProto as a uint8 tensor
 _WAN_LAYOUT = (
     "Expected the Hugging Face UMT5EncoderModel layout (keys such as 'shared.weight' and "
     "'encoder.block.0.layer.0.SelfAttention.q.weight'), as in the text_encoder/ folder of "
@@ -128,15 +129,20 @@ class UMT5TextEncoder(TextEncoder):
         Wan-AI/Wan2.1-T2V-1.3B-Diffusers); a ``text_encoder`` folder (config.json + safetensors, sharded or
         not) with the tokenizer in a sibling ``tokenizer/`` folder, in the folder itself, or at
         ``tokenizer_path``; or a single ``.safetensors`` file as ComfyUI keeps in ``models/text_encoders``
-        (e.g. ``umt5_xxl_fp16.safetensors``; config inferred from the tensor shapes). A single file carries
-        no tokenizer: pass ``tokenizer_path`` or put google/umt5-xxl's tokenizer files in a folder named
-        ``umt5-xxl-tokenizer`` next to the file. Default dtype bfloat16, as Wan runs it (fp16 overflows in T5).
+        (e.g. ``umt5_xxl_fp16.safetensors``; config inferred from the tensor shapes). ComfyUI's umT5 files
+        carry their tokenizer: the SentencePiece model, serialized as the uint8 tensor ``spiece_model``,
+        which is used as ComfyUI uses it. A single file without it needs ``tokenizer_path`` or google/umt5-xxl's
+        tokenizer files in a folder named ``umt5-xxl-tokenizer`` next to the file. ``tokenizer_path`` (a
+        tokenizer folder, or a SentencePiece ``.model`` file) overrides any other tokenizer. Default dtype
+        bfloat16, as Wan runs it (fp16 overflows in T5).
         """
         path = Path(path)
+        embedded = None
         if path.is_file():
             state = load_state_dict(path)
             model = _build_umt5(_infer_umt5_config(state, path), state, dtype, path)
             candidates = [path.parent / UMT5_TOKENIZER_DIRNAME]
+            embedded = state.get(SPIECE_KEY)
         elif path.is_dir():
             model_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
             if not (model_dir / "config.json").is_file():
@@ -156,8 +162,12 @@ class UMT5TextEncoder(TextEncoder):
                 "ComfyUI's models/text_encoders, or pass a Wan2.1 diffusers folder."
             )
         if tokenizer_path is not None:
-            candidates = [Path(tokenizer_path)]
-        tokenizer = _load_umt5_tokenizer(candidates, model.config.vocab_size)
+            candidates, embedded = [Path(tokenizer_path)], None
+        if embedded is not None:
+            tokenizer = _check_vocab(SentencePieceTokenizer(_spiece_bytes(embedded, path)), model.config.vocab_size,
+                                     f"the SentencePiece model embedded in {path}")
+        else:
+            tokenizer = _load_umt5_tokenizer(candidates, model.config.vocab_size)
         name = "umt5-xxl" if model.config.d_model == 4096 else f"umt5-d{model.config.d_model}"
         return cls(model.to(device), tokenizer, name=name, dim=model.config.d_model, max_length=max_length)
 
@@ -199,7 +209,7 @@ def _build_umt5(config: UMT5Config, state: dict[str, Tensor], dtype: torch.dtype
     state = {
         k: v.to(dtype) if v.is_floating_point() else v  # loading onto meta takes tensors as they are
         for k, v in state.items()
-        if not k.startswith(("decoder.", "lm_head.")) and k != "spiece_model"
+        if not k.startswith(("decoder.", "lm_head.")) and k != SPIECE_KEY
     }
     # encoder.embed_tokens is tied to shared; files store either name or both.
     embedding = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
@@ -216,21 +226,88 @@ def _build_umt5(config: UMT5Config, state: dict[str, Tensor], dtype: torch.dtype
 
 
 def _load_umt5_tokenizer(candidates: list[Path], vocab_size: int) -> Any:
+    if len(candidates) == 1 and candidates[0].is_file():  # tokenizer_path naming a SentencePiece model
+        return _check_vocab(SentencePieceTokenizer(_spiece_bytes(candidates[0].read_bytes(), candidates[0])),
+                            vocab_size, str(candidates[0]))
     folder = next((c for c in candidates if (c / "tokenizer_config.json").is_file()), None)
     if folder is None:
         raise CheckpointError(
-            f"No umT5 tokenizer found (looked in {', '.join(map(str, candidates))}). Download the tokenizer "
-            "files of google/umt5-xxl (tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
+            f"No umT5 tokenizer found: the checkpoint carries none (ComfyUI's umt5_xxl files embed it as the "
+            f"tensor {SPIECE_KEY!r}) and there is no tokenizer folder (looked in "
+            f"{', '.join(map(str, candidates))}). Use ComfyUI's umt5_xxl_fp16.safetensors, or download the "
+            "tokenizer files of google/umt5-xxl (tokenizer.json, tokenizer_config.json, special_tokens_map.json, "
             f"spiece.model; the tokenizer/ folder of Wan-AI/Wan2.1-T2V-1.3B-Diffusers is the same) into a "
             f"folder named {UMT5_TOKENIZER_DIRNAME} next to the checkpoint, or pass tokenizer_path."
         )
-    tokenizer = _load_tokenizer(folder)
+    return _check_vocab(_load_tokenizer(folder), vocab_size, f"the tokenizer in {folder}")
+
+
+def _check_vocab(tokenizer: Any, vocab_size: int, what: str) -> Any:
     if len(tokenizer) > vocab_size:
         raise CheckpointError(
-            f"The tokenizer in {folder} has {len(tokenizer)} tokens but the umT5 embedding has only {vocab_size}: "
+            f"{what[0].upper()}{what[1:]} has {len(tokenizer)} tokens but the umT5 embedding has only {vocab_size}: "
             "it is not the umT5 tokenizer. Use google/umt5-xxl's tokenizer files."
         )
     return tokenizer
+
+
+def _spiece_bytes(model: Tensor | bytes, source: Path) -> bytes:
+    """The serialized SentencePiece ModelProto, from bytes or ComfyUI's uint8 tensor of them."""
+    if isinstance(model, Tensor):
+        if model.dtype != torch.uint8 or model.ndim != 1:
+            raise CheckpointError(
+                f"{source}: the tensor {SPIECE_KEY!r} should hold the SentencePiece model as 1-d uint8 bytes, got "
+                f"{model.dtype} of shape {tuple(model.shape)}."
+            )
+        return model.numpy().tobytes()
+    return bytes(model)
+
+
+class SentencePieceTokenizer:
+    """umT5's tokenizer run straight from its SentencePiece model, as ComfyUI runs it: a prompt's pieces
+    then ``</s>``, padded with ``<pad>``. Same ids as google/umt5-xxl's Hugging Face tokenizer on prompts
+    (which hold no ``<extra_id_*>`` sentinels). The call follows the Hugging Face tokenizer's, for what
+    ``TextEncoder`` uses: ``padding="max_length"``, ``max_length``, ``truncation`` (keeping ``</s>`` last),
+    ``return_tensors="pt"``."""
+
+    def __init__(self, model_proto: bytes) -> None:
+        try:
+            import sentencepiece
+        except ImportError as e:
+            raise CheckpointError(
+                "The umT5 tokenizer embedded in the checkpoint needs the sentencepiece package "
+                "(pip install sentencepiece; ComfyUI already requires it)."
+            ) from e
+        self.sp = sentencepiece.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(model_proto)
+        except (RuntimeError, OSError) as e:
+            raise CheckpointError(f"Cannot read the SentencePiece model: {e}") from e
+        self.eos_token_id = self.sp.eos_id() if self.sp.eos_id() >= 0 else None
+        self.pad_token_id = max(self.sp.pad_id(), 0)  # umT5 pads with id 0
+
+    def __len__(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str) -> list[int]:
+        ids = self.sp.encode(text)
+        return ids if self.eos_token_id is None else ids + [self.eos_token_id]
+
+    def __call__(self, prompts: list[str], padding: bool | str = False, max_length: int | None = None,
+                 truncation: bool = False, return_tensors: str | None = None) -> dict[str, Any]:
+        ids = [self.encode(p) for p in prompts]
+        if truncation and max_length is not None:
+            keep = max_length if self.eos_token_id is None else max_length - 1  # then </s> again
+            ids = [x if len(x) <= max_length else x[:keep] + x[len(x) - max_length + keep:] for x in ids]
+        length = max_length if padding == "max_length" else max(map(len, ids))
+        mask = [[1] * len(x) + [0] * (length - len(x)) for x in ids]
+        if padding:
+            ids = [x + [self.pad_token_id] * (length - len(x)) for x in ids]
+        if return_tensors == "pt":
+            return {"input_ids": torch.tensor(ids, dtype=torch.long), "attention_mask": torch.tensor(mask)}
+        if return_tensors is not None:
+            raise ValueError(f"return_tensors={return_tensors!r}: only 'pt' is supported")
+        return {"input_ids": ids, "attention_mask": [m[: len(x)] for m, x in zip(mask, ids)]}
 
 
 def _load_tokenizer(folder: Path) -> Any:

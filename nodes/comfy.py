@@ -293,7 +293,11 @@ def _move_own(module: torch.nn.Module, device: torch.device) -> int:
     for tensors in (module._parameters, module._buffers):
         for name, t in tensors.items():
             if t is not None and t.device != device:
-                t.data = t.data.to(device)
+                new = t.data.to(device)
+                if torch._has_compatible_shallow_copy_type(t, new):  # as Module.to(): keep the Parameter
+                    t.data = new
+                else:
+                    tensors[name] = torch.nn.Parameter(new, t.requires_grad) if name in module._parameters else new
                 moved += t.numel() * t.element_size()
     return moved
 

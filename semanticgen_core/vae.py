@@ -97,7 +97,7 @@ def _tiles(size: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
 
 def _blend_weights(spans: list[tuple[int, int]], size: int, like: torch.Tensor) -> list[torch.Tensor]:
     """Per-pixel weights along one axis, one per span: 1 inside, a linear ramp across each overlap with a
-    neighbour (the two ramps sum to 1), so the blended frame is a weighted mean of the tiles."""
+    neighbour, normalised to sum to 1 at every pixel, so the blended frame is a weighted mean of the tiles."""
     weights = []
     for i, (start, end) in enumerate(spans):
         w = torch.ones((end - start) * SPACE_STRIDE, dtype=torch.float32)
@@ -109,8 +109,13 @@ def _blend_weights(spans: list[tuple[int, int]], size: int, like: torch.Tensor) 
             shared = (end - spans[i + 1][0]) * SPACE_STRIDE
             if shared > 0:
                 w[-shared:] = 1 - (torch.arange(shared, dtype=torch.float32) + 0.5) / shared
-        weights.append(w.to(like.device))
-    return weights
+        weights.append(w)
+    # Where more than two tiles meet (short tiles, large overlaps), normalise so the weights still sum to 1.
+    total = torch.zeros(size * SPACE_STRIDE)
+    for (start, end), w in zip(spans, weights):
+        total[start * SPACE_STRIDE:end * SPACE_STRIDE] += w
+    return [(w / total[start * SPACE_STRIDE:end * SPACE_STRIDE]).to(like.device)
+            for (start, end), w in zip(spans, weights)]
 
 
 def _move_cache(cache: list, device: torch.device | str) -> None:

@@ -161,22 +161,171 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def model_patcher(module: torch.nn.Module):
-    """Wrap a model in core's ModelPatcher (inside ComfyUI), so core's memory manager sees it."""
+    """Wrap a model in core's ModelPatcher (inside ComfyUI), so core's memory manager sees it.
+
+    The model's weight modules get comfy.ops' switch first (``enable_offload``), so core may load it
+    partially, as it loads its own Wan models on a small card.
+    """
     if not in_comfyui():
         return None
     import comfy.model_patcher  # noqa: PLC0415
 
+    enable_offload(module)
     return comfy.model_patcher.ModelPatcher(module, load_device=load_device(), offload_device=offload_device())
 
 
-def load_models(patchers: list) -> None:
-    """Make these models resident on the load device, evicting others (ours or core's) as needed.
+def load_models(patchers: list, memory_required: int = 0) -> None:
+    """Make these models ready on the load device, evicting others (ours or core's) as needed.
 
-    Our modules do not use ``comfy.ops``, so they cannot be split between devices: load them whole.
+    Like core's own models they may be loaded partially: what does not fit stays on the offload device
+    and is cast to the load device layer by layer as it runs (``enable_offload``). ``memory_required``
+    is the working memory the coming computation needs on top of the weights (core keeps it free).
     """
     patchers = [p for p in patchers if p is not None]
-    if patchers and in_comfyui():
-        _mm().load_models_gpu(patchers, force_full_load=True)
+    if not patchers or not in_comfyui():
+        return
+    # A model without the per-layer switch (wrapped elsewhere) cannot run split between devices.
+    whole = any(not getattr(p.model, OFFLOAD_MARK, False) for p in patchers)
+    _mm().load_models_gpu(patchers, memory_required=memory_required, force_full_load=whole)
+    for p in patchers:
+        finish_partial_load(p)
+
+
+# -- partial loading -------------------------------------------------------------------------------
+#
+# Core's ModelPatcher loads a model module by module (``ModelPatcher.load(lowvram_model_memory=...)``):
+# largest first, it moves each module whose parameters are all its own to the GPU while the budget lasts;
+# a module past the budget stays on the offload device, and if it has comfy.ops' ``comfy_cast_weights``
+# switch, core turns it on, and the layer casts its weights to the input's device each time it runs
+# (``comfy.ops.cast_bias_weight``). A module without the switch is simply left behind, so our diffusers
+# modules (plain nn.Linear, nn.Conv3d, RMSNorm...) had to be loaded whole. ``enable_offload`` gives every
+# such module the switch and does what comfy.ops' forward does when it is on, with forward hooks (the
+# classes are not changed). Two things core does not move on a partial load, we move ourselves after it
+# (``finish_partial_load``): parameters of a module that also has children with parameters (a DiT's
+# ``scale_shift_table``: core's own Wan casts those by hand in its forward), and the module of each
+# model's first parameter, which the library reads to know where a model runs (``next(m.parameters())``).
+
+OFFLOAD_MARK = "_semanticgen_offload"
+_SHADOW = "_semanticgen_cast"
+
+
+def weight_modules(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules core's ModelPatcher moves one by one: those with parameters, all of them their own."""
+    return [m for m in root.modules()
+            if any(True for _ in m.parameters(recurse=False))
+            and not any(True for c in m.children() for _ in c.parameters())]
+
+
+def _orphan_modules(root: torch.nn.Module) -> list[torch.nn.Module]:
+    """Modules with parameters of their own and children with parameters: core never moves them alone."""
+    return [m for m in root.modules()
+            if any(True for _ in m.parameters(recurse=False))
+            and any(True for c in m.children() for _ in c.parameters())]
+
+
+def _input_device(args, kwargs) -> torch.device | None:
+    for value in list(args) + list(kwargs.values()):
+        if isinstance(value, torch.Tensor):
+            return value.device
+    return None
+
+
+def _uncast(module: torch.nn.Module) -> None:
+    for name in module.__dict__.pop(_SHADOW, ()):
+        module.__dict__.pop(name, None)
+
+
+def _cast_pre_hook(module: torch.nn.Module, args, kwargs):
+    """comfy.ops' forward_comfy_cast_weights for any module: while the switch is on (or weight functions,
+    e.g. a LoRA's ``LowVramPatch``, are set), run with the weights cast to the input's device."""
+    _uncast(module)  # a forward that raised leaves no cast copies behind
+    weight_fns, bias_fns = module.weight_function, module.bias_function
+    if not (module.comfy_cast_weights or weight_fns or bias_fns):
+        return None
+    device = _input_device(args, kwargs)
+    if device is None:
+        return None
+    cast = {}
+    for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+        if tensor is None:
+            continue
+        fns = weight_fns if name == "weight" else bias_fns if name == "bias" else []
+        value = tensor.detach().to(device, copy=bool(fns))  # functions may work in place: on a copy
+        for fn in fns:
+            value = fn(value)
+        cast[name] = value
+    # Instance attributes shadow the parameters for this call only: the module's parameters stay where core put them.
+    module.__dict__.update(cast)
+    module.__dict__[_SHADOW] = list(cast)
+    return None
+
+
+def _cast_post_hook(module: torch.nn.Module, args, kwargs, output):
+    _uncast(module)
+    return None
+
+
+def enable_offload(root: torch.nn.Module) -> torch.nn.Module:
+    """Give every weight module of ``root`` comfy.ops' switch (``comfy_cast_weights``, ``weight_function``,
+    ``bias_function``), off, and the hooks that honour it. Idempotent; nothing changes while the switch is off."""
+    if getattr(root, OFFLOAD_MARK, False):
+        return root
+    for module in weight_modules(root):
+        if hasattr(module, "comfy_cast_weights"):  # already a comfy.ops layer: it casts by itself
+            continue
+        module.comfy_cast_weights = False
+        module.weight_function = []
+        module.bias_function = []
+        module.register_forward_pre_hook(_cast_pre_hook, with_kwargs=True)
+        module.register_forward_hook(_cast_post_hook, with_kwargs=True, always_call=True)
+    setattr(root, OFFLOAD_MARK, True)
+    return root
+
+
+def _module_bytes(module: torch.nn.Module, recurse: bool) -> int:
+    tensors = list(module.parameters(recurse=recurse)) + list(module.buffers(recurse=recurse))
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _move_own(module: torch.nn.Module, device: torch.device) -> int:
+    """Move a module's own parameters and buffers (not its children's); returns the bytes moved."""
+    moved = 0
+    for tensors in (module._parameters, module._buffers):
+        for name, t in tensors.items():
+            if t is not None and t.device != device:
+                new = t.data.to(device)
+                if torch._has_compatible_shallow_copy_type(t, new):  # as Module.to(): keep the Parameter
+                    t.data = new
+                else:
+                    tensors[name] = torch.nn.Parameter(new, t.requires_grad) if name in module._parameters else new
+                moved += t.numel() * t.element_size()
+    return moved
+
+
+def finish_partial_load(patcher) -> int:
+    """After core loaded a model partially, move what core leaves behind but the library needs on the load
+    device (see above), and add it to the patcher's count of loaded bytes. Returns the bytes moved."""
+    root, device = patcher.model, torch.device(patcher.load_device)
+    if not getattr(root, "model_lowvram", False):
+        return 0  # loaded whole: everything is there
+    moved = sum(_move_own(m, device) for m in _orphan_modules(root))
+    for top in root.children():
+        first = next(iter(top.named_parameters()), None)
+        if first is None or first[1].device == device:
+            continue
+        owner = top.get_submodule(first[0].rpartition(".")[0])
+        if any(True for c in owner.children() for _ in c.parameters()):
+            moved += _move_own(owner, device)
+            continue
+        owner.to(device)
+        moved += _module_bytes(owner, recurse=True)
+        # As core's load() does for a module it loads regularly: switch off the casting it set up.
+        if hasattr(owner, "prev_comfy_cast_weights"):
+            owner.comfy_cast_weights = owner.prev_comfy_cast_weights
+            del owner.prev_comfy_cast_weights
+        owner.comfy_patched_weights = True
+    root.model_loaded_weight_memory = getattr(root, "model_loaded_weight_memory", 0) + moved
+    return moved
 
 
 # -- progress and interruption ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Iterator
 
 import torch
@@ -21,14 +22,46 @@ CHUNK_INPUT = ("INT", {"default": 1, "min": 1, "max": 64,
                                   "memory; larger is a little faster on a CPU."})
 
 
+# Spatial tiling: frames larger than TILE_ABOVE pixels (480p and up) decode in TILE_SIZE squares sharing
+# TILE_OVERLAP pixels (diffusers' AutoencoderKLWan tiling sizes), so the decoder's working memory and, on a
+# GPU, its feature caches (kept on the offload device between their tiles' turns) are a tile's, not a
+# frame's. Tiles are blended across their overlap: close to, not exactly, one pass. SEMANTICGEN_VAE_TILE
+# overrides the tile size in pixels (0: never tile; N: tile every frame larger than N a side),
+# SEMANTICGEN_VAE_TILE_OVERLAP the overlap.
+TILE_SIZE, TILE_OVERLAP, TILE_ABOVE = 256, 64, 512 * 512
+
+
+def tiling(height: int, width: int) -> tuple[int | None, int]:
+    """(tile size in pixels or None for one pass, overlap) for frames of this size."""
+    overlap = int(os.environ.get("SEMANTICGEN_VAE_TILE_OVERLAP", TILE_OVERLAP))
+    if "SEMANTICGEN_VAE_TILE" in os.environ:
+        size = int(os.environ["SEMANTICGEN_VAE_TILE"])
+        return (size if size > 0 and max(height, width) > size else None), overlap
+    return (TILE_SIZE if height * width > TILE_ABOVE else None), overlap
+
+
+def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> int:
+    """Working memory of a decode step on the GPU, as core estimates it for the Wan2.1 VAE (per latent
+    frame and latent pixel), for a tile or a whole frame of ``height`` x ``width`` pixels."""
+    return 7000 * (height // 8) * (width // 8) * 64 * torch.finfo(dtype).bits // 8 * max(1, chunk)
+
+
 def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Iterator[Iterator[torch.Tensor]]:
     """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar."""
     samples = latent["samples"]
     if samples.ndim != 5:
         raise ShapeError(f"{node} takes video latents [B, 16, T', H/8, W/8], got {list(samples.shape)}: "
                          "an image latent? Use core VAE Decode for images.")
-    ready(vae)
+    height, width = samples.shape[3] * 8, samples.shape[4] * 8
+    tile, overlap = tiling(height, width)
+    if vae.patcher is not None:  # inside ComfyUI: keep the decode's working memory free, as core does
+        vae.ready(memory_required=decode_memory(min(height, tile or height), min(width, tile or width), chunk,
+                                                vae.dtype))
+    else:
+        ready(vae)
     model = vae["vae"]
+    offload = comfy.offload_device()
+    cache_device = offload if tile and vae.device != offload else None
     num_frames = latent.get("semanticgen_num_frames")
     steps_per_video = 1 + -(-(samples.shape[2] - 1) // chunk)
     progress = comfy.Progress("VAE decode", steps_per_video * samples.shape[0])
@@ -36,7 +69,8 @@ def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Ite
         done = b * steps_per_video
         yield model.decode_iter(latent_format.from_comfy(samples[b:b + 1]), num_frames=num_frames, chunk=chunk,
                                 progress=lambda i, total, done=done: progress(done + i, progress.total),
-                                should_stop=comfy.should_stop)
+                                should_stop=comfy.should_stop, tile=tile, overlap=overlap,
+                                cache_device=cache_device)
 
 
 class SemanticGenVAEDecode:
@@ -46,7 +80,9 @@ class SemanticGenVAEDecode:
     RETURN_NAMES = ("images",)
     OUTPUT_TOOLTIPS = ("The video as a batch of frames [T, H, W, 3] in 0..1.",)
     DESCRIPTION = ("Decodes video latents a few frames at a time with the causal VAE's feature cache (exactly the "
-                   "same frames as one pass), so memory stays flat however long the video is.")
+                   "same frames as one pass), so memory stays flat however long the video is. Frames larger than "
+                   "512x512 pixels (480p and up) decode in overlapping 256-pixel tiles, blended, so memory is "
+                   "a tile's (SEMANTICGEN_VAE_TILE=0 turns tiling off, =N sets the tile size).")
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -7,9 +7,10 @@ under a memory budget, least recently used first out.
 
 What flows on a SemanticGen model wire is a ``LoadedModel``: the modules of one file, its preset, and
 (inside ComfyUI) the core ``ModelPatcher`` wrapping them. Before a node runs a model it calls
-``model.ready()``, which asks core's ``load_models_gpu`` to make it resident on the GPU, so ours and core's
-models evict each other under ComfyUI's single memory budget. Outside ComfyUI ``ready()`` moves the
-modules to the device itself.
+``model.ready()``, which asks core's ``load_models_gpu`` to load it on the GPU, so ours and core's models
+evict each other under ComfyUI's single memory budget; like core's own models, ours may be loaded partially
+(``comfy.enable_offload``), so a model larger than the free memory still runs. Outside ComfyUI ``ready()``
+moves the modules to the device itself.
 """
 
 from __future__ import annotations
@@ -60,10 +61,13 @@ class LoadedModel:
     def __getitem__(self, name: str) -> torch.nn.Module | None:
         return self.part[name] if name in self.part else None
 
-    def ready(self) -> "LoadedModel":
-        """Make the modules resident on the load device; returns self for chaining."""
+    def ready(self, memory_required: int = 0) -> "LoadedModel":
+        """Make the modules ready on the load device; returns self for chaining.
+
+        Inside ComfyUI, core may load them partially (what does not fit runs from the offload device, layer
+        by layer), keeping ``memory_required`` bytes free for the computation that follows."""
         if self.patcher is not None:
-            comfy.load_models([self.patcher])
+            comfy.load_models([self.patcher], memory_required=memory_required)
         else:
             device = comfy.load_device()
             param = next(self.part.parameters(), None)

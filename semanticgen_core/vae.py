@@ -81,6 +81,50 @@ def _chunks(length: int, step: int) -> list[tuple[int, int]]:
     return [(0, 1)] + [(start, min(start + step, length)) for start in range(1, length, step)]
 
 
+def _tiles(size: int, tile: int | None, overlap: int) -> list[tuple[int, int]]:
+    """Latent ``(start, end)`` spans of tiles ``tile`` pixels wide covering ``size`` latents, neighbours
+    overlapping by ``overlap`` pixels at least; spread evenly, all of one size. One span without tiling."""
+    if tile is None or tile <= 0 or size * SPACE_STRIDE <= tile:
+        return [(0, size)]
+    length = max(1, tile // SPACE_STRIDE)
+    shared = min(max(0, overlap // SPACE_STRIDE), length - 1)
+    count = -(-(size - shared) // (length - shared))
+    if count <= 1:
+        return [(0, size)]
+    starts = [round(i * (size - length) / (count - 1)) for i in range(count)]
+    return [(s, s + length) for s in starts]
+
+
+def _blend_weights(spans: list[tuple[int, int]], size: int, like: torch.Tensor) -> list[torch.Tensor]:
+    """Per-pixel weights along one axis, one per span: 1 inside, a linear ramp across each overlap with a
+    neighbour, normalised to sum to 1 at every pixel, so the blended frame is a weighted mean of the tiles."""
+    weights = []
+    for i, (start, end) in enumerate(spans):
+        w = torch.ones((end - start) * SPACE_STRIDE, dtype=torch.float32)
+        if i > 0:
+            shared = (spans[i - 1][1] - start) * SPACE_STRIDE
+            if shared > 0:
+                w[:shared] = (torch.arange(shared, dtype=torch.float32) + 0.5) / shared
+        if i + 1 < len(spans):
+            shared = (end - spans[i + 1][0]) * SPACE_STRIDE
+            if shared > 0:
+                w[-shared:] = 1 - (torch.arange(shared, dtype=torch.float32) + 0.5) / shared
+        weights.append(w)
+    # Where more than two tiles meet (short tiles, large overlaps), normalise so the weights still sum to 1.
+    total = torch.zeros(size * SPACE_STRIDE)
+    for (start, end), w in zip(spans, weights):
+        total[start * SPACE_STRIDE:end * SPACE_STRIDE] += w
+    return [(w / total[start * SPACE_STRIDE:end * SPACE_STRIDE]).to(like.device)
+            for (start, end), w in zip(spans, weights)]
+
+
+def _move_cache(cache: list, device: torch.device | str) -> None:
+    """Move a decoder feature cache (tensors, or the marker strings diffusers stores) to ``device``."""
+    for i, entry in enumerate(cache):
+        if isinstance(entry, torch.Tensor) and entry.device != torch.device(device):
+            cache[i] = entry.to(device)
+
+
 def _interruptible(chunks: Iterator[torch.Tensor], should_stop: ShouldStop | None,
                    what: str) -> Iterator[torch.Tensor]:
     """Pass chunks through, checking ``should_stop`` before each one is computed."""
@@ -146,13 +190,45 @@ class VideoVAE(torch.nn.Module):
             out = self.wan.encoder(x[:, :, start:end].to(param.device, param.dtype), feat_cache=cache, feat_idx=[0])
             yield self.wan.quant_conv(out)  # a 1x1x1 conv: per frame, so chunking it is exact
 
-    def iter_pixels(self, z: torch.Tensor, chunk: int = 1) -> Iterator[torch.Tensor]:
+    def iter_pixels(self, z: torch.Tensor, chunk: int = 1, tile: int | None = None, overlap: int = 64,
+                    cache_device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
         """Unclamped frames ``[B, 3, t, H, W]`` (about -1..1) of raw latents ``z``: the first latent frame
-        (one video frame), then ``chunk`` latent frames (``4*chunk`` video frames) at a time."""
-        cache: list = [None] * _count_causal_convs(self.wan.decoder)
+        (one video frame), then ``chunk`` latent frames (``4*chunk`` video frames) at a time.
+
+        With ``tile`` (pixels), a frame larger than that is decoded in overlapping ``tile``-sized squares
+        (``overlap`` pixels shared by neighbours, blended linearly across the overlap), each with its own
+        feature cache, so streaming in time stays exact per tile and the working memory is a tile's. The
+        decoder's middle block attends over the whole (tile) frame, so tiles differ from one pass near
+        their borders, as diffusers' ``tiled_decode`` does (which decodes each tile's whole video at once).
+        ``cache_device`` (e.g. "cpu") keeps the tiles' caches there between their turns.
+        """
+        rows = _tiles(z.shape[3], tile, overlap)
+        cols = _tiles(z.shape[4], tile, overlap)
+        if len(rows) == 1 and len(cols) == 1:
+            cache: list = [None] * _count_causal_convs(self.wan.decoder)
+            for start, end in _chunks(z.shape[2], chunk):
+                x = self.wan.post_quant_conv(z[:, :, start:end])
+                yield self.wan.decoder(x, feat_cache=cache, feat_idx=[0])
+            return
+        n = _count_causal_convs(self.wan.decoder)
+        caches = {(r, c): [None] * n for r in rows for c in cols}
+        wy, wx = _blend_weights(rows, z.shape[3], z), _blend_weights(cols, z.shape[4], z)
         for start, end in _chunks(z.shape[2], chunk):
-            x = self.wan.post_quant_conv(z[:, :, start:end])
-            yield self.wan.decoder(x, feat_cache=cache, feat_idx=[0])
+            out = None
+            for (r0, r1), ry in zip(rows, wy):
+                for (c0, c1), cx in zip(cols, wx):
+                    cache = caches[(r0, r1), (c0, c1)]
+                    _move_cache(cache, z.device)
+                    x = self.wan.post_quant_conv(z[:, :, start:end, r0:r1, c0:c1])
+                    pixels = self.wan.decoder(x, feat_cache=cache, feat_idx=[0])
+                    if cache_device is not None:
+                        _move_cache(cache, cache_device)
+                    if out is None:
+                        out = pixels.new_zeros(*pixels.shape[:3], z.shape[3] * SPACE_STRIDE, z.shape[4] * SPACE_STRIDE)
+                    weight = (ry.to(pixels)[:, None] * cx.to(pixels)[None, :])
+                    out[..., r0 * SPACE_STRIDE:r1 * SPACE_STRIDE, c0 * SPACE_STRIDE:c1 * SPACE_STRIDE] += pixels * weight
+                    del pixels, x
+            yield out
 
     def moments(self, x: torch.Tensor) -> torch.Tensor:
         """All posterior moments in two encoder calls (whole chunks are cheaper on CPU)."""
@@ -219,15 +295,19 @@ class VideoVAE(torch.nn.Module):
 
     @torch.no_grad()
     def decode_iter(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 1,
-                    progress: Progress | None = None,
-                    should_stop: ShouldStop | None = None) -> Iterator[torch.Tensor]:
+                    progress: Progress | None = None, should_stop: ShouldStop | None = None,
+                    tile: int | None = None, overlap: int = 64,
+                    cache_device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
         """Yield frames ``[t, H, W, 3]`` (CPU float, 0..1) as they are decoded: the first frame, then
-        ``4*chunk`` frames at a time, stopping after ``num_frames`` (to trim a padded video)."""
+        ``4*chunk`` frames at a time, stopping after ``num_frames`` (to trim a padded video).
+
+        ``tile`` (pixels) decodes frames larger than that in overlapping tiles (see ``iter_pixels``)."""
         wanted = self._check_latents(latents, num_frames)
         param = next(self.wan.parameters())
         z = self.denormalize(latents.to(param.device, param.dtype))
         total, done = len(_chunks(z.shape[2], chunk)), 0
-        for i, pixels in enumerate(_interruptible(self.iter_pixels(z, chunk), should_stop, "VAE decode")):
+        pixel_chunks = self.iter_pixels(z, chunk, tile=tile, overlap=overlap, cache_device=cache_device)
+        for i, pixels in enumerate(_interruptible(pixel_chunks, should_stop, "VAE decode")):
             frames = ((pixels[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()[: wanted - done]
             done += frames.shape[0]
             if progress is not None:
@@ -237,9 +317,10 @@ class VideoVAE(torch.nn.Module):
                 return
 
     def decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 1,
-               progress: Progress | None = None, should_stop: ShouldStop | None = None) -> torch.Tensor:
+               progress: Progress | None = None, should_stop: ShouldStop | None = None,
+               tile: int | None = None, overlap: int = 64) -> torch.Tensor:
         """Normalised latents ``[1, 16, T', H/8, W/8]`` -> frames ``[T, H, W, 3]`` in 0..1 on the CPU."""
-        return torch.cat(list(self.decode_iter(latents, num_frames, chunk, progress, should_stop)))
+        return torch.cat(list(self.decode_iter(latents, num_frames, chunk, progress, should_stop, tile, overlap)))
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, info: dict | None = None, dtype: torch.dtype = torch.float32) -> None:

@@ -328,11 +328,12 @@ LOADERS = (SemanticGenTextEncoderLoader, SemanticGenStage1Loader, SemanticGenSta
            SemanticGenSemanticEncoderLoader)
 
 
-def ready(*models: LoadedModel) -> None:
-    """Make several models resident together (one ``load_models_gpu`` call, so none evicts another)."""
+def ready(*models: LoadedModel, memory_required: int = 0) -> None:
+    """Make several models resident together (one ``load_models_gpu`` call, so none evicts another), with
+    ``memory_required`` bytes of working memory kept free beside them."""
     patchers = [m.patcher for m in models if m is not None and m.patcher is not None]
     if patchers:
-        comfy.load_models(patchers)
+        comfy.load_models(patchers, memory_required=memory_required)
     for m in models:
         if m is not None and m.patcher is None:
             m.ready()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from semanticgen_core.errors import SemanticGenError
 from semanticgen_core.formats import SAMPLERS
+
 from . import comfy, latent_format
 from .loaders import ready
 from .model_cache import LoadedModel
@@ -68,6 +71,16 @@ def sampling_inputs(steps: int) -> dict:
         "sampler": (list(SAMPLERS), {"default": "euler",
                                "tooltip": "euler: the paper's sampler. unipc: a multistep solver, good with fewer steps."}),
     }
+
+
+def dit_memory(plan, dtype: torch.dtype, batch: int = 2) -> int:
+    """Working memory of a stage-2 step beside its weights, as core estimates it for its Wan models
+    (``BaseModel.memory_required``: 1% of a MiB per latent element of the batch, factor 1), with the
+    conditional and unconditional passes of guidance as a batch of 2."""
+    from semanticgen_core.pipeline import latent_frames
+
+    elements = batch * latent_frames(plan.num_frames) * (plan.height // 8) * (plan.width // 8)
+    return int(elements * torch.finfo(dtype).bits // 8 * 0.01 * 2 ** 20)
 
 
 def _options(seed, steps, guidance, shift, sampler):
@@ -166,7 +179,7 @@ class SemanticGenStage2Sample:
 
     def sample(self, stage2: LoadedModel, plan, conditioning: TextConditioning, seed: int, steps: int,
                guidance: float, shift: float, sampler: str, window_frames: int):
-        ready(stage2)
+        ready(stage2, memory_required=dit_memory(plan, stage2.dtype))
         dit = stage2["stage2"]
         conditioning.check(dit.config.text_dim, f"stage 2 ({stage2.name})")
         plain = bool(stage2.info.get("plain_wan"))  # a Wan2.1 DiT: the plan's tokens are not used

@@ -223,23 +223,10 @@ def render_latents(pipe, plan, opts, *, plain_wan: str | None = None, prompt: st
     if not plain_wan:
         return pipe.render_latents(plan, opts, prompt=prompt, window_frames=window_frames, progress=progress,
                                    should_stop=should_stop, text_embeddings=text_embeddings)
-    import torch
-
-    from semanticgen_core.pipeline import latent_frames
-    from semanticgen_core.sampling import denoise, initial_noise
-    from semanticgen_core.shots import parse_shots, shot_starts
+    from semanticgen_core.shots import parse_shots
 
     log.warning("SemanticGen: %s", PLAIN_WAN_NOTE.format(name=plain_wan))
-    dit = pipe._need("stage2")
-    dtype = next(dit.parameters()).dtype
-    shape = (1, dit.config.in_channels, latent_frames(plan.num_frames), plan.height // 8, plan.width // 8)
     segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
-    text, empty = pipe.shot_text(segments, text_embeddings)
-    starts = shot_starts(segments, plan.duration_s, shape[2] // dit.config.patch_size[0])
-
-    def velocity(x, t, context):
-        return dit(x, t, context, window_frames=None, shot_starts=starts).sample
-
-    with torch.no_grad():
-        return denoise(velocity, initial_noise(shape, opts.seed, pipe.device, dtype), text.to(dtype), empty.to(dtype),
-                       opts, progress, should_stop)
+    return pipe.render_baseline(None, plan.num_frames, plan.video_fps, plan.height, plan.width, opts, progress,
+                                should_stop, model=pipe._need("stage2"), segments=segments,
+                                text_embeddings=text_embeddings)

@@ -188,15 +188,19 @@ class SemanticGenPipeline:
                        model_dtype=dtype)
 
     @torch.no_grad()
-    def render_baseline(self, prompt: str, num_frames: int, fps: float, height: int, width: int,
+    def render_baseline(self, prompt: str | None, num_frames: int, fps: float, height: int, width: int,
                         opts: SamplingOptions, progress: Progress | None = None,
-                        should_stop: ShouldStop | None = None) -> torch.Tensor:
-        """The single-stage baseline: text -> normalised float32 VAE latents with full attention, no plan."""
-        baseline = self._need("baseline")
+                        should_stop: ShouldStop | None = None, *, model: torch.nn.Module | None = None,
+                        segments: list[Segment] | None = None,
+                        text_embeddings: TextPair | None = None) -> torch.Tensor:
+        """The single-stage baseline: text -> normalised float32 VAE latents with full attention, no plan.
+        ``model``: another text-to-video DiT in its place (a plain Wan2.1 DiT loaded as stage 2);
+        ``segments``: the shots, instead of those of ``prompt``."""
+        baseline = model if model is not None else self._need("baseline")
         dtype = next(baseline.parameters()).dtype
         shape = (1, baseline.config.in_channels, latent_frames(num_frames), height // 8, width // 8)
-        segments = parse_shots(prompt, num_frames / fps)
-        text, empty = self.shot_text(segments)
+        segments = parse_shots(prompt, num_frames / fps) if segments is None else segments
+        text, empty = self.shot_text(segments, text_embeddings)
         starts = shot_starts(segments, num_frames / fps, shape[2] // baseline.config.patch_size[0])
 
         def velocity(x, t, context):

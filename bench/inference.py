@@ -238,6 +238,7 @@ def measure(bench: Bench, part: str, geo: dict, flops: dict, reference: dict | N
     elif part == "baseline":
         row["tokens"] = geo["video_tokens"]
     left = budget_end - time.perf_counter()
+    predicted = None
     clock.reset_peak()
     try:
         if part == "decode":
@@ -265,15 +266,15 @@ def measure(bench: Bench, part: str, geo: dict, flops: dict, reference: dict | N
             return row
 
         # predicted seconds for one step: from the shortest length's measured step, scaled by FLOPs
-        predicted = None
         if reference and reference.get(part):
             ref_step, ref_flops = reference[part]
             predicted = ref_step * flops[part] / ref_flops
         warmup = 0 if part in bench.warm else 1
         timed, batch, how = a.timed_steps, 2, []
         if predicted is not None:
-            fit = int((left - 5) / predicted) - warmup
-            if fit < 1 and predicted / 2 < left - 5:
+            # at most half of what is left for one part, so a mispredicted step cannot eat the rest
+            fit = int((0.5 * left - 5) / predicted) - warmup
+            if fit < 1 and predicted / 2 < 0.8 * left - 5:
                 timed, batch, warmup = 1, 1, 0  # one forward at batch 1, doubled for guidance below
             elif fit < 1:
                 row["step_s"] = predicted
@@ -295,7 +296,12 @@ def measure(bench: Bench, part: str, geo: dict, flops: dict, reference: dict | N
             how.append(f"x{a.steps} steps: extrapolated")
         row.update(step_s=step, total_s=step * a.steps, peak_vram_bytes=clock.peak(), how="; ".join(how))
     except OutOfBudget:
-        row["error"] = "stopped: --max-seconds ran out"
+        if predicted is not None:
+            row.update(step_s=predicted, total_s=predicted * a.steps, peak_vram_bytes=clock.peak(),
+                       how=f"estimated: the run was stopped by --max-seconds; scaled from the "
+                           f"{reference['seconds']:g} s step by analytic FLOPs")
+        else:
+            row["error"] = "stopped: --max-seconds ran out"
     except torch.cuda.OutOfMemoryError:
         row["error"] = "does not fit in GPU memory"
         torch.cuda.empty_cache()

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import shlex
 import signal
 import statistics
@@ -216,7 +215,8 @@ class Bench:
         ``max_latent_frames`` latent frames (all when None); returns (seconds, latent frames decoded)."""
         c = self.vae.config
         shape = (1, c.z_dim, geo["latent_frames"], self.args.height // 8, self.args.width // 8)
-        latents = torch.randn(shape, device=self.device, dtype=self.dtype, generator=torch.Generator(self.device).manual_seed(0))
+        g = torch.Generator(self.device).manual_seed(0)
+        latents = torch.randn(shape, device=self.device, dtype=self.dtype, generator=g)
         if max_latent_frames is not None and max_latent_frames < geo["latent_frames"]:
             latents = latents[:, :, :max_latent_frames]
         start = self.clock.now()
@@ -313,8 +313,8 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SemanticGenError("no CUDA device here: run on a GPU, or pass --device cpu --preset tiny")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or
-                                                                                   ("bf16" if device.type == "cuda" else "fp32")]
+    dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype_name]
     d = preset.defaults
     args.fps = args.fps or float(d["fps"])
     args.height = args.height or int(d["height"])
@@ -345,7 +345,8 @@ def run(args) -> dict:
                     else (row["step_s"], flops[s][part])
             if row["error"]:
                 print(f"[inference] {part} at {s:g} s: {row['error']}", file=sys.stderr, flush=True)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" \
+        else f"CPU ({torch.get_num_threads()} threads)"
     return {"command": "python " + shlex.join(["bench/inference.py", *args.argv]), "device": device_name,
             "torch": torch.__version__, "preset": preset.name, "dtype": str(dtype).replace("torch.", ""),
             "height": args.height, "width": args.width, "fps": args.fps, "window_frames": args.window,
@@ -392,7 +393,8 @@ def _f(v, fmt="{:.3f}") -> str:
 def markdown(rec: dict) -> str:
     lines = [f"Device: **{rec['device']}** (torch {rec['torch']}), preset `{rec['preset']}`, {rec['dtype']}, "
              f"{rec['width']}x{rec['height']} at {rec['fps']:g} fps; stage 2 windows of {rec['window_frames']} latent "
-             f"frames, streamed {rec['stream_frames']} at a time; {rec['steps']} sampling steps with guidance (batch 2); "
+             f"frames, streamed {rec['stream_frames']} at a time; {rec['steps']} sampling steps with guidance "
+             "(batch 2); "
              f"text {rec['text_len']} tokens; random weights; torch.compile {'on' if rec['compile'] else 'off'}.",
              f"Command: `{rec['command']}` (wall {rec['wall_s']:.0f} s of --max-seconds {rec['max_seconds']:g}; "
              f"models built in {rec['build_s']:.1f} s)", "",
@@ -414,8 +416,9 @@ def markdown(rec: dict) -> str:
                      f"| {_f(v['baseline_with_decode_s'], '{:.2f}')} | {_f(v['ratio_with_decode'])} |")
     t = rec["summary"]["target"]
     verdict = "n/a" if t["pass"] is None else ("PASS" if t["pass"] else "MISS")
-    lines += ["", f"Target: a stage-2 step at {rec['width']}x{rec['height']}x{int(round(t['seconds'] * rec['fps'])) + 1} "
-              f"frames within {t['limit']}x of the plain Wan step of the same size: stage 2 {_f(t['stage2_step_s'])} s, "
+    frames = int(round(t["seconds"] * rec["fps"])) + 1
+    lines += ["", f"Target: a stage-2 step at {rec['width']}x{rec['height']}x{frames} frames within {t['limit']}x "
+              f"of the plain Wan step of the same size: stage 2 {_f(t['stage2_step_s'])} s, "
               f"plain Wan {_f(t['baseline_step_s'])} s, ratio {_f(t['ratio'])}: **{verdict}**"]
     return "\n".join(lines)
 
@@ -440,7 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="a longer video's decode is timed over this many latent frames and extrapolated")
     parser.add_argument("--text-len", type=int, help="text tokens (default 512 for umT5, 16 otherwise)")
     parser.add_argument("--one-pass", action="store_true", help="stage 2 in one pass instead of streamed")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the DiT blocks (semanticgen_core.compile)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the DiT blocks (semanticgen_core.compile)")
     parser.add_argument("--max-seconds", type=float, default=420.0,
                         help="budget for the measurements; a part that would overrun is estimated instead")
     parser.add_argument("--json", type=Path)

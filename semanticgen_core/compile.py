@@ -7,8 +7,9 @@ Each block's forward is wrapped: the first call goes through ``torch.compile``; 
 available (no compiler on the machine, an old torch) or fails at any call, a warning is logged once and
 that block runs eagerly from then on (the failed call is rerun eagerly, so the caller gets the eager
 result; if the eager call fails too, the inputs are wrong: its error is raised and compiling stays on).
-Weights, names and state dicts are unchanged. Window layouts differ between calls (video lengths, the streamed chunks, the moving grid), so
-expect a few recompiles; torch falls back to eager by itself past its recompile limit.
+Weights, names and state dicts are unchanged. Window layouts differ between calls (video lengths, the
+streamed chunks, the moving grid), so expect a few recompiles; torch falls back to eager by itself past
+its recompile limit.
 """
 
 from __future__ import annotations

@@ -269,7 +269,7 @@ def measure(bench: Bench, part: str, geo: dict, flops: dict, reference: dict | N
         if reference and reference.get(part):
             ref_step, ref_flops = reference[part]
             predicted = ref_step * flops[part] / ref_flops
-        warmup = 0 if part in bench.warm else 1
+        warmup = 0 if part in bench.warm and not a.compile else 1  # compiled: new lengths recompile
         timed, batch, how = a.timed_steps, 2, []
         if predicted is not None:
             # at most half of what is left for one part, so a mispredicted step cannot eat the rest

@@ -62,6 +62,14 @@ def apply_rope(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return out.type_as(x)
 
 
+def rope_to(rope: Rope | None, device: torch.device) -> Rope | None:
+    """The rotary tables on ``device`` (same dtype). Built on the CPU; moved once per forward, not once
+    per layer (``apply_rope`` would otherwise copy them to the GPU in every layer, for q and for k)."""
+    if rope is None:
+        return None
+    return tuple(r.to(device, non_blocking=True) for r in rope)
+
+
 @dataclass(frozen=True)
 class Window:
     """Contiguous index ranges of the video and semantic tokens that attend to each other."""
@@ -112,9 +120,43 @@ def _as_slice(idx: torch.Tensor) -> slice:
     return slice(start, stop)
 
 
+def window_groups(windows: list[Window]) -> list[list[Window]]:
+    """Windows grouped by size (video and semantic token counts), in order of first appearance.
+
+    Windows of one group run as one attention call with the windows stacked on the batch dimension: a
+    long video has a few window sizes (the interior ones and the ends), so a layer makes a few calls
+    instead of one per window, and each call is big enough to keep a GPU's attention kernels busy.
+    """
+    groups: dict[tuple[int, int], list[Window]] = {}
+    for win in windows:
+        size = (win.video.stop - win.video.start, win.semantic.stop - win.semantic.start)
+        groups.setdefault(size, []).append(win)
+    return list(groups.values())
+
+
+def _stacked(x: torch.Tensor, spans: list[slice]) -> torch.Tensor:
+    """``x`` ``[B, heads, N, d]`` -> the equal-length ``spans`` of its tokens stacked on the batch
+    dimension, window-major: ``[len(spans) * B, heads, n, d]`` (a view when there is one span)."""
+    if len(spans) == 1:
+        return x[:, :, spans[0]]
+    return torch.cat([x[:, :, s] for s in spans], 0)
+
+
+def _scatter(out: torch.Tensor, spans: list[slice], y: torch.Tensor) -> None:
+    """Inverse of ``_stacked``: write ``y`` ``[len(spans) * B, heads, n, d]`` into ``out``'s spans."""
+    for s, part in zip(spans, y.chunk(len(spans), 0)):
+        out[:, :, s] = part
+
+
 def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rope_v: Rope, rope_s: Rope | None,
                             windows: list[Window], gate: torch.Tensor | None):
     """Self-attention of a Wan ``attn1`` over video tokens ``xv`` and semantic tokens ``xs``.
+
+    Per window, the video queries and the window's semantic queries attend to the window's video keys
+    (softmax 1) plus ``gate`` times their attention to the window's semantic keys (softmax 2). Windows of
+    equal size run together (``window_groups``), each group as one ``scaled_dot_product_attention`` call
+    per softmax, with no mask, so on a GPU in bf16/fp16 it takes the flash / memory-efficient kernels.
+    Full attention (one window over everything) uses the tensors as they are, without copies.
 
     Returns the attention outputs for both (the semantic side as given when it has no tokens).
     ``gate`` is ``[heads]``: the weight of the semantic softmax branch.
@@ -132,20 +174,32 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
     if has_sem:
         qs, ks, vs = qkv(xs, rope_s)
         g = gate.to(qv.dtype).view(1, -1, 1, 1)
-    ov, os_ = torch.empty_like(qv), (torch.empty_like(qs) if has_sem else None)
-    for win in windows:
-        v, s = win.video, win.semantic
-        q = torch.cat([qv[:, :, v], qs[:, :, s]], 2) if has_sem else qv[:, :, v]
-        out = F.scaled_dot_product_attention(q, kv[:, :, v], vv[:, :, v])
-        if has_sem and s.stop > s.start:
-            out = out + g * F.scaled_dot_product_attention(q, ks[:, :, s], vs[:, :, s])
-        n_v = v.stop - v.start
-        ov[:, :, v] = out[:, :, :n_v]
+    n_video, n_sem = qv.shape[2], (qs.shape[2] if has_sem else 0)
+
+    if len(windows) == 1 and windows[0].video == slice(0, n_video) and \
+            (windows[0].semantic.stop - windows[0].semantic.start) == n_sem:  # full attention: no copies
+        q = torch.cat([qv, qs], 2) if has_sem else qv
+        out = F.scaled_dot_product_attention(q, kv, vv)
         if has_sem:
-            os_[:, :, s] = out[:, :, n_v:]
+            out = out + g * F.scaled_dot_product_attention(q, ks, vs)
+        ov, os_ = (out[:, :, :n_video], out[:, :, n_video:]) if has_sem else (out, None)
+    else:
+        ov, os_ = torch.empty_like(qv), (torch.empty_like(qs) if has_sem else None)
+        for group in window_groups(windows):
+            vid, sem = [w.video for w in group], [w.semantic for w in group]
+            n_v, n_s = vid[0].stop - vid[0].start, (sem[0].stop - sem[0].start) if has_sem else 0
+            q = _stacked(qv, vid)
+            if n_s:
+                q = torch.cat([q, _stacked(qs, sem)], 2)
+            out = F.scaled_dot_product_attention(q, _stacked(kv, vid), _stacked(vv, vid))
+            if n_s:
+                out = out + g * F.scaled_dot_product_attention(q, _stacked(ks, sem), _stacked(vs, sem))
+            if n_v:
+                _scatter(ov, vid, out[:, :, :n_v])
+            if n_s:
+                _scatter(os_, sem, out[:, :, n_v:])
 
     def project(o):
         return attn.to_out[1](attn.to_out[0](o.transpose(1, 2).flatten(2)))
 
     return project(ov), (project(os_) if has_sem else xs)  # xs: None, or no tokens in this part of a video
-

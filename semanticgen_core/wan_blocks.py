@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import torch
 from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
-from .attention import Rope, Window, rope_at, windowed_self_attention
+from .attention import Rope, Window, rope_at, rope_to, windowed_self_attention
 from .errors import ShapeError
 
 # Cross-attention routing: (shot index, indices of the tokens in that shot), or None for one prompt.
@@ -86,6 +86,7 @@ class WanRunner:
     def run_blocks(self, xv, xs, context, shots: Shots, mod_v, mod_s, rope_v, rope_s,
                    layouts: Sequence[list[Window]], gates: torch.Tensor | None):
         """All blocks; layer ``i`` uses ``layouts[i % len(layouts)]`` (odd layers: shifted windows)."""
+        rope_v, rope_s = rope_to(rope_v, xv.device), rope_to(rope_s, xv.device)  # once, not per layer
         for i, block in enumerate(self.blocks):
             args = (xv, xs, context, shots, mod_v, mod_s, rope_v, rope_s, layouts[i % len(layouts)],
                     layer_gate(gates, i))

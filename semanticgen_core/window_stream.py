@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import Rope, time_windows, window_start
+from .attention import Rope, rope_to, time_windows, window_start
 from .wan_blocks import cell_centres, layer_gate, shot_routing
 
 
@@ -77,13 +77,13 @@ def stream_forward(model, hidden_states: torch.Tensor, semantic_tokens: torch.Te
         final = stop == grid[0]
         frames = torch.arange(start, stop, dtype=torch.float64)
         xv = model.patch_embedding(hidden_states[:, :, start * pt:stop * pt]).flatten(2).transpose(1, 2)
-        new = Span(xv, model.grid_rope(*grid, grid, slice(start, stop)), frames.repeat_interleave(grid[1] * grid[2]),
-                   None, None, None)
+        rope_v = rope_to(model.grid_rope(*grid, grid, slice(start, stop)), xv.device)  # on the tokens' device
+        new = Span(xv, rope_v, frames.repeat_interleave(grid[1] * grid[2]), None, None, None)
         if semantic_tokens is not None:  # the plan steps whose (clamped) time falls in this chunk
             first = int((step_times < start).sum())
             last = steps if final else int((step_times < stop).sum())
             new.xs = model.semantic_proj(semantic_tokens[:, first:last].to(xv.dtype).flatten(1, 3))
-            new.rope_s = model.grid_rope(steps, hs, ws, grid, slice(first, last))
+            new.rope_s = rope_to(model.grid_rope(steps, hs, ws, grid, slice(first, last)), xv.device)
             new.ts = step_times[first:last].repeat_interleave(hs * ws)
 
         frontier = math.inf if final else float(stop)  # every token before it has reached this layer

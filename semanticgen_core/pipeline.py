@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from .compile import maybe_compile
 from .compressor import SemanticCompressor
 from .errors import SemanticGenError
 from .latent_dit import LatentDiT
@@ -47,6 +48,11 @@ class SemanticGenPipeline:
     semantic_encoder: SemanticEncoder | None = None
     name: str = "semanticgen"
     baseline: LatentDiT | None = None  # the single-stage model the claims are measured against
+
+    def __post_init__(self) -> None:
+        for dit in (self.stage1, self.stage2, self.baseline):  # SEMANTICGEN_COMPILE=1: compiled blocks (once)
+            if dit is not None:
+                maybe_compile(dit)
 
     @classmethod
     def from_files(cls, stage1: str | None, stage2: str | None, vae: str | None, semantic_encoder: str | None = None,

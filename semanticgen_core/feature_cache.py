@@ -9,7 +9,7 @@ sharded safetensors files:
     empty_text.safetensors the empty prompt's embedding (classifier-free guidance drops the text to it)
     shard_00000.safetensors ...  per clip: ``latents`` [16, T', H/8, W/8] (normalised, float16),
                            ``features`` [T_s, h, w, d] and ``text`` [L, D] (bfloat16: feature scales differ
-                           per encoder), ``text_len``; metadata: the clips' sources and the skipped files
+                           per encoder); metadata: the clips' sources and the skipped files
 
 Shard ``i`` holds the clips of items ``[i*V, (i+1)*V)`` of the source (an item is a video file, which may
 give several clips), so a shard is a fixed piece of work: shards are written atomically, a rerun skips
@@ -136,7 +136,7 @@ class FrozenModels:
         lengths = mask.sum(1)
         width = max(1, int(lengths.max()))  # zero past each prompt's end: trimmed here, padded back on reading
         return {"latents": torch.stack(latents), "features": torch.stack(features),
-                "text": text[:, :width].to(torch.bfloat16).cpu(), "text_len": lengths.cpu()}
+                "text": text[:, :width].to(torch.bfloat16).cpu()}
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def build(source: DataSource, cache: str | os.PathLike, preset: Preset, models: 
 
 # A shard whose every item was skipped: no rows, but written, so that a rerun does not try again.
 _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torch.zeros(0, dtype=torch.bfloat16),
-                "text": torch.zeros(0, dtype=torch.bfloat16), "text_len": torch.zeros(0, dtype=torch.int64)}
+                "text": torch.zeros(0, dtype=torch.bfloat16)}
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def run(args, source_for: callable) -> None:
     """Build a cache with the parsed ``arguments``; ``source_for(spec)`` makes the data source."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    dist.init()
+    dist.init(timeout_minutes=24 * 60)  # ranks finish their shards far apart (a resumed build, long videos)
     try:
         preset = PRESETS[args.preset]
         spec = clip_spec(preset, args.seconds)
@@ -331,7 +331,10 @@ def run(args, source_for: callable) -> None:
         print(f"[rank {dist.rank()}] wrote {summary['shards_written']} shards, {summary['clips_written']} clips; "
               f"skipped {len(summary['skipped'])} files", flush=True)
         if dist.is_main():
-            done = [safe_open(str(p), "pt").metadata() for p in sorted(args.out.glob("shard_*.safetensors"))]
+            done = []
+            for path in sorted(args.out.glob("shard_*.safetensors")):
+                with safe_open(str(path), "pt") as f:
+                    done.append(f.metadata())
             clips = sum(int(m["clips"]) for m in done)
             skipped = sum(len(json.loads(m["skipped"])) for m in done) + len(source.skipped)
             shards = -(-len(source.items) // args.items_per_shard)

@@ -16,13 +16,14 @@ What makes a run reproducible and scalable:
   endless sequence of seeded epoch permutations; rank ``r`` takes its contiguous share and splits it into
   ``--accum`` micro-batches; every random draw of a sample is keyed by (seed, step, position)
   (``training.SampleNoise``). So 2 processes give the weights of 1 with the same global batch, and a
-  resumed run continues exactly: the checkpoint holds only weights, optimizer, averages and the step.
+  resumed run continues exactly: the checkpoint holds only weights, optimizer, averages, the step and the
+  time trained.
 * **The engines are torch's own:** DDP, or FSDP2 (``fully_shard`` per transformer block, then the rest);
   bf16 autocast over fp32 master weights on GPUs; activation checkpointing per block; gradient
   accumulation without synchronising the inner micro-steps.
 * **Checkpoints** are torch.distributed.checkpoint folders (sharded, re-shardable to another world size),
   written under a temporary name and renamed once complete; ``latest`` names the newest. SIGTERM/SIGINT
-  (and ``--minutes``) stop every rank at the same step, with a checkpoint.
+  (and ``--minutes``) stop every rank at the same step, with a checkpoint; a second signal aborts at once.
 * **Export** writes the self-describing model file the nodes load (EMA weights when ``--ema``), with the
   training record in its metadata: data, steps, world size, device hours.
 """
@@ -30,10 +31,13 @@ What makes a run reproducible and scalable:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import resource
 import shutil
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -90,6 +94,7 @@ def stage2_task(args, preset: Preset) -> Task:
     if args.init:
         start = load_model(args.init, "stage2").modules
         compressor, stage2 = start["compressor"].float(), start["stage2"].float()
+        preset = plan_preset(preset, compressor.config.out_dim)  # the file's plan width, whatever --plan-dim says
     compressor.requires_grad_(not args.freeze_compressor)
 
     def loss(batch, noise, step, step_gen):
@@ -178,7 +183,7 @@ class StepBatches(torch.utils.data.Sampler):
     """For steps ``first..last-1``: this rank's micro-batches, each a list of ``(cache index, position)``.
     Position ``p`` of the run is clip ``perm_e[p mod N]`` of epoch ``e = p // N``'s seeded permutation."""
 
-    def __init__(self, size: int, batch: int, accum: int, seed: int, first: int, last: int):
+    def __init__(self, size: int, batch: int, accum: int, seed: int, first: int, last: int | None):
         self.size, self.batch, self.accum, self.seed, self.first, self.last = size, batch, accum, seed, first, last
         self.share = batch // dist.world_size()
         self._perm: tuple[int, torch.Tensor] | None = None
@@ -192,14 +197,14 @@ class StepBatches(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         micro = self.share // self.accum
-        for step in range(self.first, self.last):
+        for step in itertools.count(self.first) if self.last is None else range(self.first, self.last):
             start = step * self.batch + dist.rank() * self.share
             for m in range(self.accum):
                 positions = range(start + m * micro, start + (m + 1) * micro)
                 yield [(self._clip(p), p) for p in positions]
 
     def __len__(self) -> int:
-        return (self.last - self.first) * self.accum
+        return sys.maxsize if self.last is None else (self.last - self.first) * self.accum
 
 
 class CacheRows(torch.utils.data.Dataset):
@@ -221,8 +226,6 @@ class Trainer:
     def __init__(self, args, task: Task, cache: FeatureCache):
         self.args, self.task, self.cache = args, task, cache
         self.device = dist.device()
-        if not dist.active():  # checkpoints are written the same way by one process; no need to say so
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
         self.out = Path(args.out)
         self.step, self.elapsed = 0, 0.0
         world = dist.world_size()
@@ -252,8 +255,6 @@ class Trainer:
 
             if not dist.active():
                 raise SemanticGenError("--parallel fsdp shards over processes: launch with torchrun")
-            # The objectives never change a model's output in place, which is all this warning is about.
-            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
                 if self.autocast else MixedPrecisionPolicy()
             for block in self.task.blocks:
@@ -291,7 +292,8 @@ class Trainer:
         if dist.is_main():
             tmp.rename(final)
             write_atomic(ckpt / "latest", final.name.encode())
-            for old in sorted(p for p in ckpt.glob("step_*") if p.suffix != ".tmp")[:-self.args.keep]:
+            done = sorted((p for p in ckpt.glob("step_*") if p.suffix != ".tmp"), key=lambda p: int(p.name[5:]))
+            for old in done[:-self.args.keep]:
                 shutil.rmtree(old, ignore_errors=True)
         dist.barrier()
 
@@ -304,8 +306,8 @@ class Trainer:
         try:
             dcp.load(state, checkpoint_id=str(folder), no_dist=not dist.active())
         except Exception as e:  # noqa: BLE001 - any reader error means the same thing to the user
-            raise SemanticGenError(f"cannot resume from {folder}: {e}. It was written by another task, model size "
-                                   "or version; use a new --out folder") from e
+            raise SemanticGenError(f"cannot resume from {folder}: {e}. It was written by another task, model size, "
+                                   "version, or with --ema switched the other way; use a new --out folder") from e
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         for name, value in state["ema"].items():
             self.ema[name].copy_(value)
@@ -343,9 +345,10 @@ class Trainer:
 
     def micro_loss(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
         """The task's loss of one micro-batch (what DDP's wrapped forward runs)."""
+        positions = batch.pop("position").tolist()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         batch["empty_text"] = self.empty_text
-        noise = SampleNoise([(self.args.seed, step, int(p)) for p in batch.pop("position")], self.device)
+        noise = SampleNoise([(self.args.seed, step, p) for p in positions], self.device)
         step_gen = torch.Generator().manual_seed(self.args.seed * 7_919 + step)
         with torch.autocast("cuda", torch.bfloat16, enabled=self.autocast):
             return self.task.loss(batch, noise, step, step_gen)
@@ -353,10 +356,18 @@ class Trainer:
     def run(self) -> Path:
         args = self.args
         stop = {"signal": False}
-        handlers = {s: signal.signal(s, lambda *_: stop.update(signal=True)) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def request_stop(signum, frame):  # the first signal stops at the step's end, with a checkpoint
+            if stop["signal"]:
+                raise KeyboardInterrupt  # the second aborts at once (a stuck worker or collective)
+            stop["signal"] = True
+            if dist.is_main():
+                print(f"\n{signal.Signals(signum).name}: stopping after this step (again to abort)", flush=True)
+
+        handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         loader = torch.utils.data.DataLoader(
             CacheRows(self.cache), batch_sampler=StepBatches(len(self.cache), args.batch, args.accum, args.seed,
-                                                             self.step, args.steps or 2 ** 62),
+                                                             self.step, args.steps),
             num_workers=args.workers, timeout=300 if args.workers else 0, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
         micro = iter(loader)
@@ -377,7 +388,7 @@ class Trainer:
                 minutes_up = args.minutes is not None and time.monotonic() - started > 60 * args.minutes
                 wants_stop = dist.all_reduce(torch.tensor(float(stop["signal"] or minutes_up), device=self.device),
                                              "max")
-                if wants_stop:
+                if wants_stop or self.step == args.steps:
                     break
                 if self.step % args.save_every == 0:
                     self.save()
@@ -405,7 +416,7 @@ class Trainer:
         totals: dict[str, float] = {}
         for m in range(self.args.accum):
             last = m == self.args.accum - 1
-            sync = _sync(self.engine, last)
+            sync = _sync(self.engine, self.task.trained, last)
             with sync:
                 losses = self.engine(next(micro), self.step) if self.engine is not self.model else \
                     self.micro_loss(next(micro), self.step)
@@ -453,14 +464,14 @@ class _Step(torch.nn.Module):
         return self._trainer[0].micro_loss(batch, step)
 
 
-def _sync(engine: torch.nn.Module, last: bool):
-    """Synchronise gradients only on the last micro-step of an accumulated step."""
-    import contextlib
-
+def _sync(engine: torch.nn.Module, trained: dict[str, torch.nn.Module], last: bool):
+    """Synchronise gradients only on the last micro-step of an accumulated step: DDP's ``no_sync``, or
+    FSDP2's switch on each sharded model (it reaches the blocks sharded inside it)."""
     if hasattr(engine, "no_sync") and not last:
         return engine.no_sync()
-    if hasattr(engine, "set_requires_gradient_sync"):  # FSDP2
-        engine.set_requires_gradient_sync(last)
+    for module in trained.values():
+        if hasattr(module, "set_requires_gradient_sync"):
+            module.set_requires_gradient_sync(last)
     return contextlib.nullcontext()
 
 
@@ -512,9 +523,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=None, help="CPU threads a process")
     p.add_argument("--export-dtype", choices=("float32", "bfloat16", "float16"), default="float32")
-    p.add_argument("--init", type=Path, help="start from a SemanticGen file (continue a stage; the baseline: a stage-2 file)")
-    p.add_argument("--init-wan", type=Path, help="stage 2 / baseline: start from Wan2.1-T2V weights (diffusers folder or "
-                                                 "the single file in ComfyUI's models/diffusion_models)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--init", type=Path, help="start from a SemanticGen file (continue a stage; the baseline: a "
+                                                 "stage-2 file)")
+    start.add_argument("--init-wan", type=Path, help="stage 2 / baseline: start from Wan2.1-T2V weights (diffusers "
+                                                     "folder or the single file in ComfyUI's models/diffusion_models)")
     s2 = p.add_argument_group("stage 2")
     s2.add_argument("--kl", type=float, default=1e-4, help="KL weight of the compressor")
     s2.add_argument("--kl-warmup", type=int, default=1000,
@@ -538,16 +551,23 @@ def main(argv: list[str] | None = None) -> Path:
         raise SemanticGenError("--decay-steps needs --steps: the cool-down ends at that step")
     if args.max_shots & (args.max_shots - 1):
         raise SemanticGenError(f"--max-shots must be a power of 2, got {args.max_shots}")
+    if args.keep < 1:
+        raise SemanticGenError(f"--keep must be at least 1 (the checkpoint a rerun resumes from), got {args.keep}")
     if args.threads:
         torch.set_num_threads(args.threads)
     dist.init()
     try:
-        cache = FeatureCache(args.cache)
-        torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
-        task = TASKS[args.task](args, cache.preset)
-        args.out.mkdir(parents=True, exist_ok=True)
-        trainer = Trainer(args, task, cache)
-        path = trainer.run()
+        with warnings.catch_warnings():
+            # one process writes checkpoints the same way (no need to say so); the objectives never change a
+            # model's output in place, which is all FSDP2's view warning is about
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+            cache = FeatureCache(args.cache)
+            torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
+            task = TASKS[args.task](args, cache.preset)
+            args.out.mkdir(parents=True, exist_ok=True)
+            trainer = Trainer(args, task, cache)
+            path = trainer.run()
         if dist.is_main():
             print(f"wrote {path} (step {trainer.step})", flush=True)
         return path

@@ -27,17 +27,10 @@ from semanticgen_core.presets import TINY
 from semanticgen_core.trainer import main as train
 from semanticgen_core.vae import VideoVAE, tiny_vae_config
 from semanticgen_core.video_data import VideoFolder, read_clips
-from semanticgen_world.world import sample_clip
+from semanticgen_world.world_source import write_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 1.0  # the tiny preset's clips: 9 frames at 8 fps, 64x64
-
-
-def write_mp4(path: Path, frames: np.ndarray, fps: float) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (frames.shape[2], frames.shape[1]))
-    for frame in frames:
-        writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-    writer.release()
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +38,10 @@ def videos(tmp_path_factory):
     """Five world clips as mp4 + caption (at 12 fps and 96x80, so the cache resamples and crops), 2.5 seconds
     each (two clips apiece), plus a corrupt file and a video without a caption."""
     folder = tmp_path_factory.mktemp("videos")
-    for seed in range(5):
-        clip = sample_clip(seed, 30, 80, 96, 12.0)
-        write_mp4(folder / f"clip_{seed}.mp4", clip.frames, 12.0)
-        (folder / f"clip_{seed}.txt").write_text(clip.caption + "\n")
+    write_videos(folder, 6, seconds=2.5, fps=12.0, height=80, width=96)
+    (folder / "world_5.txt").unlink()  # uncaptioned
     (folder / "broken.mp4").write_bytes(os.urandom(4096))
     (folder / "broken.txt").write_text("a red circle\n")
-    write_mp4(folder / "uncaptioned.mp4", sample_clip(9, 24, 80, 96, 12.0).frames, 12.0)
     return folder
 
 
@@ -92,7 +82,7 @@ def test_the_cache_holds_every_readable_clip_encoded_by_the_frozen_models(cache,
     spec = clip_spec(TINY, SECONDS)
     models = FrozenModels.load(TINY, frozen["vae"], frozen["encoder"])
     items = VideoFolder(videos, spec).items
-    assert [i.path.name for i in items[:2]] == ["broken.mp4", "clip_0.mp4"]
+    assert [i.path.name for i in items[:2]] == ["broken.mp4", "world_0.mp4"]
     first = read_clips(items[1], spec)[0]
     expected = models.encode([first], spec.fps)
     row = data[0]
@@ -198,16 +188,27 @@ def test_train_export_and_render_through_the_nodes(cache, frozen, tmp_path, pack
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """torchrun in a process group of its own, all of it killed if it outlives ``timeout``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
-                           str(nproc), "-m", "semanticgen_core.trainer", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "-m", "semanticgen_core.trainer", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
 def test_two_processes_give_the_weights_of_one(cache, tmp_path, parallel):
     one = train(stage2_args(cache, tmp_path / "one", 3, "--accum", "2", "--ema", "0.5"))
-    done = torchrun(2, stage2_args(cache, tmp_path / "two", 3, "--parallel", parallel, "--ema", "0.5"))
+    # FSDP also accumulates (2 micro-steps of 1 clip a rank), synchronising the last one only
+    accum = ["--accum", "2"] if parallel == "fsdp" else []
+    done = torchrun(2, stage2_args(cache, tmp_path / "two", 3, "--parallel", parallel, "--ema", "0.5", *accum))
     assert done.returncode == 0, done.stderr[-3000:]
     a, b = weights(one), weights(tmp_path / "two" / "stage2.safetensors")
     assert a.keys() == b.keys()
@@ -220,16 +221,21 @@ def test_two_processes_give_the_weights_of_one(cache, tmp_path, parallel):
 
 def test_a_run_killed_mid_way_resumes_to_the_same_weights(cache, tmp_path, capsys):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "semanticgen_core.trainer",
-                             *stage2_args(cache, tmp_path / "killed", 10_000, "--save-every", "2", "--ema", "0.9")],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tmp_path / "killed.log"
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "semanticgen_core.trainer",
+                                 *stage2_args(cache, tmp_path / "killed", 10_000, "--save-every", "2", "--ema", "0.9")],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     latest = tmp_path / "killed" / "checkpoints" / "latest"
     deadline = time.monotonic() + 120
-    while not (latest.is_file() and latest.read_text() >= "step_0000004") and time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    try:
+        while not (latest.is_file() and latest.read_text() >= "step_0000004") and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.05)
+    finally:
+        proc.kill()  # SIGKILL: no chance to save
+        proc.wait(timeout=30)
+    assert latest.is_file(), log.read_text()[-3000:]
     stopped_at = int(latest.read_text().split("_")[1])
     assert 4 <= stopped_at < 10_000
     total = stopped_at + 3

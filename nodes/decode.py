@@ -8,7 +8,8 @@ from typing import Iterator
 
 import torch
 
-from semanticgen_core.errors import ShapeError
+from semanticgen_core.errors import SemanticGenError, ShapeError
+
 from . import comfy, latent_format
 from .loaders import ready
 from .model_cache import LoadedModel
@@ -31,13 +32,27 @@ CHUNK_INPUT = ("INT", {"default": 1, "min": 1, "max": 64,
 TILE_SIZE, TILE_OVERLAP, TILE_ABOVE = 256, 64, 512 * 512
 
 
+def _env_pixels(name: str, default: int) -> int:
+    value = os.environ.get(name, str(default))
+    try:
+        pixels = int(value)
+    except ValueError:
+        raise SemanticGenError(f"{name}={value!r} is not a whole number of pixels: unset it, or set e.g. "
+                               f"{name}={default}") from None
+    if pixels < 0:
+        raise SemanticGenError(f"{name}={pixels}: give 0 or more pixels")
+    return pixels
+
+
 def tiling(height: int, width: int) -> tuple[int | None, int]:
     """(tile size in pixels or None for one pass, overlap) for frames of this size."""
-    overlap = int(os.environ.get("SEMANTICGEN_VAE_TILE_OVERLAP", TILE_OVERLAP))
+    overlap = _env_pixels("SEMANTICGEN_VAE_TILE_OVERLAP", TILE_OVERLAP)
     if "SEMANTICGEN_VAE_TILE" in os.environ:
-        size = int(os.environ["SEMANTICGEN_VAE_TILE"])
-        return (size if size > 0 and max(height, width) > size else None), overlap
-    return (TILE_SIZE if height * width > TILE_ABOVE else None), overlap
+        size = _env_pixels("SEMANTICGEN_VAE_TILE", TILE_SIZE)
+        tile = size if size > 0 and max(height, width) > size else None
+    else:
+        tile = TILE_SIZE if height * width > TILE_ABOVE else None
+    return tile, (min(overlap, tile // 2) if tile else overlap)  # a tile must keep a part of its own
 
 
 def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> int:

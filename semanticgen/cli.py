@@ -183,13 +183,14 @@ def cmd_generate(args) -> int:
             times.append(("Stage 2: render", time.perf_counter() - t0))
             t0 = time.perf_counter()
             out.parent.mkdir(parents=True, exist_ok=True)
-            chunks = 1 + (latents.shape[2] - 1)
+            chunks = latents.shape[2]
             progress = comfy.Progress("VAE decode", chunks)
+            tile, overlap = nodes.decode.tiling(height, width)  # as the decode nodes tile
             # the chunks go straight into the file (written beside it, renamed when complete)
             with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
                 for frames in pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=1,
                                                    progress=lambda i, total: progress(i, chunks),
-                                                   should_stop=comfy.should_stop):
+                                                   should_stop=comfy.should_stop, tile=tile, overlap=overlap):
                     writer.write(frames)
             times.append(("VAE decode", time.perf_counter() - t0))
     finally:

@@ -223,12 +223,13 @@ class VideoVAE(torch.nn.Module):
                     pixels = self.wan.decoder(x, feat_cache=cache, feat_idx=[0])
                     if cache_device is not None:
                         _move_cache(cache, cache_device)
-                    if out is None:
-                        out = pixels.new_zeros(*pixels.shape[:3], z.shape[3] * SPACE_STRIDE, z.shape[4] * SPACE_STRIDE)
-                    weight = (ry.to(pixels)[:, None] * cx.to(pixels)[None, :])
+                    if out is None:  # blended in float32: a bf16 sum would add rounding at the seams
+                        out = pixels.new_zeros(*pixels.shape[:3], z.shape[3] * SPACE_STRIDE, z.shape[4] * SPACE_STRIDE,
+                                               dtype=torch.float32)
+                    weight = ry.to(out)[:, None] * cx.to(out)[None, :]
                     out[..., r0 * SPACE_STRIDE:r1 * SPACE_STRIDE, c0 * SPACE_STRIDE:c1 * SPACE_STRIDE] += pixels * weight
                     del pixels, x
-            yield out
+            yield out.to(z.dtype)
 
     def moments(self, x: torch.Tensor) -> torch.Tensor:
         """All posterior moments in two encoder calls (whole chunks are cheaper on CPU)."""
@@ -318,9 +319,12 @@ class VideoVAE(torch.nn.Module):
 
     def decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 1,
                progress: Progress | None = None, should_stop: ShouldStop | None = None,
-               tile: int | None = None, overlap: int = 64) -> torch.Tensor:
-        """Normalised latents ``[1, 16, T', H/8, W/8]`` -> frames ``[T, H, W, 3]`` in 0..1 on the CPU."""
-        return torch.cat(list(self.decode_iter(latents, num_frames, chunk, progress, should_stop, tile, overlap)))
+               tile: int | None = None, overlap: int = 64,
+               cache_device: str | torch.device | None = None) -> torch.Tensor:
+        """Normalised latents ``[1, 16, T', H/8, W/8]`` -> frames ``[T, H, W, 3]`` in 0..1 on the CPU
+        (``decode_iter``'s frames, together)."""
+        return torch.cat(list(self.decode_iter(latents, num_frames, chunk, progress, should_stop, tile, overlap,
+                                               cache_device)))
 
     # -- files -----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, info: dict | None = None, dtype: torch.dtype = torch.float32) -> None:

@@ -158,7 +158,7 @@ def baseline_task(args, preset: Preset) -> Task:
 
 def preview_task(args, preset: Preset) -> Task:
     """The plan-preview decoder: plans sampled from a stage-2 file's frozen compressor (as stage 1 sees them)
-    -> each plan step's thumbnail in the cache (L1 + MSE on RGB in 0..1)."""
+    -> each plan step's thumbnail in the cache (L1 + MSE on RGB in 0..1, objects weighted up)."""
     from .plan_preview import PlanPreviewDecoder
 
     if not args.stage2:
@@ -182,12 +182,19 @@ def preview_task(args, preset: Preset) -> Task:
                 target.flatten(0, 1).permute(0, 3, 1, 2), size=tuple(s * decoder.config.scale for s in plan.shape[2:4]),
                 mode="bilinear", antialias=True, align_corners=False).permute(0, 2, 3, 1).unflatten(0, target.shape[:2])
         frames = decoder(plan)
-        l1, mse = (frames - target).abs().mean(), (frames - target).square().mean()
+        # Objects are small and differ from the frame's typical colour: pixels far from the frame's median
+        # colour weigh up to 1 + --preview-contrast times more, so a small object is not averaged away.
+        median = target.flatten(2, 3).median(dim=2).values[:, :, None, None]
+        weight = 1 + args.preview_contrast * ((target - median).abs().sum(-1, keepdim=True) / 0.3).clamp(max=1)
+        weight = weight / weight.mean()
+        l1, mse = ((frames - target).abs() * weight).mean(), ((frames - target).square() * weight).mean()
         return {"loss": l1 + mse, "l1": l1, "mse": mse}
 
     return Task("preview", {"preview": decoder}, loss, preset,
                 {"objective": "L1 + MSE of each plan step's drawn frame against the middle frame of its temporal "
-                              "patch (the cache's thumbnails), on plans sampled from the frozen compressor",
+                              "patch (the cache's thumbnails), on plans sampled from the frozen compressor; pixels "
+                              "far from their frame's median colour weigh up to 1 + preview_contrast times more",
+                 "preview_contrast": args.preview_contrast,
                  "stage2": Path(args.stage2).name, "compressor": preset.name, "plan_from": plan_from,
                  "init": Path(args.init or "random").name}, [])
 
@@ -569,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--max-shots", type=int, default=8, help="longest training plan, in cached clips (a power of 2)")
     pv = p.add_argument_group("preview (the plan-preview decoder; also takes --stage2)")
     pv.add_argument("--preview-width", type=int, default=48, help="channels of the preview decoder's convolutions")
+    pv.add_argument("--preview-contrast", type=float, default=4.0,
+                    help="extra loss weight of pixels far from their frame's median colour (objects), 0: plain")
     pv.add_argument("--preview-scale", type=int, default=4, help="pixels drawn per plan token on each side (a power of 2)")
     return p
 

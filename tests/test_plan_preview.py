@@ -107,6 +107,11 @@ def test_preview_task_trains_resumes_and_exports(tiny_world_cache, tiny_stage2, 
     with pytest.raises(SemanticGenError, match="without them: build the cache again"):
         trainer.main(["preview", "--cache", str(old), "--stage2", str(tiny_stage2), "--out", str(tmp_path / "r2"),
                       "--steps", "1"])
+    # and a build does not add version-2 shards to it
+    from semanticgen_core.feature_cache import _check_same
+
+    with pytest.raises(SemanticGenError, match="version-1 feature cache.*build the cache again"):
+        _check_same(old, {**record, "version": 1}, record)
 
 
 # -- the shipped decoder, judged by the detector on held-out clips ---------------------------------------

@@ -2,9 +2,14 @@
 
 ``SemanticGenEditPlan`` applies a JSON edit list (its ``edits`` widget, which the timeline editor in
 ``web/`` writes, so a saved workflow carries the edits) with ``semanticgen_core.plan_ops.apply_edits``,
-and sends the frontend thumbnails of its input and output plans (a PCA strip) so the editor shows the
-last execution. ``SemanticGenPlanPreview`` shows a plan as images (tokens projected to RGB by PCA, one
-image per plan step), and outputs them as a core IMAGE batch.
+and sends the frontend thumbnails of its input and output plans (a strip, one thumbnail per plan step) so
+the editor shows the last execution. ``SemanticGenPlanPreview`` shows a plan as images, one per plan step,
+and outputs them as a core IMAGE batch.
+
+Both draw a plan with the plan-preview decoder of its model family when there is one
+(``semanticgen_core.plan_preview``: the embedded default ships one; a preview file trained for another
+preset is found in models/semanticgen), so a thumbnail shows the planned objects, colours and positions;
+otherwise (or in the preview node's ``pca`` mode) the tokens are projected to RGB by PCA.
 
 What is reused when a workflow runs again after an edit:
 
@@ -23,8 +28,10 @@ What is reused when a workflow runs again after an edit:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
+import logging
 import threading
 import uuid
 from collections import OrderedDict
@@ -46,6 +53,7 @@ EDITS_TOOLTIP = (
     "conditioning); splice {source: self|other, at_s, [start_s, end_s]}; concatenate {source}; "
     "blend {source, weight, [start_s, end_s, mode]}.")
 UI_KEY = "semanticgen_plan"
+log = logging.getLogger(__name__)
 
 # Regenerated plans, keyed by what determines them (see the module docstring); small (a plan is KBs).
 REGENERATED: OrderedDict = OrderedDict()
@@ -134,19 +142,90 @@ def _png_data_url(rgb: torch.Tensor) -> str:
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode("ascii")
 
 
+def _svg_data_url(rgb: torch.Tensor, width: int, height: int) -> str:
+    """``[H, W, 3]`` in 0..1 as an SVG data URL of intrinsic size ``width`` x ``height`` that holds the PNG at
+    its full resolution: the editor crops the strip in token units (``grid``), and the browser draws the
+    cropped part from the full-resolution picture."""
+    png = _png_data_url(rgb)
+    svg = (f'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink" width="{width}" '
+           f'height="{height}" viewBox="0 0 {width} {height}" preserveAspectRatio="none"><image x="0" y="0" '
+           f'width="{width}" height="{height}" preserveAspectRatio="none" href="{png}" xlink:href="{png}"/></svg>')
+    return "data:image/svg+xml;base64," + base64.b64encode(svg.encode("ascii")).decode("ascii")
+
+
+@functools.lru_cache(maxsize=8)
+def _preview_file(path: str, mtime_ns: int):
+    from semanticgen_core.plan_preview import load_preview
+
+    return load_preview(path)
+
+
+def preview_decoder(plan):
+    """The plan-preview decoder for this plan's model family, or ``(None, why)``: the embedded default's for
+    its plans, else the first preview file in models/semanticgen trained for the plan's preset."""
+    from pathlib import Path
+
+    from semanticgen_core import embedded
+    from semanticgen_core.plan_preview import embedded_preview, matches
+
+    candidates = []
+    if plan.compressor == embedded.NAME:
+        try:
+            candidates.append(embedded_preview())
+        except SemanticGenError as e:
+            return None, str(e)
+    try:
+        from semanticgen_core.model_files import read_metadata
+
+        from .loaders import semanticgen_kind
+
+        for name in comfy.list_models(comfy.SEMANTICGEN_FOLDER):
+            path = comfy.model_path(comfy.SEMANTICGEN_FOLDER, name)
+            if path is None or semanticgen_kind(Path(path)) != "preview":
+                continue
+            if json.loads(read_metadata(path).get("preset", "{}")).get("name") == plan.compressor:
+                candidates.append(_preview_file(str(path), Path(path).stat().st_mtime_ns))
+    except Exception:  # noqa: BLE001  (a broken model folder must not break the preview: PCA stays)
+        log.exception("SemanticGen: looking for a plan-preview decoder failed")
+    for model in candidates:
+        if matches(model, plan):
+            return model.modules["preview"], None
+    return None, (f"no plan-preview decoder for plans of {plan.compressor!r} ({plan.tokens.shape[-1]} channels): "
+                  "showing the PCA view. Train one with `python -m semanticgen_core.trainer preview --cache CACHE "
+                  "--stage2 FILE --out DIR` and put DIR/preview.safetensors in models/semanticgen.")
+
+
+def decoded_frames(plan):
+    """The plan drawn by its preview decoder ``[T, k h, k w, 3]`` in 0..1, or ``(None, why)``."""
+    from semanticgen_core.plan_preview import preview_frames
+
+    decoder, why = preview_decoder(plan)
+    if decoder is None:
+        return None, why
+    return preview_frames(decoder, plan.tokens), None
+
+
 def plan_payload(plan, basis=None) -> dict:
-    """What the timeline editor needs to show a plan: its time base and segments, and a PNG strip of its
-    steps side by side (one pixel per token, coloured by ``basis``, the PCA of the node's input plan)."""
+    """What the timeline editor needs to show a plan: its time base and segments, and a strip of its steps
+    side by side: the preview decoder's frames when the plan's family has one (an SVG of one unit per token
+    holding the frames at full resolution, so the editor's crops by ``grid`` stay right), else a PNG of one
+    pixel per token coloured by ``basis``, the PCA of the node's input plan. ``preview`` says which."""
     from semanticgen_core.plan_ops import pca_rgb
 
-    rgb = pca_rgb(plan.tokens, basis)                 # [T, h, w, 3]
     steps, h, w = plan.grid
-    strip = rgb.permute(1, 0, 2, 3).reshape(h, steps * w, 3)
+    frames, _ = decoded_frames(plan)
+    if frames is not None:
+        _, fh, fw, _ = frames.shape
+        strip = _svg_data_url(frames.permute(1, 0, 2, 3).reshape(fh, steps * fw, 3), steps * w, h)
+    else:
+        rgb = pca_rgb(plan.tokens, basis)                 # [T, h, w, 3]
+        strip = _png_data_url(rgb.permute(1, 0, 2, 3).reshape(h, steps * w, 3))
     return {"fps": plan.fps, "video_fps": plan.video_fps, "num_frames": plan.num_frames,
             "duration_s": plan.duration_s, "steps": steps, "grid": [steps, h, w],
             "channels": plan.tokens.shape[-1], "height": plan.height, "width": plan.width,
             "segments": plan.metadata()["segments"], "encoder": plan.encoder, "compressor": plan.compressor,
-            "edits_in_history": len(plan.history), "strip": _png_data_url(strip)}
+            "edits_in_history": len(plan.history), "strip": strip,
+            "preview": "decoded" if frames is not None else "pca"}
 
 
 def editor_payload(plan, result, edits: list, other=None) -> dict:
@@ -268,27 +347,51 @@ class SemanticGenPlanPreview:
     OUTPUT_NODE = True
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("One image per plan step (tokens projected to RGB by PCA, upscaled), as a core IMAGE batch.",)
-    DESCRIPTION = ("Shows a semantic plan as images: its tokens projected to RGB by PCA (one basis for the whole plan, "
-                   "so a colour means the same thing at every step), one image per plan step. Similar colours are "
-                   "similar semantics; watch a colour blob move to see the planned motion.")
+    OUTPUT_TOOLTIPS = ("One image per plan step (the preview decoder's drawing, or the PCA view), upscaled, as a core "
+                       "IMAGE batch.",)
+    DESCRIPTION = ("Shows a semantic plan as images, one per plan step. decoded: a small network trained for the plan's "
+                   "model family draws what the plan says (objects, colours, positions, motion; not texture) as "
+                   "low-resolution frames. pca: the tokens projected to RGB by PCA (one basis for the whole plan, so a "
+                   "colour means the same thing at every step); used when no preview decoder fits the plan.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
             "plan": ("SEMANTIC_PLAN", {"tooltip": "The plan to show."}),
             "size": ("INT", {"default": 256, "min": 16, "max": 4096, "step": 16,
-                             "tooltip": "Longer side of each image in pixels (tokens are shown as square blocks)."}),
+                             "tooltip": "Longer side of each image in pixels."}),
+        }, "optional": {
+            "mode": (["decoded", "pca"], {"default": "decoded",
+                                          "tooltip": "decoded: the plan drawn as frames by the preview decoder of its "
+                                                     "model family (the embedded default ships one; falls back to pca "
+                                                     "with a note when there is none). pca: tokens coloured by PCA, "
+                                                     "one square per token."}),
         }}
 
-    def preview(self, plan, size: int = 256):
+    def preview(self, plan, size: int = 256, mode: str = "decoded"):
         from semanticgen_core.plan_ops import pca_rgb
 
+        note = None
+        if mode == "decoded":
+            frames, note = decoded_frames(plan)
+            if frames is not None:
+                _, fh, fw, _ = frames.shape
+                scale = max(1, size // max(fh, fw))
+                images = torch.nn.functional.interpolate(
+                    frames.permute(0, 3, 1, 2), size=(fh * scale, fw * scale), mode="bilinear",
+                    align_corners=False).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+                return {"ui": {"images": _save_temp_pngs(images)}, "result": (images,)}
+            log.warning("SemanticGen Plan Preview: %s", note)
+        elif mode != "pca":
+            raise SemanticGenError(f"unknown preview mode {mode!r}: decoded or pca")
         rgb = pca_rgb(plan.tokens)  # [T, h, w, 3]
         _, h, w = plan.grid
         scale = max(1, size // max(h, w))
         images = rgb.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2).contiguous()
-        return {"ui": {"images": _save_temp_pngs(images)}, "result": (images,)}
+        ui = {"images": _save_temp_pngs(images)}
+        if note:
+            ui["text"] = [note]
+        return {"ui": ui, "result": (images,)}
 
 
 def _save_temp_pngs(images: torch.Tensor) -> list[dict]:

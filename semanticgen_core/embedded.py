@@ -11,7 +11,7 @@ from pathlib import Path
 from .errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PARTS = ("semantic_encoder", "vae", "stage2", "stage1")
+PARTS = ("semantic_encoder", "vae", "stage2", "stage1", "preview")  # preview: the plan-preview decoder
 NAME = "embedded"  # how loaders list it next to files from the model folders
 
 

@@ -9,7 +9,9 @@ sharded safetensors files:
     empty_text.safetensors the empty prompt's embedding (classifier-free guidance drops the text to it)
     shard_00000.safetensors ...  per clip: ``latents`` [16, T', H/8, W/8] (normalised, float16),
                            ``features`` [T_s, h, w, d] and ``text`` [L, D] (bfloat16: feature scales differ
-                           per encoder); metadata: the clips' sources and the skipped files
+                           per encoder), ``thumbs`` [T_s, 4h, 4w, 3] (uint8 RGB: the frame at the middle of
+                           each plan step, at 4x the plan grid, what the plan-preview decoder learns to draw;
+                           since version 2); metadata: the clips' sources and the skipped files
 
 Shard ``i`` holds the clips of items ``[i*V, (i+1)*V)`` of the source (an item is a video file, which may
 give several clips), so a shard is a fixed piece of work: shards are written atomically, a rerun skips
@@ -44,7 +46,8 @@ from .errors import SemanticGenError, run_command
 from .presets import PRESETS, Preset
 from .video_data import Clip, ClipSpec, VideoFolder, VideoReadError
 
-CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 1
+CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 2
+THUMBNAIL_SCALE = 4  # thumbnails are this many pixels per plan token on each side (plan_preview.thumbnails)
 
 
 class DataSource(Protocol):
@@ -127,16 +130,19 @@ class FrozenModels:
     @torch.no_grad()
     def encode(self, clips: list[Clip], fps: float) -> dict[str, torch.Tensor]:
         """Clips -> the tensors one shard stores for them (see the module docstring)."""
-        latents, features = [], []
+        from .plan_preview import thumbnails
+
+        latents, features, thumbs = [], [], []
         for clip in clips:
             frames = torch.from_numpy(clip.frames).float() / 255  # [T, H, W, 3]
             latents.append(self.vae.encode(frames)[0][0].half())
             features.append(self.encoder.encode(frames, fps).to(torch.bfloat16).cpu())
+            thumbs.append(thumbnails(frames, fps, self.encoder, THUMBNAIL_SCALE))
         text, mask = self.text.encode([clip.caption for clip in clips])
         lengths = mask.sum(1)
         width = max(1, int(lengths.max()))  # zero past each prompt's end: trimmed here, padded back on reading
         return {"latents": torch.stack(latents), "features": torch.stack(features),
-                "text": text[:, :width].to(torch.bfloat16).cpu()}
+                "text": text[:, :width].to(torch.bfloat16).cpu(), "thumbs": torch.stack(thumbs)}
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -150,11 +156,15 @@ def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSo
     return {"format": CACHE_FORMAT, "version": CACHE_VERSION, "preset": preset.to_dict(), "made_by": models.made_by,
             "clip": asdict(spec), "text_max_length": models.text.max_length, "source": source.describe(),
             "items": len(source.items), "items_per_shard": items_per_shard,
-            "shards": -(-len(source.items) // items_per_shard)}
+            "shards": -(-len(source.items) // items_per_shard), "thumbnail_scale": THUMBNAIL_SCALE}
 
 
 def _check_same(cache: Path, old: dict, new: dict) -> None:
     """Refuse to add to a cache made differently, naming each difference."""
+    if old.get("version", 1) != new["version"]:
+        raise SemanticGenError(f"{cache} is a version-{old.get('version', 1)} feature cache; this code writes version "
+                               f"{new['version']} (it adds the plan steps' thumbnails): build the cache again in "
+                               "another --out folder")
     diffs = []
     for key in ("preset", "clip", "text_max_length", "source", "items", "items_per_shard"):
         if old.get(key) != new.get(key):
@@ -218,7 +228,7 @@ def build(source: DataSource, cache: str | os.PathLike, preset: Preset, models: 
 
 # A shard whose every item was skipped: no rows, but written, so that a rerun does not try again.
 _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torch.zeros(0, dtype=torch.bfloat16),
-                "text": torch.zeros(0, dtype=torch.bfloat16)}
+                "text": torch.zeros(0, dtype=torch.bfloat16), "thumbs": torch.zeros(0, dtype=torch.uint8)}
 
 
 # -- reading -------------------------------------------------------------------------------------------
@@ -226,7 +236,9 @@ _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torc
 
 class FeatureCache:
     """A built cache, read a row at a time: ``cache[i]`` -> float32 ``latents``, ``features`` and ``text``
-    (padded back to the text encoder's length with zeros, as at generation time)."""
+    (padded back to the text encoder's length with zeros, as at generation time), and the uint8 ``thumbs``
+    of a cache that has them (version 2 on; ``has_thumbnails``). Version-1 caches still train every task
+    but the plan-preview decoder's."""
 
     OPEN_SHARDS = 8  # memory-mapped shard handles kept open
 
@@ -264,6 +276,11 @@ class FeatureCache:
         """The preset the cache was made for (its geometry and the models' sizes), as recorded."""
         return Preset.from_dict(self.record["preset"])
 
+    @property
+    def has_thumbnails(self) -> bool:
+        """Whether the rows hold the plan steps' thumbnails (caches built by version 2 on)."""
+        return self.record.get("version", 1) >= 2
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -283,6 +300,8 @@ class FeatureCache:
         f = self._shard(path)
         sample = {key: f.get_slice(key)[row:row + 1][0].float() for key in ("latents", "features", "text")}
         sample["text"] = self._pad(sample["text"])
+        if self.has_thumbnails:
+            sample["thumbs"] = f.get_slice("thumbs")[row:row + 1][0]
         return sample
 
     def __getstate__(self):  # DataLoader workers open their own handles

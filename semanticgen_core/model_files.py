@@ -4,7 +4,9 @@ A part is what one loader node loads: ``stage1`` (SemanticDiT), ``stage2`` (comp
 trained together), ``semantic_encoder`` and ``vae``; and ``baseline``, the single-stage model (stage 2's
 DiT from text alone, full attention) that long-video and convergence figures compare against. The metadata also carries the preset (plan
 geometry, text encoder, sampling defaults), so a file is self-describing: no config file beside it to
-lose or mismatch. Files are written atomically; loading checks the kind, the format version and every key.
+lose or mismatch. ``preview`` is the plan-preview decoder (``plan_preview.py``): it draws a plan of one
+compressor as low-resolution frames, for the Plan Preview node and the editor's timeline.
+Files are written atomically; loading checks the kind, the format version and every key.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .compressor import SemanticCompressor
 from .errors import CheckpointError
 from .formats import MODEL_FILE_FORMAT, MODEL_FILE_VERSION
 from .latent_dit import LatentDiT
+from .plan_preview import PlanPreviewDecoder
 from .presets import Preset
 from .semantic_dit import SemanticDiT
 from .semantic_encoder import QwenVisionEncoder
@@ -50,6 +53,7 @@ BUILDERS: dict[str, Callable[[dict, Preset], dict[str, torch.nn.Module]]] = {
                                                                                name=f"qwen2.5-vl-vision:{p.name}")},
     "vae": lambda c, p: {"vae": VideoVAE.from_config(_clean(c["vae"]))},
     "baseline": lambda c, p: {"baseline": LatentDiT(**_clean(c["baseline"]))},
+    "preview": lambda c, p: {"preview": PlanPreviewDecoder(**_clean(c["preview"]))},
 }
 
 

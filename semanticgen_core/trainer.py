@@ -3,11 +3,13 @@
     python -m semanticgen_core.trainer stage2   --cache CACHE --out runs/stage2 [--init-wan WAN2.1_DIT]
     python -m semanticgen_core.trainer stage1   --cache CACHE --out runs/stage1 --stage2 runs/stage2/stage2.safetensors
     python -m semanticgen_core.trainer baseline --cache CACHE --out runs/baseline [--init FILE]
+    python -m semanticgen_core.trainer preview  --cache CACHE --out runs/preview --stage2 runs/stage2/stage2.safetensors
     torchrun --nproc-per-node 8 -m semanticgen_core.trainer stage2 ... --parallel fsdp --checkpointing
 
 The three tasks are the paper's training order: (a) the compressor with stage 2 (from Wan2.1's DiT, its plan
 layers at their identity start), (b) stage 1 on the frozen compressor's plans, and (c) the single-stage
-baseline the claims are measured against. Each reads a feature cache (``feature_cache.py``), never the
+baseline the claims are measured against; and (d) the plan-preview decoder (``plan_preview.py``) that draws
+the frozen compressor's plans as small frames for the editor. Each reads a feature cache (``feature_cache.py``), never the
 frozen models.
 
 What makes a run reproducible and scalable:
@@ -159,7 +161,50 @@ def baseline_task(args, preset: Preset) -> Task:
                  "init": Path(args.init or args.init_wan or "random").name}, list(model.blocks))
 
 
-TASKS = {"stage2": stage2_task, "stage1": stage1_task, "baseline": baseline_task}
+def preview_task(args, preset: Preset) -> Task:
+    """The plan-preview decoder: plans sampled from a stage-2 file's frozen compressor (as stage 1 sees them)
+    -> each plan step's thumbnail in the cache (L1 + MSE on RGB in 0..1, objects weighted up)."""
+    from .plan_preview import PlanPreviewDecoder
+
+    if not args.stage2:
+        raise SemanticGenError("the preview decoder draws the plans of a trained stage 2's compressor: pass --stage2 FILE")
+    stage2_file = load_model(args.stage2, "stage2")
+    compressor = stage2_file.modules["compressor"].float().requires_grad_(False).to(dist.device())
+    plan_from = stage2_file.info.get("plan_from", "encoder")
+    preset = plan_preset(preset, compressor.config.out_dim)
+    if args.init:
+        decoder = load_model(args.init, "preview").modules["preview"].float()
+    else:
+        decoder = PlanPreviewDecoder(in_dim=compressor.config.out_dim, width=args.preview_width, scale=args.preview_scale)
+
+    def loss(batch, noise, step, step_gen):
+        with torch.no_grad():
+            mean, logvar = compressor(plan_features(batch, plan_from))
+            plan = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
+        target = batch["thumbs"].float() / 255
+        if target.shape[2:4] != (plan.shape[2] * decoder.config.scale, plan.shape[3] * decoder.config.scale):
+            target = torch.nn.functional.interpolate(  # the cache's thumbnails at another scale than the decoder's
+                target.flatten(0, 1).permute(0, 3, 1, 2), size=tuple(s * decoder.config.scale for s in plan.shape[2:4]),
+                mode="bilinear", antialias=True, align_corners=False).permute(0, 2, 3, 1).unflatten(0, target.shape[:2])
+        frames = decoder(plan)
+        # Objects are small and differ from the frame's typical colour: pixels far from the frame's median
+        # colour weigh up to 1 + --preview-contrast times more, so a small object is not averaged away.
+        median = target.flatten(2, 3).median(dim=2).values[:, :, None, None]
+        weight = 1 + args.preview_contrast * ((target - median).abs().sum(-1, keepdim=True) / 0.3).clamp(max=1)
+        weight = weight / weight.mean()
+        l1, mse = ((frames - target).abs() * weight).mean(), ((frames - target).square() * weight).mean()
+        return {"loss": l1 + mse, "l1": l1, "mse": mse}
+
+    return Task("preview", {"preview": decoder}, loss, preset,
+                {"objective": "L1 + MSE of each plan step's drawn frame against the middle frame of its temporal "
+                              "patch (the cache's thumbnails), on plans sampled from the frozen compressor; pixels "
+                              "far from their frame's median colour weigh up to 1 + preview_contrast times more",
+                 "preview_contrast": args.preview_contrast,
+                 "stage2": Path(args.stage2).name, "compressor": preset.name, "plan_from": plan_from,
+                 "init": Path(args.init or "random").name}, [])
+
+
+TASKS = {"stage2": stage2_task, "stage1": stage1_task, "baseline": baseline_task, "preview": preview_task}
 
 
 def string_shots(plan: torch.Tensor, text: torch.Tensor, k: int):
@@ -542,6 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
     s1 = p.add_argument_group("stage 1")
     s1.add_argument("--stage2", type=Path, help="the trained stage-2 file whose compressor makes the plans")
     s1.add_argument("--max-shots", type=int, default=8, help="longest training plan, in cached clips (a power of 2)")
+    pv = p.add_argument_group("preview (the plan-preview decoder; also takes --stage2)")
+    pv.add_argument("--preview-width", type=int, default=48, help="channels of the preview decoder's convolutions")
+    pv.add_argument("--preview-contrast", type=float, default=4.0,
+                    help="extra loss weight of pixels far from their frame's median colour (objects), 0: plain")
+    pv.add_argument("--preview-scale", type=int, default=4, help="pixels drawn per plan token on each side (a power of 2)")
     return p
 
 
@@ -563,6 +613,11 @@ def main(argv: list[str] | None = None) -> Path:
             warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
             cache = FeatureCache(args.cache)
+            if args.task == "preview" and not cache.has_thumbnails:
+                raise SemanticGenError(
+                    f"the preview task learns to draw the cache's thumbnails, but {args.cache} is a version-"
+                    f"{cache.record.get('version', 1)} cache without them: build the cache again (in a new folder) "
+                    "with this version of `python -m semanticgen_core.feature_cache` or `semanticgen_world.cache`")
             torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
             task = TASKS[args.task](args, cache.preset)
             args.out.mkdir(parents=True, exist_ok=True)

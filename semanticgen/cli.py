@@ -102,11 +102,6 @@ def cmd_run(args) -> int:
     return 0
 
 
-def frames_for(seconds: float, fps: float) -> int:
-    """The 4k+1 frame count closest to ``seconds`` of video (Wan's VAE takes 4k+1 frames)."""
-    return 4 * max(0, round(seconds * fps / 4)) + 1
-
-
 def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float) -> None:
     width = max([len(name) for name, _ in times] + [10])
     for name, seconds in times:
@@ -121,6 +116,7 @@ def cmd_generate(args) -> int:
     through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``render_latents``)."""
     from semanticgen_core.pipeline import SemanticGenPipeline
     from semanticgen_core.sampling import SamplingOptions
+    from semanticgen_core.vae import frames_for
 
     pack = runner.load_pack()
     nodes = pack.nodes
@@ -228,7 +224,7 @@ def _eval_table(results: dict, out=None) -> None:
 
 def cmd_eval(args) -> int:
     from semanticgen_core import embedded, pipeline, sampling
-    from semanticgen_core.vae import VideoVAE
+    from semanticgen_core.vae import VideoVAE, frames_for
     from semanticgen_world import evaluation as ev, world
 
     if args.prompts < 1:

@@ -313,9 +313,11 @@ class FeatureCache:
 
 def clip_spec(preset: Preset, seconds: float) -> ClipSpec:
     """Clips of about ``seconds`` at the preset's fps and size (4k+1 frames, as the VAE takes)."""
+    from .vae import frames_for
+
     d = preset.defaults
-    frames = round(seconds * d["fps"] / 4) * 4 + 1
-    return ClipSpec(num_frames=frames, fps=float(d["fps"]), height=int(d["height"]), width=int(d["width"]))
+    return ClipSpec(num_frames=frames_for(seconds, d["fps"]), fps=float(d["fps"]), height=int(d["height"]),
+                    width=int(d["width"]))
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

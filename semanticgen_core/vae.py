@@ -66,6 +66,11 @@ def valid_frame_counts(n: int) -> tuple[int, int]:
     return lower, lower + TIME_STRIDE
 
 
+def frames_for(seconds: float, fps: float) -> int:
+    """The 4k+1 frame count closest to ``seconds`` of video at ``fps``."""
+    return TIME_STRIDE * max(0, round(seconds * fps / TIME_STRIDE)) + 1
+
+
 def _valid_sizes(n: int) -> str:
     lower, upper = max(SPACE_STRIDE, n // SPACE_STRIDE * SPACE_STRIDE), -(-n // SPACE_STRIDE) * SPACE_STRIDE
     return f"{lower}" if lower == upper else f"{lower} or {upper}"

@@ -190,17 +190,19 @@ class SemanticGenStage2Sample:
                 "use the stage 1 / stage 2 / compressor of one model family.")
         if plan.height % SIZE_MULTIPLE or plan.width % SIZE_MULTIPLE:
             check_size(STAGE2_NODE, **{"plan's width": plan.width, "plan's height": plan.height})
-        pipe = _pipeline(stage2.preset, _preset_name(stage2), stage2=dit, compressor=stage2["compressor"])
+        pipe = _pipeline(stage2.preset, _preset_name(stage2), stage2=dit, compressor=stage2["compressor"],
+                         plain_wan=plain)
         if plain and window_frames > 0:
             raise SemanticGenError(
                 f"{STAGE2_NODE}: window_frames {window_frames} needs a SemanticGen stage-2 file, but {stage2.name} is a "
                 "plain Wan2.1 DiT, which was trained with full attention only: set window_frames to -1 or 0.")
+        if plain:
+            log.warning("SemanticGen: %s", PLAIN_WAN_NOTE.format(name=stage2.name))
         window = -1 if window_frames < 0 else (None if window_frames == 0 else window_frames)
-        latents = render_latents(pipe, plan, _options(seed, steps, guidance, shift, sampler),
-                                 plain_wan=stage2.name if plain else None,
-                                 prompt=conditioning.prompt, window_frames=window,
-                                 progress=comfy.Progress("stage 2", steps), should_stop=comfy.should_stop,
-                                 text_embeddings=conditioning.embeddings())
+        latents = pipe.render_latents(plan, _options(seed, steps, guidance, shift, sampler),
+                                      prompt=conditioning.prompt, window_frames=window,
+                                      progress=comfy.Progress("stage 2", steps), should_stop=comfy.should_stop,
+                                      text_embeddings=conditioning.embeddings())
         # Keep the real frame count and rate with the latents: the VAE decodes 4k+1 frames and trims to it.
         out = ({"samples": latent_format.to_comfy(latents), "semanticgen_num_frames": plan.num_frames,
                 "semanticgen_fps": plan.video_fps},)
@@ -211,22 +213,3 @@ class SemanticGenStage2Sample:
 
 PLAIN_WAN_NOTE = ("{name} is a plain Wan2.1 DiT: rendered as Wan2.1 text-to-video with full attention and no plan "
                   "(its plan layers were never trained); the plan gave only the size, length and frame rate.")
-
-
-def render_latents(pipe, plan, opts, *, plain_wan: str | None = None, prompt: str | None = None,
-                   window_frames: int | None = -1, progress=None, should_stop=None, text_embeddings=None):
-    """Stage 2 of ``pipe`` on ``plan``: ``pipe.render_latents``, or for a plain Wan2.1 DiT (``plain_wan``: its name;
-    its plan layers were never trained) Wan's own forward, full attention and no plan tokens, on the plan's geometry and shots.
-
-    Shared by SemanticGen Stage 2 and ``semanticgen generate``, so both render a plain Wan file the same way.
-    """
-    if not plain_wan:
-        return pipe.render_latents(plan, opts, prompt=prompt, window_frames=window_frames, progress=progress,
-                                   should_stop=should_stop, text_embeddings=text_embeddings)
-    from semanticgen_core.shots import parse_shots
-
-    log.warning("SemanticGen: %s", PLAIN_WAN_NOTE.format(name=plain_wan))
-    segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
-    return pipe.render_baseline(None, plan.num_frames, plan.video_fps, plan.height, plan.width, opts, progress,
-                                should_stop, model=pipe._need("stage2"), segments=segments,
-                                text_embeddings=text_embeddings)

@@ -113,7 +113,7 @@ def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float
 def cmd_generate(args) -> int:
     """Text -> mp4 through ``SemanticGenPipeline``: stage 1, stage 2, then the VAE decodes chunk by chunk into
     the file. Models are picked as in the loader nodes (``embedded`` or a file in the models folders) and go
-    through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``render_latents``)."""
+    through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``SemanticGenPipeline.plain_wan``)."""
     from semanticgen_core.pipeline import SemanticGenPipeline
     from semanticgen_core.sampling import SamplingOptions
     from semanticgen_core.vae import frames_for
@@ -161,7 +161,7 @@ def cmd_generate(args) -> int:
             plain = stage2.name if stage2.info.get("plain_wan") else None
             pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
                                        compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
-                                       name=preset.name)
+                                       name=preset.name, plain_wan=bool(plain))
             times.append(("load models", time.perf_counter() - t0))
             print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
                   f"{guidance:g}")
@@ -173,9 +173,8 @@ def cmd_generate(args) -> int:
                                       progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop)
             times.append(("Stage 1: plan", time.perf_counter() - t0))
             t0 = time.perf_counter()
-            latents = sampling.render_latents(pipe, plan, opts, plain_wan=plain,
-                                              progress=comfy.Progress("stage 2", steps),
-                                              should_stop=comfy.should_stop)
+            latents = pipe.render_latents(plan, opts, progress=comfy.Progress("stage 2", steps),
+                                          should_stop=comfy.should_stop)
             times.append(("Stage 2: render", time.perf_counter() - t0))
             t0 = time.perf_counter()
             out.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,7 @@ class SemanticGenPipeline:
     semantic_encoder: SemanticEncoder | None = None
     name: str = "semanticgen"
     baseline: LatentDiT | None = None  # the single-stage model the claims are measured against
+    plain_wan: bool = False  # stage 2 is a Wan2.1 DiT whose plan layers were never trained: rendered as Wan
 
     def __post_init__(self) -> None:
         for dit in (self.stage1, self.stage2, self.baseline):  # SEMANTICGEN_COMPILE=1: compiled blocks (once)
@@ -167,6 +168,14 @@ class SemanticGenPipeline:
         and the window grid moves by a latent frame every step, so no frame stays at a border.
         """
         stage2 = self._need("stage2")
+        if self.plain_wan:  # Wan2.1 text-to-video on the plan's size, length and shots: no plan, full attention
+            if window_frames not in (-1, 0, None):
+                raise SemanticGenError(f"window_frames {window_frames} needs a SemanticGen stage-2 model; a plain "
+                                       "Wan2.1 DiT was trained with full attention only: use -1 or 0")
+            segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
+            return self.render_baseline(None, plan.num_frames, plan.video_fps, plan.height, plan.width, opts,
+                                        progress, should_stop, model=stage2, segments=segments,
+                                        text_embeddings=text_embeddings)
         if plan.tokens.shape[-1] != stage2.config.semantic_dim:
             raise SemanticGenError(
                 f"the plan has {plan.tokens.shape[-1]} channels per token but this stage-2 model expects "

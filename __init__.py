@@ -15,6 +15,16 @@ _ROOT = os.path.dirname(os.path.abspath(__file__))
 if _ROOT not in sys.path:
     sys.path.append(_ROOT)
 
+import semanticgen_core  # noqa: E402  (cheap: the package's __init__ imports nothing)
+
+if os.path.dirname(os.path.dirname(os.path.abspath(semanticgen_core.__file__))) != _ROOT:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "SemanticGen: semanticgen_core is imported from %s, not from this pack (%s): another installed copy "
+        "comes first on sys.path; uninstall it (pip uninstall comfyui-semanticgen) so the nodes run their own.",
+        os.path.dirname(semanticgen_core.__file__), _ROOT)
+
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: E402
 
 WEB_DIRECTORY = "./web"

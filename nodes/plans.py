@@ -8,6 +8,7 @@ with a checksum, written under ComfyUI's output folder.
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 
 from semanticgen_core.errors import PlanFormatError, SemanticGenError
@@ -77,6 +78,8 @@ class SemanticGenSemanticEncode:
                     f"sampled at {sample_fps:g}: use the encoder this stage 2 was trained with.")
             # a Qwen2.5-VL checkpoint samples at the rate stage 2's compressor was trained at (a shallow copy: the
             # cached encoder, shared with other workflows, keeps its own)
+            logging.getLogger(__name__).info("SemanticGen Plan from Video: %s samples %g frames a second, the rate "
+                                             "%s was trained at", semantic_encoder.name, sample_fps, stage2.name)
             encoder = copy.copy(encoder)
             encoder.sample_fps = float(sample_fps)
         name = stage2.preset.name if stage2.preset is not None else stage2.name

@@ -75,10 +75,7 @@ def queue(api: dict) -> tuple[str, list[dict]]:
     try:
         prompt_id = post("/prompt", {"prompt": api, "client_id": client_id})["prompt_id"]
         messages = []
-        while True:
-            message = ws.receive()
-            if message is None:
-                continue
+        for message in ws.messages(600):
             data = message.get("data") or {}
             if data.get("prompt_id") not in (None, prompt_id):
                 continue
@@ -181,15 +178,13 @@ def test_interrupt_stops_a_run_and_the_next_one_works(server, tiny_models, tiny_
     ws = WebSocket("127.0.0.1", PORT, f"/ws?clientId={client_id}")
     try:
         prompt_id = post("/prompt", {"prompt": api, "client_id": client_id})["prompt_id"]
-        while True:
-            message = ws.receive()
-            if message and message["type"] == "progress" and message["data"].get("value", 0) >= 2:
+        for message in ws.messages(600):
+            if message["type"] == "progress" and message["data"].get("value", 0) >= 2:
                 requested = time.time()
                 post("/interrupt")
                 break
-        while True:
-            message = ws.receive()
-            if message and message["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+        for message in ws.messages(60):
+            if message["type"] in ("execution_interrupted", "execution_success", "execution_error"):
                 break
     finally:
         ws.close()

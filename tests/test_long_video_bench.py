@@ -123,7 +123,7 @@ def test_measured_table_end_to_end(tiny_files, tmp_path, capsys):
 
 
 def test_a_part_runs_in_a_fresh_subprocess(tiny_files):
-    row = lv.run_part("stage2", 1, 1, 1, tiny_files)
+    row = lv.run_part("stage2", 1, 1, 1, tiny_files, timeout=300)  # a child that hangs is an error, not a hang
     assert row["error"] is None and "in-process" not in row["note"]
     assert 0 < row["rss_before_bytes"] <= row["peak_rss_bytes"] and row["wall_s"] > 0
 

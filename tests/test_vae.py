@@ -2,7 +2,11 @@
 
 import json
 import math
+import multiprocessing
+import os
 import re
+import signal
+import time
 
 import pytest
 import torch
@@ -250,16 +254,81 @@ def test_decoder_only_training_keeps_the_latents(tmp_path):
     assert info["steps"] == 5 and info["encoder_frozen_from"] == 2
 
 
-def test_batches_rendered_by_workers_are_the_steps_own(tmp_path):
-    made_here = train_vae.batches(7, 2, 5, 32, 4.0)
-    by_workers = train_vae.batches(7, 2, 5, 32, 4.0, workers=1)
+@pytest.fixture
+def no_hang():
+    """A test that waits on worker processes fails instead of hanging the suite: from 90 s on, SIGALRM (every
+    5 s, for a clean-up that hangs too) interrupts the wait with a TimeoutError, even a blocked read, lock or
+    join in the main thread (where the training loop has to run: it installs signal handlers), but only while
+    this module's code is running, never in pytest's own."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def expired(signum, frame):
+        while frame is not None and frame.f_code.co_filename != __file__:
+            frame = frame.f_back
+        if frame is not None:
+            raise TimeoutError("still waiting after 90 s: a wait on a worker process hangs")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, 90, 5)
     try:
-        for _ in range(2):  # steps 7 and 8, whoever renders them
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def clip_workers() -> list[multiprocessing.Process]:
+    return [p for p in multiprocessing.active_children() if p.name.startswith("clip worker")]
+
+
+def test_batches_rendered_by_workers_are_the_steps_own(no_hang):
+    made_here = train_vae.batches(7, 2, 5, 32, 4.0)
+    by_workers = train_vae.batches(7, 2, 5, 32, 4.0, workers=2)
+    try:
+        for _ in range(3):  # steps 7, 8 and 9, whoever renders them
             (x, w), (xw, ww) = next(made_here), next(by_workers)
             assert torch.equal(x, xw) and torch.equal(w, ww)
+        assert len(clip_workers()) == 2
     finally:
-        by_workers.close()
-    assert not torch.equal(x, next(train_vae.batches(7, 2, 5, 32, 4.0))[0])  # step 8 is not step 7
+        start = time.monotonic()
+        by_workers.close()  # the workers are busy rendering steps ahead: closing must not wait on them
+    assert time.monotonic() - start < 10 and clip_workers() == []
+    assert not torch.equal(x, next(train_vae.batches(7, 2, 5, 32, 4.0))[0])  # step 9 is not step 7
+
+
+def test_a_worker_that_dies_mid_run_is_an_error_that_names_it(tmp_path, monkeypatch, no_hang, capsys):
+    """A worker that dies (here by SIGTERM, the signal of the hung CI runs) stops the run within seconds with
+    an error naming it, instead of a wait without end; the checkpoint is saved at the step whose clips never
+    came, and the run resumes from there."""
+    out, killed = tmp_path / "run", []
+    train_step = train_vae.train_step
+
+    def step_then_kill_a_worker(*args, **kwargs):
+        parts = train_step(*args, **kwargs)
+        if not killed:  # after step 0: the worker is rendering steps 1 and 2 ahead
+            killed.append(clip_workers()[0])
+            os.kill(killed[0].pid, signal.SIGTERM)  # our own child, alive and not yet reaped: its pid is its own
+            killed.append(time.monotonic())
+        return parts
+
+    monkeypatch.setattr(train_vae, "train_step", step_then_kill_a_worker)
+    with pytest.raises(SemanticGenError) as error:
+        train_vae.train(out, steps=50, workers=1, **TRAIN)
+    worker, when = killed
+    assert time.monotonic() - when < 20  # noticed within seconds, not when a timeout or CI gives up
+    message = str(error.value)
+    assert f"clip worker 0 (pid {worker.pid})" in message and "was killed by SIGTERM" in message
+    assert "checkpoint saved; run it again to resume" in message
+    lost = int(re.search(r"rendering the clips of step (\d+)", message)[1])  # 1, or 2 if step 1's was sent whole
+    assert lost >= 1 and torch.load(out / "last.pt", weights_only=False)["step"] == lost  # saved at that step
+    assert clip_workers() == []  # nothing left behind
+    monkeypatch.setattr(train_vae, "train_step", train_step)
+    train_vae.train(out, steps=lost + 2, **TRAIN)  # resumes from the step it did not get
+    assert "resumed" in capsys.readouterr().out
+    logged = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert logged == list(range(lost + 2))
 
 
 def test_a_fresh_wider_decoder_on_the_frozen_encoder(tmp_path):

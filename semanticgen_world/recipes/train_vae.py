@@ -6,7 +6,8 @@
 
 Clips are rendered on the fly from training seeds (< 1_000_000) drawn from the run's seed and the step
 number alone, so a resumed run continues the same stream and ``--workers`` processes can render batches
-ahead of a GPU (``--device cuda``). Loss: L1 + MSE, plus L1 on differences
+ahead of a GPU (``--device cuda``); a worker that dies ends the run at once with an error that names it
+(the checkpoint is saved: run again to resume). Loss: L1 + MSE, plus L1 on differences
 along time, height and width (keeps edges, textures and motion sharp without a GAN or LPIPS), plus a
 tiny KL. L1 and MSE weigh the pixels of objects (and a one-pixel rim, from the world's label maps)
 ``--object-weight`` times more: objects cover a few percent of a frame, and without it a small VAE
@@ -29,8 +30,8 @@ import argparse
 import itertools
 import json
 import multiprocessing
+import signal
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -76,30 +77,73 @@ def step_batch(step: int, batch: int, seed: int = 0) -> tuple[list[int], list[in
     return seeds, (1 + (torch.rand(batch, generator=g) < TWO_SHOT_FRACTION).long()).tolist()
 
 
-def _render(args: tuple) -> tuple[np.ndarray, np.ndarray]:
-    x, weight = clip_batch(*args)
-    return x.numpy(), weight.numpy()  # plain arrays between processes, no shared-memory tensors
+def _render(step: int, batch: int, frames: int, size: int, object_weight: float, seed: int):
+    seeds, shots = step_batch(step, batch, seed)
+    return clip_batch(seeds, frames, size, shots, object_weight)
+
+
+def _serve(conn, *params) -> None:
+    """A worker process: render the steps its parent sends, until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    try:
+        while True:
+            conn.send(tuple(t.numpy() for t in _render(conn.recv(), *params)))  # plain arrays, no shared memory
+    except (EOFError, BrokenPipeError):
+        pass
+
+
+def _how_it_ended(process: multiprocessing.Process) -> str:
+    process.join(timeout=5)
+    code = process.exitcode
+    if code is None:
+        return "closed its pipe"
+    return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
 
 
 def batches(first: int, batch: int, frames: int, size: int, object_weight: float, seed: int = 0,
             workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """``clip_batch`` of steps ``first, first + 1, ...``; ``workers`` processes render two batches each
-    ahead (0: rendered here, when asked for)."""
-    def job(step):  # clip_batch's arguments
-        seeds, shots = step_batch(step, batch, seed)
-        return seeds, frames, size, shots, object_weight
+    ahead (0: rendered here, when asked for).
 
+    Worker ``k`` renders every ``workers``-th step over a pipe of its own, so it shares no lock with the others
+    and its death is an end of file here: a ``SemanticGenError`` that names it, at once (a
+    ``multiprocessing.Pool`` replaces a dead worker and waits forever for its lost batch, and its
+    ``terminate()`` deadlocks on a queue lock held by a worker it killed mid-write)."""
+    params = (batch, frames, size, object_weight, seed)
     if workers == 0:
         for step in itertools.count(first):
-            yield clip_batch(*job(step))
+            yield _render(step, *params)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:  # no fork of a process with threads
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    conns, procs = [], []
+    try:
+        for k in range(workers):
+            conn, theirs = ctx.Pipe()
+            conns.append(conn)
+            process = ctx.Process(target=_serve, args=(theirs, *params), name=f"clip worker {k}", daemon=True)
+            process.start()
+            procs.append(process)
+            theirs.close()  # the worker holds the only other end
         ahead = 2 * workers
-        pending = deque(pool.apply_async(_render, (job(s),)) for s in range(first, first + ahead))
-        for step in itertools.count(first + ahead):
-            x, weight = pending.popleft().get()
-            pending.append(pool.apply_async(_render, (job(step),)))
+        for step in range(first, first + ahead):
+            conns[(step - first) % workers].send(step)
+        for step in itertools.count(first):
+            k = (step - first) % workers
+            try:
+                x, weight = conns[k].recv()
+                conns[k].send(step + ahead)
+            except (EOFError, OSError):  # OSError: it died mid-message, or before reading its next step
+                raise SemanticGenError(
+                    f"{procs[k].name} (pid {procs[k].pid}), rendering the clips of step {step}, "
+                    f"{_how_it_ended(procs[k])}: training stops here, with its checkpoint saved; run it again to "
+                    "resume") from None
             yield torch.from_numpy(x), torch.from_numpy(weight)
+    finally:  # our own children, not yet reaped (so their pids are still theirs), hold no lock we need
+        for conn in conns:
+            conn.close()
+        for process in procs:
+            process.kill()
+            process.join()
 
 
 def losses(vae: VideoVAE, x: torch.Tensor, kl_weight: float, weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -243,9 +287,10 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
 
     tick, tick_step = time.monotonic(), run.step
     fresh_from = info.get("steps", 0)  # the optimizer's first step: warm up from there
-    stream = batches(run.step, batch, frames, size, object_weight, seed, workers)
+    steps_run, stream = run.steps(steps, minutes, on_save=export), batches(run.step, batch, frames, size,
+                                                                         object_weight, seed, workers)
     try:
-        for step, (x, weight) in zip(run.steps(steps, minutes, on_save=export), stream):
+        for step, (x, weight) in zip(steps_run, stream):
             for group in optimizer.param_groups:
                 group["lr"] = lr * lr_factor(step - fresh_from, WARMUP, None, 0)
             parts = train_step(vae, optimizer, x.to(device), kl_weight, weight.to(device))
@@ -258,6 +303,7 @@ def train(out: str | Path, steps: int | None = None, minutes: float | None = Non
                 run.log(**parts)
     finally:
         stream.close()  # stops the workers
+        steps_run.close()  # saves last.pt, also when a worker died: the step it did not render comes next
     return vae
 
 

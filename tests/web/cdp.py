@@ -96,6 +96,16 @@ class WebSocket:
             if b0 & 0x80:
                 return json.loads(message) if opcode == 0x1 else None
 
+    def messages(self, seconds: float):
+        """The JSON messages as they come, for ``seconds`` at most, then a TimeoutError: each read is bounded by
+        the socket's timeout, and this bounds a stream that keeps coming without the one awaited."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            message = self.receive()
+            if message is not None:
+                yield message
+        raise TimeoutError(f"the message awaited did not come in {seconds:g} s")
+
     def send_json(self, message: dict) -> None:
         self._send(0x1, json.dumps(message).encode())
 
@@ -116,10 +126,7 @@ class Page:
     def call(self, method: str, **params):
         self.next_id += 1
         self.ws.send_json({"id": self.next_id, "method": method, "params": params})
-        while True:
-            message = self.ws.receive()
-            if message is None:
-                continue
+        for message in self.ws.messages(600):
             if message.get("method") == "Runtime.consoleAPICalled":
                 args = message["params"].get("args", [])
                 self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))

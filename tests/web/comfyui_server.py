@@ -64,6 +64,7 @@ def comfyui_server(comfy_dir: Path, pack: Path, models: Path, base: Path, port: 
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait(timeout=10)
         print(f"\n--- ComfyUI log (last lines) ---\n{log_path.read_text()[-3000:]}")
 
 

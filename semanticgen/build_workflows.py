@@ -3,10 +3,21 @@
 The workflows are data that people open in ComfyUI; this script is how they are made, so node widgets
 always follow the nodes' current inputs (widget order, the seed's control value, the upload button) and
 the layout stays tidy. Edit here, run it, and commit the JSON it writes.
+
+Template browser: ComfyUI (0.3.64, ``app/custom_node_manager.py``) lists every ``workflows/*.json`` by file
+name and serves the folder at ``/api/workflow_templates/<pack>/``; the frontend (1.27.10) shows, for a
+custom-node template, the thumbnail ``<name>.jpg`` from that folder, the file name as its title and the
+file name with ``_``/``-`` as spaces as its description. It reads no index.json for a pack (and one in
+``workflows/`` would be listed as a template called "index"), nor anything in the workflow. So this script
+also writes ``<name>.jpg`` (256x256: four frames of what the workflow makes, rendered by the embedded
+models; only when missing, as rendering takes a minute on a CPU: ``--thumbnails`` renders them again), and
+puts a title and a one-line description in each workflow's ``extra.template`` (see ``TEMPLATES``), where a
+frontend or a person can read them.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import uuid
 from pathlib import Path
@@ -65,6 +76,21 @@ Pick them in the loaders instead of `embedded`:
   checkpoint (shards, index and config.json) in `models/clip_vision/Qwen2.5-VL-3B-Instruct/`.
 
 Wan-sized models want 832x480, 16 fps, 30-50 steps and a GPU."""
+
+
+# Each template's title and one-line description (the workflow's ``extra.template``).
+TEMPLATES = {
+    "text_to_video": ("Text to video", "A prompt becomes a semantic plan (stage 1), then VAE latents (stage 2), "
+                      "then an mp4."),
+    "video_to_plan_rerender": ("Video to plan, re-rendered", "Take a video's semantic plan and render it under a "
+                               "new prompt: layout and motion stay, colour and texture change."),
+    "save_plan_then_render": ("Save a plan, render it later", "Stage 1 saves its plan to a small file; Load Plan "
+                              "reads it back for stage 2."),
+    "long_multi_shot": ("60-second multi-shot video", "Four timed shots planned at once, rendered in windows and "
+                        "written to the mp4 as they are decoded."),
+    "edit_plan_then_render": ("Edit the plan, then render", "Reverse the planned motion and re-plan its first "
+                              "second with another prompt before rendering."),
+}
 
 
 class Graph:
@@ -133,11 +159,13 @@ class Graph:
                             "font_size": 24, "flags": {}})
 
     def to_json(self, name: str, scale: float = 0.75, offset=(40, 340)) -> dict:
+        title, description = TEMPLATES[name]
         return {
             "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"comfyui-semanticgen/{name}")),
             "revision": 0, "last_node_id": len(self.nodes), "last_link_id": len(self.links),
             "nodes": self.nodes, "links": self.links, "groups": self.groups, "config": {},
-            "extra": {"ds": {"scale": scale, "offset": list(offset)}, "frontendVersion": FRONTEND_VERSION},
+            "extra": {"ds": {"scale": scale, "offset": list(offset)}, "frontendVersion": FRONTEND_VERSION,
+                      "template": {"title": title, "description": description, "thumbnail": f"{name}.jpg"}},
             "version": 0.4,
         }
 
@@ -365,8 +393,6 @@ BUILDERS = {"text_to_video": text_to_video, "long_multi_shot": long_multi_shot,
 
 def write_example_video(path: Path) -> None:
     """The bundled reference clip: 33 frames, 64x64 at 8 fps, from the procedural world."""
-    import importlib
-
     import torch
 
     from semanticgen_world import world
@@ -378,7 +404,96 @@ def write_example_video(path: Path) -> None:
     (path.parent / (path.stem + ".txt")).write_text(clip.caption + "\n")
 
 
-def main() -> None:
+# -- thumbnails ----------------------------------------------------------------------------------
+
+THUMB_SIZE = 256     # px, square: four frames in a 2x2 grid, 128 px each
+THUMB_STEPS = 8      # sampling steps (the workflows use 20): enough for a thumbnail
+THUMB_SEED = 0
+THUMB_FRAMES = 33    # 4 s at 8 fps, the embedded models' training length
+THUMB_QUALITY = 85   # JPEG
+
+
+def _widget(wf: dict, title: str, name: str):
+    """The value of input ``name`` on the node titled ``title`` in a built workflow."""
+    from .runner import widget_slots
+
+    node = next(n for n in wf["nodes"] if n.get("title") == title)
+    slots = [s for s, _ in widget_slots(load_pack().NODE_CLASS_MAPPINGS[node["type"]])]
+    return node["widgets_values"][slots.index(name)]
+
+
+def thumbnail_frames(name: str, pipe=None) -> list:
+    """Four frames (float ``[H, W, 3]`` in 0..1) showing what workflow ``name`` makes, rendered by the embedded
+    models with the workflow's prompt, ``THUMB_STEPS`` steps and seed ``THUMB_SEED``:
+
+    - text_to_video, save_plan_then_render: four moments of the 4-second video of its prompt;
+    - edit_plan_then_render: the same after the workflow's edits (reversed, first second re-planned);
+    - video_to_plan_rerender: top row the bundled example clip, bottom row its plan re-rendered under the
+      workflow's new prompt;
+    - long_multi_shot: a 4-second miniature of the minute (each shot 1 s, same texts), a frame from each shot.
+    """
+    from semanticgen_core.pipeline import SemanticGenPipeline
+    from semanticgen_core.sampling import SamplingOptions
+
+    pipe = pipe or SemanticGenPipeline.embedded(with_encoder=True)
+    d = pipe.preset.defaults
+    opts = SamplingOptions(steps=THUMB_STEPS, guidance=d["guidance"], seed=THUMB_SEED)
+    wf = BUILDERS[name]()
+    fps, size, n = d["fps"], (d["height"], d["width"]), THUMB_FRAMES
+    picks = [round(i * (n - 1) / 3) for i in range(4)]
+    if name == "video_to_plan_rerender":
+        video = importlib.import_module(f"{load_pack().__name__}.nodes.video")
+        ref, rate = video.read_video(WORKFLOWS / "media" / "semanticgen_example.mp4", fps, size[1], size[0], n)
+        plan = pipe.encode_video(ref, rate)
+        prompt = _widget(wf, "New prompt", "prompt")
+        out = pipe.decode(pipe.render_latents(plan, opts, prompt=prompt), plan.num_frames)
+        k = [0, plan.num_frames - 1]
+        return [ref[k[0]], ref[k[1]], out[k[0]], out[k[1]]]
+    prompt = _widget(wf, "Prompt", "prompt")
+    if name == "long_multi_shot":
+        texts = [t.split(":", 1)[1].strip() for t in prompt.split(";")]
+        prompt = "; ".join(f"{i}-{i + 1} s: {t}" for i, t in enumerate(texts))
+        picks = [round((i + 0.5) * fps) for i in range(4)]
+    plan = pipe.generate_plan(prompt, n, fps, *size, opts)
+    if name == "edit_plan_then_render":
+        from semanticgen_core.plan_ops import EditContext, apply_edits
+
+        plan = apply_edits(plan, EXAMPLE_EDITS, EditContext(stage1=pipe.stage1, text_encoder=pipe.text_encoder,
+                                                             opts=opts))
+    frames = pipe.decode(pipe.render_latents(plan, opts), n)
+    return [frames[i] for i in picks]
+
+
+def thumbnail_image(frames: list):
+    """Four frames -> the ``THUMB_SIZE`` square BGR uint8 image (2x2, in reading order)."""
+    import cv2
+    import numpy as np
+
+    cell = THUMB_SIZE // 2
+    tiles = [cv2.resize((f.clamp(0, 1).numpy() * 255).round().astype(np.uint8), (cell, cell),
+                        interpolation=cv2.INTER_CUBIC) for f in frames]
+    grid = np.concatenate([np.concatenate(tiles[:2], 1), np.concatenate(tiles[2:], 1)], 0)
+    return np.ascontiguousarray(grid[..., ::-1])
+
+
+def write_thumbnail(name: str, pipe=None) -> Path:
+    import cv2
+
+    path = WORKFLOWS / f"{name}.jpg"
+    ok, data = cv2.imencode(".jpg", thumbnail_image(thumbnail_frames(name, pipe)),
+                            [cv2.IMWRITE_JPEG_QUALITY, THUMB_QUALITY, cv2.IMWRITE_JPEG_OPTIMIZE, 1])
+    assert ok
+    path.write_bytes(data.tobytes())
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m semanticgen.build_workflows", description=__doc__.split("\n")[0])
+    parser.add_argument("--thumbnails", action="store_true",
+                        help="render every thumbnail again (by default only missing ones are rendered)")
+    args = parser.parse_args(argv)
     for name, build in BUILDERS.items():
         path = WORKFLOWS / f"{name}.json"
         path.write_text(json.dumps(build(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -387,6 +502,14 @@ def main() -> None:
     if not example.exists():
         write_example_video(example)
         print(f"wrote {example}")
+    pipe = None
+    for name in BUILDERS:
+        if args.thumbnails or not (WORKFLOWS / f"{name}.jpg").exists():
+            if pipe is None:
+                from semanticgen_core.pipeline import SemanticGenPipeline
+
+                pipe = SemanticGenPipeline.embedded(with_encoder=True)
+            print(f"wrote {write_thumbnail(name, pipe)}")
 
 
 if __name__ == "__main__":

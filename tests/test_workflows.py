@@ -43,6 +43,85 @@ def test_workflow_files_match_their_generator(pack):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_template_has_its_thumbnail_and_description(path):
+    """What the template browser shows: ComfyUI serves workflows/ and the frontend asks for <name>.jpg beside
+    the JSON; the title and one-line description live in the workflow's extra.template."""
+    import cv2
+
+    thumb = path.with_suffix(".jpg")
+    data = thumb.read_bytes()
+    assert data[:3] == b"\xff\xd8\xff" and data[-2:] == b"\xff\xd9", f"{thumb.name} is not a JPEG"
+    assert 1000 < len(data) < 16_000, f"{thumb.name}: {len(data)} bytes"
+    image = cv2.imread(str(thumb))
+    assert image is not None and image.shape == (256, 256, 3)
+    assert image.std() > 5, f"{thumb.name} is blank"
+    template = load(path)["extra"]["template"]
+    assert set(template) == {"title", "description", "thumbnail"} and template["thumbnail"] == thumb.name
+    assert template["title"] and template["title"] != path.stem
+    description = template["description"]
+    assert description.endswith(".") and "\n" not in description and 30 < len(description) <= 120, description
+
+
+def test_thumbnails_and_descriptions_cover_exactly_the_workflows():
+    from semanticgen.build_workflows import BUILDERS, TEMPLATES
+
+    folder = ROOT / "workflows"
+    assert sorted(p.stem for p in folder.glob("*.jpg")) == [p.stem for p in WORKFLOWS]
+    assert set(TEMPLATES) == set(BUILDERS) == {p.stem for p in WORKFLOWS}
+    # ComfyUI lists every workflows/*.json as a template: an index.json there would show as one
+    assert not (folder / "index.json").exists()
+    assert len({t for t, _ in TEMPLATES.values()}) == len(TEMPLATES)
+
+
+def test_thumbnail_grid_puts_four_frames_in_reading_order():
+    import torch
+
+    from semanticgen.build_workflows import THUMB_SIZE, thumbnail_image
+
+    colours = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)]
+    frames = [torch.tensor(c, dtype=torch.float32).expand(64, 64, 3) for c in colours]
+    image = thumbnail_image(frames)
+    assert image.shape == (THUMB_SIZE, THUMB_SIZE, 3)
+    q = THUMB_SIZE // 4
+    for (y, x), (r, g, b) in zip([(q, q), (q, 3 * q), (3 * q, q), (3 * q, 3 * q)], colours):
+        assert list(image[y, x]) == [255 * b, 255 * g, 255 * r]  # BGR, as cv2 writes it
+
+
+def test_the_generator_renders_the_shipped_thumbnail(pack):
+    """text_to_video's thumbnail again (the cheapest: 33 frames, 8 steps): the same picture, up to float
+    differences between CPUs and JPEG."""
+    import cv2
+    import numpy as np
+
+    from semanticgen.build_workflows import thumbnail_frames, thumbnail_image
+
+    fresh = thumbnail_image(thumbnail_frames("text_to_video")).astype(np.float32)
+    shipped = cv2.imread(str(ROOT / "workflows" / "text_to_video.jpg")).astype(np.float32)
+    assert np.abs(fresh - shipped).mean() < 4.0
+    other = cv2.imread(str(ROOT / "workflows" / "long_multi_shot.jpg")).astype(np.float32)
+    assert np.abs(fresh - other).mean() > 20.0  # the tolerance tells thumbnails apart
+
+
+def test_the_generator_renders_only_missing_thumbnails(pack, tmp_path, monkeypatch):
+    from semanticgen import build_workflows as bw
+
+    (tmp_path / "media").mkdir()
+    (tmp_path / "media" / "semanticgen_example.mp4").write_bytes(b"")
+    for name in bw.BUILDERS:
+        if name != "save_plan_then_render":
+            (tmp_path / f"{name}.jpg").write_bytes(b"old")
+    rendered = []
+    monkeypatch.setattr(bw, "WORKFLOWS", tmp_path)
+    monkeypatch.setattr(bw, "write_thumbnail", lambda name, pipe: rendered.append(name) or name)
+    monkeypatch.setattr("semanticgen_core.pipeline.SemanticGenPipeline.embedded", classmethod(lambda cls, **k: "pipe"))
+    bw.main([])
+    assert rendered == ["save_plan_then_render"]
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(f"{n}.json" for n in bw.BUILDERS)
+    bw.main(["--thumbnails"])
+    assert rendered[1:] == list(bw.BUILDERS)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_is_valid_ui_format(pack, path):
     from semanticgen.runner import input_specs, types_match, widget_layout
 

@@ -110,8 +110,30 @@ def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float
     print(f"  {'total':<{width}}  {total:7.2f} s  ({loads} model loads, {load_seconds:.2f} s)")
 
 
+DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as the decode nodes estimate it) per decode step
+
+
+def decode_chunk(latent_frames: int, height: int, width: int, dtype, memory) -> int:
+    """Latent frames per VAE decode step: a short clip's frames after the first in one step (each step pays
+    the decoder's per-call overhead, most of a small clip's decode time on a CPU), as many as fit
+    ``DECODE_BUDGET`` by ``memory(height, width, chunk, dtype)`` (the decode nodes' estimate), at least 1.
+    Chunking is exact up to float rounding (the VAE's causal cache carries the past between steps)."""
+    fit = DECODE_BUDGET // max(1, memory(height, width, 1, dtype))
+    return int(max(1, min(latent_frames - 1, fit)))
+
+
 def cmd_generate(args) -> int:
-    """Text -> mp4 through ``SemanticGenPipeline``: stage 1, stage 2, then the VAE decodes chunk by chunk into
+    times, loads, load_seconds, out = generate(args)
+    _stage_table(times, loads, load_seconds)
+    print(f"wrote {out}")
+    return 0
+
+
+def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
+    """``generate``'s work, without its table: (each stage's name and seconds, model loads, their seconds,
+    the mp4). bench/first_video.py times the warm path (models in the cache) through it.
+
+    Text -> mp4 through ``SemanticGenPipeline``: stage 1, stage 2, then the VAE decodes chunk by chunk into
     the file. Models are picked as in the loader nodes (``embedded`` or a file in the models folders) and go
     through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``SemanticGenPipeline.plain_wan``)."""
     from semanticgen_core.pipeline import SemanticGenPipeline
@@ -178,21 +200,19 @@ def cmd_generate(args) -> int:
             times.append(("Stage 2: render", time.perf_counter() - t0))
             t0 = time.perf_counter()
             out.parent.mkdir(parents=True, exist_ok=True)
-            chunks = latents.shape[2]
-            progress = comfy.Progress("VAE decode", chunks)
             tile, overlap = nodes.decode.tiling(height, width)  # as the decode nodes tile
+            chunk = decode_chunk(latents.shape[2], min(height, tile or height), min(width, tile or width),
+                                 next(pipe.vae.wan.parameters()).dtype, nodes.decode.decode_memory)
+            progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
             # the chunks go straight into the file (written beside it, renamed when complete)
             with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
-                for frames in pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=1,
-                                                   progress=lambda i, total: progress(i, chunks),
+                for frames in pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
                                                    should_stop=comfy.should_stop, tile=tile, overlap=overlap):
                     writer.write(frames)
             times.append(("VAE decode", time.perf_counter() - t0))
     finally:
         remove()
-    _stage_table(times, cache.loads - loads0, cache.load_seconds - load_s0)
-    print(f"wrote {out}")
-    return 0
+    return times, cache.loads - loads0, cache.load_seconds - load_s0, out
 
 
 def cmd_api(args) -> int:

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
-from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
+
+from .lazy_imports import submodule
+
+WanRotaryPosEmbed = submodule("diffusers.models.transformers.transformer_wan").WanRotaryPosEmbed
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [1, N, 1, head_dim], Wan's layout
 

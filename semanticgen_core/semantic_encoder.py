@@ -13,15 +13,17 @@ import math
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 from .checkpoints import init_empty_weights, list_keys, load_into, load_state_dict
 from .errors import CheckpointError, SemanticGenError, ShapeError
+
+if TYPE_CHECKING:  # the modeling module (a quarter second) is imported when a tower is built
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
 # OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, the normalisation Qwen's processors apply.
 QWEN_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -186,6 +188,8 @@ class QwenVisionEncoder(SemanticEncoder):
         cls, config: dict[str, Any] | Qwen2_5_VLVisionConfig, sample_fps: float = 1.6, name: str = "qwen2.5-vl-vision"
     ) -> QwenVisionEncoder:
         """A randomly initialised tower (tests, or training a small semantic space from scratch)."""
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
         return cls(Qwen2_5_VisionTransformerPretrainedModel(_vision_config(config)), sample_fps, name)
 
     @classmethod
@@ -227,6 +231,8 @@ class QwenVisionEncoder(SemanticEncoder):
                 f"{keys[:5]}). Use a full Qwen2.5-VL checkpoint such as Qwen2.5-VL-3B-Instruct."
             )
         state = {k: v.to(device=device, dtype=dtype) for k, v in load_state_dict(path, prefix=prefix).items()}
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
         with init_empty_weights():
             model = Qwen2_5_VisionTransformerPretrainedModel(config)
         load_into(model, state, f"Qwen2.5-VL vision tower ({prefix or 'no prefix'}*) from {path}")

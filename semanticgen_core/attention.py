@@ -24,10 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import get_1d_rotary_pos_embed
-
-from .lazy_imports import submodule
-
-WanRotaryPosEmbed = submodule("diffusers.models.transformers.transformer_wan").WanRotaryPosEmbed
+from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin: [1, N, 1, head_dim], Wan's layout
 

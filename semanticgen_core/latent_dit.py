@@ -24,15 +24,13 @@ import torch
 import torch.nn as nn
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from .attention import time_windows
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, ShapeError
-from .lazy_imports import submodule
 from .wan_blocks import WanRunner, cell_centres, shot_routing
 from .window_stream import stream_forward
-
-WanTransformer3DModel = submodule("diffusers.models.transformers.transformer_wan").WanTransformer3DModel
 
 
 class LatentDiT(WanRunner, WanTransformer3DModel):

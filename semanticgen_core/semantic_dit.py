@@ -12,13 +12,11 @@ from collections.abc import Sequence
 import torch
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.modeling_outputs import Transformer2DModelOutput
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
 
 from .attention import time_windows
 from .errors import ShapeError
-from .lazy_imports import submodule
 from .wan_blocks import WanRunner, shot_routing
-
-WanTransformer3DModel = submodule("diffusers.models.transformers.transformer_wan").WanTransformer3DModel
 
 
 class SemanticDiT(WanRunner, WanTransformer3DModel):

@@ -17,15 +17,13 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import torch
+from diffusers import AutoencoderKLWan
 from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
+from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, Interrupted, SemanticGenError, ShapeError
 from .formats import MODEL_FILE_FORMAT
-from .lazy_imports import submodule
-
-_kl_wan = submodule("diffusers.models.autoencoders.autoencoder_kl_wan")
-AutoencoderKLWan, WanCausalConv3d = _kl_wan.AutoencoderKLWan, _kl_wan.WanCausalConv3d
 
 Progress = Callable[[int, int], None]
 ShouldStop = Callable[[], bool]

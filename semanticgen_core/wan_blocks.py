@@ -16,12 +16,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from diffusers.models.transformers.transformer_wan import WanTransformerBlock
 
 from .attention import Rope, Window, rope_at, rope_to, windowed_self_attention
 from .errors import ShapeError
-from .lazy_imports import submodule
-
-WanTransformerBlock = submodule("diffusers.models.transformers.transformer_wan").WanTransformerBlock
 
 # Cross-attention routing: (shot index, indices of the tokens in that shot), or None for one prompt.
 Shots = list[tuple[int, torch.Tensor]] | None

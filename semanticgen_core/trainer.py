@@ -113,20 +113,30 @@ def stage2_task(args, preset: Preset) -> Task:
                 list(stage2.blocks))
 
 
-def stage1_task(args, preset: Preset) -> Task:
+def frozen_plans(args, preset: Preset, what: str):
+    """The plans a trained stage 2's compressor makes (stage 1 and the preview decoder learn from them):
+    ``(plans(batch, noise), plan_from, the preset at the compressor's plan width)``."""
     if not args.stage2:
-        raise SemanticGenError("stage 1 trains on the plans of a trained stage 2's compressor: pass --stage2 FILE")
+        raise SemanticGenError(f"{what} learns from the plans of a trained stage 2's compressor: pass --stage2 FILE")
     stage2_file = load_model(args.stage2, "stage2")
     compressor = stage2_file.modules["compressor"].float().requires_grad_(False).to(dist.device())
-    plan_from = stage2_file.info.get("plan_from", "encoder")
-    preset = plan_preset(preset, compressor.config.out_dim)
+    plan_from = stage2_file.info.get("plan_from", "encoder")  # files from before the option: the encoder
+
+    @torch.no_grad()
+    def plans(batch: Batch, noise: SampleNoise) -> torch.Tensor:
+        mean, logvar = compressor(plan_features(batch, plan_from))
+        return compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
+
+    return plans, plan_from, plan_preset(preset, compressor.config.out_dim)
+
+
+def stage1_task(args, preset: Preset) -> Task:
+    plans, plan_from, preset = frozen_plans(args, preset, "stage 1")
     stage1 = load_model(args.init, "stage1").modules["stage1"].float() if args.init else SemanticDiT(**preset.stage1)
     shots = [2 ** i for i in range(args.max_shots.bit_length()) if 2 ** i <= args.max_shots]
 
     def loss(batch, noise, step, step_gen):
-        with torch.no_grad():
-            mean, logvar = compressor(plan_features(batch, plan_from))
-            plan = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
+        plan = plans(batch, noise)
         k = shots[int(torch.randint(len(shots), (1,), generator=step_gen))]
         plan, text, starts = string_shots(plan, batch["text"], k)
         return stage1_loss(stage1, plan, text, batch["empty_text"], noise.grouped(k), shot_starts=starts)
@@ -166,21 +176,15 @@ def preview_task(args, preset: Preset) -> Task:
     -> each plan step's thumbnail in the cache (L1 + MSE on RGB in 0..1, objects weighted up)."""
     from .plan_preview import PlanPreviewDecoder
 
-    if not args.stage2:
-        raise SemanticGenError("the preview decoder draws the plans of a trained stage 2's compressor: pass --stage2 FILE")
-    stage2_file = load_model(args.stage2, "stage2")
-    compressor = stage2_file.modules["compressor"].float().requires_grad_(False).to(dist.device())
-    plan_from = stage2_file.info.get("plan_from", "encoder")
-    preset = plan_preset(preset, compressor.config.out_dim)
+    plans, plan_from, preset = frozen_plans(args, preset, "the preview decoder")
     if args.init:
         decoder = load_model(args.init, "preview").modules["preview"].float()
     else:
-        decoder = PlanPreviewDecoder(in_dim=compressor.config.out_dim, width=args.preview_width, scale=args.preview_scale)
+        decoder = PlanPreviewDecoder(in_dim=preset.compressor["out_dim"], width=args.preview_width,
+                                     scale=args.preview_scale)
 
     def loss(batch, noise, step, step_gen):
-        with torch.no_grad():
-            mean, logvar = compressor(plan_features(batch, plan_from))
-            plan = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
+        plan = plans(batch, noise)
         target = batch["thumbs"].float() / 255
         if target.shape[2:4] != (plan.shape[2] * decoder.config.scale, plan.shape[3] * decoder.config.scale):
             target = torch.nn.functional.interpolate(  # the cache's thumbnails at another scale than the decoder's

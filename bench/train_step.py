@@ -62,7 +62,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import shlex
 import sys
 import tempfile
@@ -351,22 +350,9 @@ def write_stage2_file(preset: Preset, path: Path, seed: int) -> Path:
     return path
 
 
-def stage2_window(preset: Preset) -> int | None:
-    """The window (latent frames) the trainer's ``stage2_task`` trains stage 2 in for ``preset``: its stage-2
-    config's, else its sampling default; ``None`` for full attention. (Each row reports the window of the DiT
-    the trainer actually built; this only decides whether ``stage2-full`` differs from ``stage2``.)"""
-    return preset.stage2.get("window_frames", preset.defaults.get("window_frames")) or None
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _peak_gib(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / GiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GiB  # process peak RSS (KiB on Linux)
 
 
 def _is_oom(e: BaseException) -> bool:
@@ -423,7 +409,7 @@ def run_task(name: str, preset: Preset, geometry: Geometry, opts, device: torch.
         message = str(e).splitlines()[0][:200] if str(e) else ""
         row["error"] = (f"out of memory during {row['phase']}" if _is_oom(e)
                         else f"failed during {row['phase']}: {type(e).__name__}: {message}")
-        row["peak_memory_gib"] = _peak_gib(device)
+        row["peak_memory_gib"] = tr.peak_memory_gb(device)
     finally:
         # _measure's frame (the trainer, its models and optimizer) is gone by now; the trainer and its _Step
         # wrapper refer to each other, so collect them before the next task measures its own peak
@@ -496,7 +482,7 @@ def _measure(row: dict, name: str, preset: Preset, geometry: Geometry, opts, dev
             if task_kind == "stage2":
                 row.setdefault("window_offsets", []).append([c["offset"] for c in calls if c["kind"] == "stage2"][0])
             estimate = seconds
-        row["peak_memory_gib"] = _peak_gib(device)
+        row["peak_memory_gib"] = tr.peak_memory_gb(device)
         if not row["step_s"]:
             row["error"] = "no timed step (budget)"
             return
@@ -723,7 +709,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 row["hfu"] = row["achieved_hw_tflops"] * 1e12 / peak if peak else None
                 row["mfu_vs_matmul"] = row["achieved_tflops"] / matmul if matmul else None
         return {"command": command, "preset": preset.name, "layers": opts.layers, "batch": opts.batch,
-                "stage2_window": stage2_window(preset),
+                "stage2_window": tr.stage2_window(preset),
                 "warmup_steps": opts.warmup_steps,
                 "steps": opts.steps, "bf16": device.type == "cuda" and opts.precision == "bf16",
                 "checkpointing": opts.checkpointing, "max_seconds": opts.max_seconds,
@@ -757,7 +743,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         state["matmul"] = measure_matmul_tflops(device, opts.matmul_seconds)
         with tempfile.TemporaryDirectory(prefix="train_step_bench_") as tmp:
             for name in [t for t in TASK_ORDER if t in opts.tasks]:
-                if name == "stage2-full" and not stage2_window(preset):
+                if name == "stage2-full" and not tr.stage2_window(preset):
                     log(f"{name}: skipped (the trainer's stage 2 has full attention already: the stage2 row)")
                     continue
                 log(f"{name}: building and running ...")

@@ -87,8 +87,7 @@ class Task:
 def stage2_task(args, preset: Preset) -> Task:
     preset = plan_preset(preset, args.plan_dim)
     compressor = SemanticCompressor(**preset.compressor)
-    # stage 2 trains in the shifted windows it samples long videos with (the preset's, else its default)
-    window = preset.stage2.get("window_frames", preset.defaults.get("window_frames"))
+    window = stage2_window(preset)
     if args.init_wan:
         stage2 = LatentDiT.from_wan(args.init_wan, semantic_dim=args.plan_dim, window_frames=window)
     else:
@@ -128,6 +127,12 @@ def frozen_plans(args, preset: Preset, what: str):
         return compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
 
     return plans, plan_from, plan_preset(preset, compressor.config.out_dim)
+
+
+def stage2_window(preset: Preset) -> int | None:
+    """The window (latent frames) stage 2 trains in: the shifted windows it samples long videos with, the
+    preset's stage-2 window, else its sampling default; None (or 0) for full attention."""
+    return preset.stage2.get("window_frames", preset.defaults.get("window_frames")) or None
 
 
 def stage1_task(args, preset: Preset) -> Task:
@@ -493,7 +498,7 @@ class Trainer:
         record = {"step": self.step, "minutes": round(self.elapsed / 60, 3), "lr": self.lr(self.step - 1),
                   **{k: round(float(v), 6) for k, v in zip(keys, means)},
                   "samples_per_s": round(steps * self.args.batch / seconds, 3),
-                  "memory_gb": round(_peak_memory_gb(self.device), 3)}
+                  "memory_gb": round(peak_memory_gb(self.device), 3)}
         if dist.is_main():
             print(" ".join(f"{k}={v}" for k, v in record.items()), flush=True)
             with open(self.out / "log.jsonl", "a") as f:
@@ -524,7 +529,8 @@ def _sync(engine: torch.nn.Module, trained: dict[str, torch.nn.Module], last: bo
     return contextlib.nullcontext()
 
 
-def _peak_memory_gb(device: torch.device) -> float:
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory of this process: allocated on the GPU, or resident in RAM (GiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import train_step as ts  # noqa: E402
 
 from semanticgen_core.pipeline import latent_frames  # noqa: E402
+from semanticgen_core.trainer import stage2_window  # noqa: E402
 from semanticgen_core.presets import TINY  # noqa: E402
 
 TINY_ARGS = ["--device", "cpu", "--preset", "tiny", "--frames", "17", "--threads", "1"]
@@ -76,8 +77,8 @@ def test_the_bench_knows_the_window_the_trainer_builds_stage2_with(monkeypatch, 
     for preset in (own, dataclasses.replace(own, stage2={**own.stage2, "window_frames": None})):
         built.clear()
         ts.tr.stage2_task(args, preset)
-        assert built["window_frames"] == ts.stage2_window(preset)
-    assert ts.stage2_window(PRESETS[name]) == {"tiny": None, "wan2.1-1.3b": 8, "embedded": 4}[name]
+        assert built["window_frames"] == stage2_window(preset)
+    assert stage2_window(PRESETS[name]) == {"tiny": None, "wan2.1-1.3b": 8, "embedded": 4}[name]
 
 
 def test_every_task_ran_a_real_optimiser_step(tiny_run):

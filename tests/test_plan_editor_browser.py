@@ -109,6 +109,7 @@ def real_plan(pack, models):
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     payload: bytes = b"{}"
+    preview = None  # nodes.edit.preview_request: the preview route without ComfyUI
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=str(ROOT), **kwargs)
@@ -122,12 +123,24 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
-        if self.path == "/":
+        if self.path.split("?")[0] == "/":
             self.path = "/tests/web/editor_page.html"
         if not (self.path.startswith("/web/") or self.path.startswith("/tests/web/")):
             self.send_error(404)
             return
         super().do_GET()
+
+    def do_POST(self):  # noqa: N802
+        if self.path != "/semanticgen/edit_plan/preview":
+            self.send_error(404)
+            return
+        status, data = type(self).preview(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        body = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def end_headers(self):
         self.send_header("Cache-Control", "no-store")
@@ -138,8 +151,9 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def server():
-    handler = type("Handler", (_Handler,), {})
+def server(pack):
+    handler = type("Handler", (_Handler,), {"preview": staticmethod(
+        importlib.import_module(f"{pack.__name__}.nodes.edit").preview_request)})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -155,11 +169,12 @@ def browser():
     b.close()
 
 
-def open_editor(browser, server, payload: dict):
+def open_editor(browser, server, payload: dict, node: str | None = None):
+    """The page with this execution message; ``node``: the page is that Edit Plan node for the preview route."""
     handler, url = server
     handler.payload = json.dumps(payload).encode()
     page = browser.page
-    page.goto(url + "/")
+    page.goto(url + "/" + (f"?node={node}" if node else ""))
     page.wait_for("window.sg && window.sg.ready", what="the editor page")
     if (payload.get("input") or {}).get("strip"):
         page.wait_for("window.sg.view.loaded()", what="the thumbnails")
@@ -288,6 +303,183 @@ def test_the_timeline_shows_the_exact_result_after_a_run(pack, real_plan, server
     # an unknown operation typed into the widget is refused, naming it
     error = page.eval("(() => { try { sg.parseEdits('[{\"op\": \"explode\"}]'); } catch (e) { return e.message; } })()")
     assert "unknown operation \"explode\"" in error and "cut" in error
+
+
+# -- the preview route: edits shown without a run, the other plan, the cache -----------------------------
+
+# The share of tile k's pixels (around the middle of each token's cell) that have the colour of that token in
+# the strip `out` (a payload plan with a one-pixel-per-token PCA strip): 1 when the tile is that strip's step.
+TILE_MATCH = """(async (k, out) => {
+  const [, gh, gw] = out.grid;
+  const img = new Image(); img.src = out.strip; await img.decode();
+  const off = document.createElement('canvas'); off.width = img.naturalWidth; off.height = img.naturalHeight;
+  const o = off.getContext('2d'); o.drawImage(img, 0, 0);
+  const src = o.getImageData(0, 0, off.width, off.height).data;
+  const c = sg.view.elements.canvas, s = c.width / c.clientWidth;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const tw = c.clientWidth / sg.editor.plan.steps.length;
+  const x0 = Math.round(k * tw) + 1, w1 = Math.max(1, Math.round((k + 1) * tw) - Math.round(k * tw) - 2);
+  let hit = 0, n = 0;
+  for (let i = 0; i < gh; i++) for (let j = 0; j < gw; j++) {
+    const p = 4 * (i * off.width + k * gw + j), cx = x0 + (j + 0.5) * w1 / gw, cy = 18 + (i + 0.5) * 72 / gh;
+    for (let dy = -2; dy <= 2; dy++) for (let dx = -2; dx <= 2; dx++) {
+      const q = 4 * (Math.round((cy + dy) * s) * c.width + Math.round((cx + dx) * s));
+      n++;
+      if ([0, 1, 2].every((m) => Math.abs(d[q + m] - src[p + m]) <= 2)) hit++;
+    }
+  }
+  return hit / n; })"""
+
+
+def tile_match(page, k: int, out: str = "sg.editor.shown.output") -> float:
+    return page.eval(f"({TILE_MATCH})({k}, {out})")
+
+
+def cached_event(nodes: list[str]) -> str:
+    """ComfyUI's execution_cached message, sent to the page's stand-in for its api."""
+    detail = json.dumps({"nodes": nodes, "prompt_id": "p1"})
+    return f"sg.api.dispatchEvent(new CustomEvent('execution_cached', {{detail: {detail}}}))"
+
+
+def test_edits_preview_through_the_server_route_without_a_run(pack, real_plan, server, browser, tmp_path):
+    """An edit asks the preview route (nothing is queued) and the strip shows the output it returns; a
+    regenerate is held and hatched, pending until the workflow runs; an answer to a stale request is dropped."""
+    edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
+    ops = core(pack, "plan_ops")
+    edit_nodes.remember_plan("browser-a", real_plan)  # what the node's execution leaves on the server
+    page = open_editor(browser, server, edit_nodes.editor_payload(real_plan, real_plan, [], None), node="browser-a")
+    page.wait_for("sg.sync.status === 200", what="the preview on opening")
+    assert page.eval("sg.editor.state") == "run"  # the run's own edits: still "as last run"
+    g = "sg.view.geometry()"
+    step_x = lambda k: page.eval(f"{g}.stepX({k})")  # noqa: E731
+    y = page.eval(f"{g}.tileY")
+    status = lambda: page.eval("sg.view.elements.statusRight.textContent")  # noqa: E731
+    button = lambda name: page.center(f'.sg-toolbar button[data-action="{name}"]')  # noqa: E731
+
+    # Interpolate steps 2-4: the route answers with the output, drawn exactly
+    page.drag(step_x(2), y, step_x(4), y)
+    start = time.time()
+    page.click(*button("interpolate"))
+    page.wait_for("sg.editor.state === 'preview'", timeout=10, what="the preview after an edit")
+    print(f"\npreview shown {time.time() - start:.2f} s after the click (150 ms of it the debounce)")
+    assert status().endswith("preview")
+    edits = page.eval("sg.editor.edits")
+    assert edits == [{"op": "interpolate", "start_s": 2, "end_s": 5}]
+    want = edit_nodes.editor_payload(real_plan, ops.apply_edits(real_plan, edits), edits)
+    assert page.eval("sg.editor.shown.output.strip") == want["output"]["strip"]
+    assert page.eval("sg.editor.shown.pending") == []
+    assert min(tile_match(page, k) for k in range(9)) > 0.95
+
+    # Regenerate the last two steps: the preview holds them, hatched, and says it is pending
+    page.drag(step_x(7), y, step_x(8), y)
+    page.click(*button("regenerate"))
+    page.wait_for("sg.editor.state === 'preview' && sg.editor.pending.size === 1", timeout=10,
+                  what="the preview of a regenerate")
+    assert page.eval("[...sg.editor.pending]") == [1]
+    assert "1 regenerate pending until run" in status()
+    assert min(tile_match(page, k) for k in range(7)) > 0.95
+    assert min(tile_match(page, k) for k in (7, 8)) > 0.5  # the held steps, under the hatching
+    keep_screenshot(page.screenshot(), tmp_path, "plan_editor_preview.png")
+    # without the preview the strip simulates: the regenerated steps are drawn faded, not as the output
+    page.eval("window.kept = sg.editor.preview.output; sg.editor.preview = null; sg.view.redraw(); 1")
+    assert "run to apply" in status()
+    assert max(tile_match(page, k, "kept") for k in (7, 8)) < 0.1
+    # latest wins: the answer to an earlier request, arriving last, is dropped
+    page.eval("""(async () => {
+        const post = sg.sync.post; let first = true;
+        sg.sync.post = async (body) => { const slow = first; first = false; const answer = await post(body);
+            if (slow) await new Promise((done) => setTimeout(done, 400)); return answer; };
+        const early = sg.sync.refresh();  // the edits with the regenerate
+        sg.editor.undo();
+        await Promise.all([early, sg.sync.refresh()]);
+        sg.sync.post = post; })()""")
+    assert page.eval("sg.editor.preview.edits") == edits
+    assert page.eval("sg.editor.state") == "preview"
+
+
+def test_splice_append_and_blend_the_other_plan(pack, real_plan, server, browser, tmp_path):
+    """The plan on the node's other input is a second strip: a range dragged from it onto the timeline splices
+    it in; Append other and Blend with other write their edits; Python applies the list as the user meant."""
+    edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
+    ops, plan_mod = core(pack, "plan_ops"), core(pack, "plan")
+    x = real_plan.tokens
+    other = dataclasses.replace(real_plan, tokens=x[[6, 7, 8, 0, 1]] * 0.5 + 1, num_frames=33, history=[],
+                                segments=[plan_mod.Segment(0.0, 4.125, "a second plan")])
+    o = other.tokens
+    edit_nodes.remember_plan("browser-b", real_plan, other)
+    page = open_editor(browser, server, edit_nodes.editor_payload(real_plan, real_plan, [], other), node="browser-b")
+    assert page.eval("sg.editor.otherPlan.steps.length") == 5
+    assert page.eval("sg.view.elements.otherBar.hidden") is False
+    g = "sg.view.geometry()"
+    step_x = lambda k: page.eval(f"{g}.stepX({k})")  # noqa: E731
+    other_x = lambda k: page.eval(f"{g}.otherStepX({k})")  # noqa: E731
+    y, other_y = page.eval(f"{g}.tileY"), page.eval(f"{g}.otherTileY")
+    button = lambda name: page.center(f'.sg-other-bar button[data-action="{name}"]')  # noqa: E731
+
+    # 1. Drag across the other plan's steps 1-2, then drag them up onto the boundary before step 3.
+    page.drag(other_x(1), other_y, other_x(2), other_y)
+    assert page.eval("sg.editor.otherSelection") == {"start": 1, "end": 3}
+    page.drag(other_x(1), other_y, page.eval(f"{g}.boundaryX(3)"), y, steps=12)
+    assert page.eval("sg.editor.selection") == {"start": 3, "end": 5}  # the spliced steps, selected
+    keep_screenshot(page.screenshot(), tmp_path, "plan_editor_other.png")
+    # 2. Append other.
+    page.click(*button("append_other"))
+    # 3. Select steps 0-3, weight 0.25, Blend with other.
+    page.drag(step_x(0), y, step_x(3), y)
+    page.click(*page.center(".sg-weight"))
+    page.key("a", "KeyA", modifiers=CTRL, key_code=65)
+    page.type("0.25")
+    page.click(*button("blend"))
+    expected = [
+        {"op": "splice", "source": "other", "at_s": 3, "start_s": 1, "end_s": 3},
+        {"op": "concatenate", "source": "other"},
+        {"op": "blend", "source": "other", "weight": 0.25, "start_s": 0, "end_s": 4},
+    ]
+    edits = page.eval("sg.editor.edits")
+    assert edits == expected
+    assert json.loads(page.eval("document.getElementById('saved').textContent")) == expected
+
+    result = ops.apply_edits(real_plan, edits, ops.EditContext(sources={"other": other}))
+    held = [x[0], x[1], x[2], o[1], o[2], *x[3:], *o]  # which input / other step each output step holds
+    assert result.grid == (16, 4, 4)
+    for k in range(4):
+        assert torch.allclose(result.tokens[k], 0.75 * held[k] + 0.25 * o[k], atol=1e-6), k
+    for k in range(4, 16):
+        assert torch.equal(result.tokens[k], held[k]), k
+    js = page.eval("(() => { const p = sg.editor.plan; return {n: p.num_frames, segments: p.segments, "
+                   "refs: p.steps.map(s => s.src ? `${s.src[0]}${s.index}` : 'mix')}; })()")
+    assert js["refs"] == ["mix"] * 4 + ["o2", "i3", "i4", "i5", "i6", "i7", "i8", "o0", "o1", "o2", "o3", "o4"]
+    assert js["n"] == result.num_frames
+    assert [(s["start_s"], s["end_s"], s["prompt"]) for s in js["segments"]] == \
+        [(s.start_s, s.end_s, s.prompt) for s in result.segments]
+    # the route previews the same list: the strip shows Python's output
+    page.wait_for("sg.editor.state === 'preview' && sg.editor.shown.output.steps === 16", timeout=10,
+                  what="the preview of the other plan's edits")
+    keep_screenshot(page.screenshot(), tmp_path, "plan_editor_other_blended.png")
+
+
+def test_the_timeline_fills_from_the_server_when_the_node_is_cached(pack, real_plan, server, browser):
+    """A page with no execution message (reloaded, or a run where ComfyUI took the node from its cache) fills
+    the timeline from the preview route: on opening, and on an execution_cached event naming the node."""
+    edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
+    edits = [{"op": "cut", "start_s": 1, "end_s": 3}]
+    empty = {"input": None, "output": None, "other": None, "edits": edits}
+    page = open_editor(browser, server, empty, node="browser-c")
+    page.wait_for("sg.sync.status !== null", what="the preview on opening")
+    assert page.eval("sg.sync.status") == 404 and page.eval("sg.editor.hasPlan") is False  # not run yet
+    page.eval(cached_event(["99"]))  # another node was cached: nothing to ask
+    assert page.eval("sg.sync.requests") == 1
+    # the node runs (in another tab, say): the server keeps its plan
+    edit_nodes.SemanticGenEditPlan().edit(real_plan, json.dumps(edits), unique_id="browser-c")
+    # the next run takes the node from ComfyUI's cache: no executed message, but execution_cached names it
+    page.eval(cached_event(["3", "browser-c"]))
+    page.wait_for("sg.editor.state === 'run'", timeout=10, what="the timeline filled by execution_cached")
+    assert page.eval("sg.editor.plan.steps.length") == 7
+    assert page.eval("sg.view.elements.statusRight.textContent").endswith("as last run")
+    # opening the workflow again (a reload, a new tab) fills it as a preview of the node's edits
+    page = open_editor(browser, server, empty, node="browser-c")
+    page.wait_for("sg.editor.state === 'preview'", timeout=10, what="the timeline filled on opening")
+    assert page.eval("sg.editor.shown.output.steps") == 7
 
 
 # -- the editor's simulation equals Python's result ----------------------------------------------------

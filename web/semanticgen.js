@@ -3,10 +3,14 @@
 // On every "SemanticGen Edit Plan" node: a DOM widget with the timeline under the node's `edits` text
 // widget. Every change in the timeline is written to `edits` (what the server runs and what a saved
 // workflow keeps); text typed into `edits` is read back into the timeline; the node's execution message
-// (`semanticgen_plan`: thumbnails of its input and output plans) updates the strip.
+// (`semanticgen_plan`: thumbnails of its input and output plans) updates the strip. Between runs the
+// server's preview route (plan_editor/sync.js) answers for the edits as they change, for a workflow being
+// opened, and for a run in which ComfyUI took the node from its cache (no execution message comes then).
 
 import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
 import { PlanEditor, parseEdits } from "./plan_editor/core.js";
+import { PREVIEW_ROUTE, PreviewSync } from "./plan_editor/sync.js";
 import { mountPlanEditor } from "./plan_editor/view.js";
 
 const NODE_TYPE = "SemanticGenEditPlan";
@@ -27,6 +31,14 @@ function attachTimeline(node) {
   const editor = new PlanEditor({ edits: editsOf(edits) ?? [] });
   const root = document.createElement("div");
   const view = mountPlanEditor(root, editor);
+  const sync = new PreviewSync(editor, {
+    nodeId: () => node.id,
+    post: async (body) => {
+      const response = await api.fetchApi(PREVIEW_ROUTE, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      return { status: response.status, body: await response.json().catch(() => null) };
+    },
+  });
 
   let writing = false; // the timeline is writing the widget
   let reading = false; // the widget (typed text) is updating the timeline: leave the text as typed
@@ -65,16 +77,26 @@ function attachTimeline(node) {
   const widget = node.addDOMWidget(WIDGET_NAME, "semanticgen_plan_timeline", root, {
     serialize: false, // not a value: widgets_values and the prompt keep only `edits`
     hideOnZoom: false,
-    getMinHeight: () => TIMELINE_HEIGHT,
-    getMaxHeight: () => TIMELINE_HEIGHT,
+    getMinHeight: () => TIMELINE_HEIGHT + view.otherHeight(),
+    getMaxHeight: () => TIMELINE_HEIGHT + view.otherHeight(),
     getValue: () => undefined,
     setValue: () => {},
   });
   widget.serialize = false;
-  node.semanticgen = { editor, view, widget, syncFromWidget };
+  node.semanticgen = { editor, view, widget, sync, syncFromWidget };
+
+  // the other plan's strip comes and goes with the node's `other` input: grow the node to show it
+  let otherHeight = 0;
+  editor.subscribe(() => {
+    if (view.otherHeight() === otherHeight) return;
+    otherHeight = view.otherHeight();
+    node.setSize([node.size[0], Math.max(node.size[1], node.computeSize()[1])]);
+    node.setDirtyCanvas?.(true, true);
+  });
 
   const onRemoved = node.onRemoved;
   node.onRemoved = function (...args) {
+    sync.destroy();
     view.destroy();
     return onRemoved?.apply(this, args);
   };
@@ -83,6 +105,13 @@ function attachTimeline(node) {
 
 app.registerExtension({
   name: "SemanticGen.PlanTimeline",
+
+  setup() {
+    // a cached node sends no `executed` message: ask the server for the plan its output holds
+    api.addEventListener("execution_cached", ({ detail }) => {
+      for (const id of detail?.nodes || []) app.graph?.getNodeById?.(id)?.semanticgen?.sync.cached([id]);
+    });
+  },
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (nodeData?.name !== NODE_TYPE) return;
@@ -98,6 +127,7 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function (...args) {
       const result = onConfigure?.apply(this, args);
       this.semanticgen?.syncFromWidget(false); // a loaded workflow: its edits, with a fresh undo history
+      this.semanticgen?.sync.refresh(); // the server may know its plan (a run in an earlier page or tab)
       return result;
     };
 

@@ -29,7 +29,8 @@ export class EditError extends Error {}
 // -- the symbolic plan -------------------------------------------------------------------------------
 // { fps, video_fps, num_frames, segments: [{start_s, end_s, prompt}], steps: [ref] } where a ref says
 // what a step shows: {src: "input"|"other", index} (a step of that plan), {mix: [refA, refB], w, mode}
-// (interpolate, blend), or {regen: ref, prompt, seed} (re-sampled by stage 1 when the node runs).
+// (interpolate, blend), or {regen: ref, prompt, seed, edit} (re-sampled by stage 1 when the node runs;
+// `edit` is the index of the regenerate in the edit list, which the preview route's `pending` names).
 
 export function basePlan(meta, src = "input") {
   return {
@@ -207,7 +208,7 @@ function interpolationWeights(plan, i0, i1, given) {
 
 // -- operations on the symbolic plan (mirrors of plan_ops) --------------------------------------------
 
-export function applyEdit(plan, edit, sources = {}) {
+export function applyEdit(plan, edit, sources = {}, index = null) {
   const op = edit.op;
   const T = plan.steps.length;
   const source = (name) => {
@@ -278,7 +279,7 @@ export function applyEdit(plan, edit, sources = {}) {
     const refs = plan.steps.slice();
     for (const k of range(i0, i1)) {
       if (edit.prompt != null) prompts[k] = edit.prompt;
-      refs[k] = { regen: plan.steps[k], prompt: prompts[k], seed: edit.seed ?? null };
+      refs[k] = { regen: plan.steps[k], prompt: prompts[k], seed: edit.seed ?? null, edit: index };
     }
     return rebuild(plan, ownersOf(plan, range(0, T)), { refs, prompts });
   }
@@ -317,7 +318,7 @@ export function simulate(inputMeta, edits, otherMeta = null) {
   const sources = otherMeta ? { other: basePlan(otherMeta, "other") } : {};
   for (let k = 0; k < edits.length; k++) {
     try {
-      plan = applyEdit(plan, edits[k], sources);
+      plan = applyEdit(plan, edits[k], sources, k);
     } catch (e) {
       if (!(e instanceof EditError)) throw e;
       return { plan, error: `edit ${k + 1} of ${edits.length} (${edits[k].op}): ${e.message}`, failedAt: k };
@@ -332,7 +333,14 @@ export function formatEdits(edits) {
   return "[\n" + edits.map((e) => "  " + JSON.stringify(e)).join(",\n") + "\n]";
 }
 
-const editsEqual = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+export const editsEqual = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+/** True when a step's ref holds a regenerate that the preview did not sample (`pending`: a Set of edit indices). */
+export function isPending(ref, pending) {
+  if (ref.regen) return pending.has(ref.edit) || isPending(ref.regen, pending);
+  if (ref.mix) return ref.mix.some((r) => isPending(r, pending));
+  return false;
+}
 
 // -- the editor ------------------------------------------------------------------------------------
 
@@ -340,13 +348,17 @@ export class PlanEditor {
   /**
    * @param {object} options
    *   edits: the initial edit list (array or JSON text)
-   *   payload: the edit node's last execution ({input, output, other, edits}), or null before a run
+   *   payload: the edit node's last execution ({input, output, other, edits, pending}), or null before a run
    *   newSeed: () => integer, the seed written into regenerate edits (default: random)
    */
   constructor({ edits = [], payload = null, newSeed = null } = {}) {
     this._edits = parseEdits(edits);
-    this.payload = payload;
+    this.payload = payload; // the newest plans from the server (a run's or a preview's): input, other, strips
+    this.run = payload; // the node's last execution: its output is exact for run.edits
+    this.preview = null; // the preview route's answer for preview.edits (regenerates in `pending` not sampled)
+    this.serverError = null; // {edits, error}: the preview route refused this edit list
     this.selection = null; // {start, end}: steps [start, end) of the current plan
+    this.otherSelection = null; // {start, end}: steps of the other plan, to splice in
     this.undoStack = [];
     this.redoStack = [];
     this.listeners = new Set();
@@ -378,9 +390,39 @@ export class PlanEditor {
     return this.simulation.plan;
   }
 
+  /** The other plan (symbolic), or null when the node's `other` input is not connected. */
+  get otherPlan() {
+    return this.payload && this.payload.other ? basePlan(this.payload.other, "other") : null;
+  }
+
   /** True when the node's last execution used exactly this edit list (its output strip is current). */
   get executedCurrent() {
-    return !!(this.payload && this.payload.output && editsEqual(this.payload.edits || [], this._edits));
+    return !!(this.run && this.run.output && editsEqual(this.run.edits || [], this._edits));
+  }
+
+  /** True when the preview route answered for exactly this edit list. */
+  get previewCurrent() {
+    return !!(this.preview && this.preview.output && editsEqual(this.preview.edits || [], this._edits));
+  }
+
+  /** The server's answer whose output is this edit list's plan (drawn exactly), or null (the strip simulates). */
+  get shown() {
+    return this.executedCurrent ? this.run : this.previewCurrent ? this.preview : null;
+  }
+
+  /** Indices of the regenerate edits the shown output has not sampled (their span holds the plan as it was). */
+  get pending() {
+    return new Set(this.shown?.pending || []);
+  }
+
+  /** "run": the strip is the last run's output; "preview": the preview route's; "edited": simulated. */
+  get state() {
+    return this.executedCurrent ? "run" : this.previewCurrent ? "preview" : "edited";
+  }
+
+  /** The preview route's error for this edit list, or null. */
+  get error() {
+    return this.serverError && editsEqual(this.serverError.edits, this._edits) ? this.serverError.error : null;
   }
 
   subscribe(fn) {
@@ -395,10 +437,26 @@ export class PlanEditor {
 
   /** New thumbnails and plans from the node's execution (the strip updates; the edits stay). */
   setPayload(payload) {
-    this.payload = payload;
+    this.payload = this.run = payload;
+    this.preview = this.serverError = null;
     this._sim = null;
     this._clampSelection();
     this._emit("payload");
+  }
+
+  /** The preview route's answer for `edits` (the list the request sent): the node's last input plan with them applied. */
+  setPreview(preview, edits) {
+    this.payload = this.preview = { ...preview, edits: parseEdits(edits) };
+    this.serverError = null;
+    this._sim = null;
+    this._clampSelection();
+    this._emit("preview");
+  }
+
+  /** The preview route refused `edits` with this message (shown while the edit list stays the same). */
+  setServerError(edits, error) {
+    this.serverError = { edits: parseEdits(edits), error };
+    this._emit("preview");
   }
 
   /** Replace the edit list from outside (a workflow loaded, the text typed): undoable unless reset. */
@@ -441,12 +499,15 @@ export class PlanEditor {
   }
 
   _clampSelection() {
+    const clamp = (sel, T) => {
+      const start = Math.min(sel.start, T - 1);
+      const end = Math.min(sel.end, T);
+      return end > start ? { start, end } : null;
+    };
     const plan = this.plan;
-    if (!this.selection || !plan) return;
-    const T = plan.steps.length;
-    const start = Math.min(this.selection.start, T - 1);
-    const end = Math.min(this.selection.end, T);
-    this.selection = end > start ? { start, end } : null;
+    if (this.selection && plan) this.selection = clamp(this.selection, plan.steps.length);
+    const other = this.otherPlan;
+    if (this.otherSelection) this.otherSelection = other ? clamp(this.otherSelection, other.steps.length) : null;
   }
 
   // -- selection ------------------------------------------------------------------------------------
@@ -466,6 +527,15 @@ export class PlanEditor {
       this.selection = null;
       this._emit("selection");
     }
+  }
+
+  /** Select steps a..b (inclusive, any order) of the other plan, to splice them in. */
+  selectOther(a, b = a) {
+    const other = this.otherPlan;
+    if (!other) return;
+    const T = other.steps.length;
+    this.otherSelection = { start: Math.max(0, Math.min(a, b)), end: Math.min(T - 1, Math.max(a, b)) + 1 };
+    this._emit("selection");
   }
 
   /** The selection in seconds, as the edits write it. */
@@ -522,6 +592,27 @@ export class PlanEditor {
     if (prompt && prompt.trim()) edit.prompt = prompt.trim();
     edit.seed = seed ?? this.newSeed();
     return this.push(edit);
+  }
+
+  /** Insert the other plan's selected steps at step boundary b (0..T); they become the selection. */
+  spliceOtherAt(b) {
+    const other = this.otherPlan;
+    if (!other || !this.otherSelection) throw new EditError("select steps of the other plan first (drag across its strip).");
+    const { start, end } = this.otherSelection;
+    const edit = { op: "splice", source: "other", at_s: boundaryTime(this.plan, b), ...stepTimes(other, start, end) };
+    return this.push(edit, { start: b, end: b + end - start });
+  }
+
+  appendOther() {
+    if (!this.otherPlan) throw new EditError("connect a plan to the node's other input first.");
+    const T = this.plan.steps.length;
+    return this.push({ op: "concatenate", source: "other" }, { start: T, end: T + this.otherPlan.steps.length });
+  }
+
+  blendSelection(weight) {
+    if (!this.otherPlan) throw new EditError("connect a plan to the node's other input first.");
+    if (!(typeof weight === "number" && weight >= 0 && weight <= 1)) throw new EditError("blend: the weight must be a number from 0 to 1.");
+    return this.push({ op: "blend", source: "other", weight, ...this._range() });
   }
 
   /** Move the selection so that it starts at step boundary b (0..T) of the current plan. */

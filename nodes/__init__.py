@@ -12,7 +12,7 @@ IMAGE ``[T, H, W, 3]`` in 0..1 and latents core LATENT ``{"samples": [B, 16, T',
 
 from . import comfy
 from .decode import SemanticGenDecodeToVideo, SemanticGenVAEDecode
-from .edit import SemanticGenEditPlan, SemanticGenPlanPreview
+from .edit import SemanticGenEditPlan, SemanticGenPlanPreview, register_routes
 from .loaders import (SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader,
                       SemanticGenTextEncoderLoader, SemanticGenVAELoader)
 from .plans import SemanticGenLoadPlan, SemanticGenSavePlan, SemanticGenSemanticEncode
@@ -21,6 +21,7 @@ from .text import SemanticGenTextEncode
 from .video import SemanticGenLoadVideo, SemanticGenSaveVideo
 
 comfy.register_model_folder()  # models/semanticgen (does nothing outside ComfyUI)
+register_routes()  # the plan editor's preview route (does nothing outside ComfyUI)
 
 _NODES = {
     # id: (class, display name)

@@ -32,6 +32,12 @@ def in_comfyui() -> bool:
     return "folder_paths" in sys.modules and "comfy.model_management" in sys.modules
 
 
+def prompt_server():
+    """ComfyUI's web server (``server.PromptServer.instance``), or None outside ComfyUI."""
+    server = sys.modules.get("server")
+    return getattr(getattr(server, "PromptServer", None), "instance", None) if in_comfyui() else None
+
+
 def _mm():
     import comfy.model_management  # noqa: PLC0415  (only reached inside ComfyUI)
 

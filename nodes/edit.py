@@ -23,6 +23,13 @@ What is reused when a workflow runs again after an edit:
   (sampling is seeded), so the reuse is exact. Cheap edits (cut, move, ...) are simply re-applied.
 * Stage 2 itself re-renders whenever the edit list changes (its input signature changed), even if the
   resulting plan is unchanged; ``plan_ops.plan_fingerprint`` is the key a stage-2 result cache would use.
+
+The instant preview: each Edit Plan node remembers (``PLANS``, by node id) the plans of its last execution
+and what its regenerations were keyed by. ``POST /semanticgen/edit_plan/preview`` (``preview_request``)
+applies an edit list to that plan without queueing anything, so the timeline shows every edit as it is made,
+and fills again after a page reload or when ComfyUI serves the node from its cache (it then executes nothing
+and sends no UI message). Regenerations already sampled come back exact; new ones hold their span and are
+reported ``pending`` until the workflow runs.
 """
 
 from __future__ import annotations
@@ -58,6 +65,10 @@ log = logging.getLogger(__name__)
 # Regenerated plans, keyed by what determines them (see the module docstring); small (a plan is KBs).
 REGENERATED: OrderedDict = OrderedDict()
 REGENERATED_MAX = 32
+# The last execution of each Edit Plan node, by node id (see the module docstring).
+PLANS: OrderedDict = OrderedDict()
+PLANS_MAX = 32
+PREVIEW_ROUTE = "/semanticgen/edit_plan/preview"
 _lock = threading.Lock()
 
 
@@ -228,15 +239,86 @@ def plan_payload(plan, basis=None) -> dict:
             "preview": "decoded" if frames is not None else "pca"}
 
 
-def editor_payload(plan, result, edits: list, other=None) -> dict:
-    """The edit node's message to the editor: input, output (and other) plans in the input's colours, and
-    the edit list that turned the input into the output."""
+def editor_payload(plan, result, edits: list, other=None, pending: list[int] = ()) -> dict:
+    """The edit node's message to the editor: input, output (and other) plans in the input's colours, the
+    edit list that turned the input into the output, and which of its regenerations were not sampled
+    (``pending``: positions in ``edits``; a preview holds their spans)."""
     from semanticgen_core.plan_ops import pca_basis
 
     basis = pca_basis(plan.tokens)
     same_space = other is not None and other.tokens.shape[-1] == plan.tokens.shape[-1]
     return {"input": plan_payload(plan, basis), "output": plan_payload(result, basis),
-            "other": plan_payload(other, basis) if same_space else None, "edits": edits}
+            "other": plan_payload(other, basis) if same_space else None, "edits": edits,
+            "pending": list(pending)}
+
+
+# -- the instant preview ---------------------------------------------------------------------------
+
+
+def remember_plan(node_id: str, plan, other=None, context=None) -> None:
+    """Keep what an Edit Plan node's execution saw, for previews of later edits: its input plans, and the
+    key, options and negative prompt its regenerations were cached under (so a preview finds them)."""
+    entry = {"plan": plan, "other": other, "cache_key": getattr(context, "cache_key", ""),
+             "opts": getattr(context, "opts", None), "negative_prompt": getattr(context, "negative_prompt", "")}
+    with _lock:
+        PLANS[str(node_id)] = entry
+        PLANS.move_to_end(str(node_id))
+        while len(PLANS) > PLANS_MAX:
+            PLANS.popitem(last=False)
+
+
+class NoPlanYet(LookupError):
+    pass
+
+
+def preview_edits(node_id: str, edits) -> dict:
+    """The editor payload of node ``node_id``'s last input plan with ``edits`` applied, sampling nothing (see
+    ``plan_ops.EditContext.preview``). Raises ``NoPlanYet`` when the node has not run since the server
+    started, ``SemanticGenError`` for a bad edit list."""
+    from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
+
+    with _lock:
+        entry = PLANS.get(str(node_id))
+    if entry is None:
+        raise NoPlanYet(f"the Edit Plan node {node_id} has not run since the server started: run the workflow once.")
+    checked = parse_edits(edits)
+    context = EditContext(sources={"other": entry["other"]}, preview=True, opts=entry["opts"],
+                          negative_prompt=entry["negative_prompt"], cache=_LRU(REGENERATED, REGENERATED_MAX),
+                          cache_key=entry["cache_key"])
+    result = apply_edits(entry["plan"], checked, context)
+    return editor_payload(entry["plan"], result, checked, entry["other"], context.pending)
+
+
+def preview_request(body) -> tuple[int, dict]:
+    """The preview route without its web framework: ``{"node_id", "edits"}`` -> (HTTP status, JSON body)."""
+    if not isinstance(body, dict) or "node_id" not in body:
+        return 400, {"error": 'send {"node_id": "<the Edit Plan node\'s id>", "edits": [...]}'}
+    try:
+        return 200, preview_edits(str(body["node_id"]), body.get("edits", []))
+    except NoPlanYet as e:
+        return 404, {"error": str(e)}
+    except SemanticGenError as e:
+        return 400, {"error": str(e)}
+
+
+def register_routes() -> None:
+    """Add the preview route to ComfyUI's server (does nothing outside ComfyUI)."""
+    server = comfy.prompt_server()
+    if server is None:
+        return
+    import asyncio
+
+    from aiohttp import web
+
+    @server.routes.post(PREVIEW_ROUTE)
+    async def _preview(request):
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the request body is not JSON"}, status=400)
+        # off the event loop: the preview decoder runs torch (well under a second for the embedded default)
+        status, data = await asyncio.get_running_loop().run_in_executor(None, preview_request, body)
+        return web.json_response(data, status=status)
 
 
 def format_edits(edits: list[dict]) -> str:
@@ -280,6 +362,7 @@ class SemanticGenEditPlan:
                                                                          "encodes it (the conditioning holds only "
                                                                          "its own prompt)."}),
             },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -295,7 +378,8 @@ class SemanticGenEditPlan:
         return True
 
     def edit(self, plan, edits: str = "[]", other=None, stage1: LoadedModel | None = None,
-             conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None):
+             conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None,
+             unique_id: str | None = None):
         from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
 
         comfy.check_interrupt()
@@ -305,6 +389,8 @@ class SemanticGenEditPlan:
         if regenerates:
             context = self._regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder)
         result = apply_edits(plan, checked, context)
+        if unique_id is not None:
+            remember_plan(unique_id, plan, other, context)
         return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]}, "result": (result,)}
 
     @staticmethod

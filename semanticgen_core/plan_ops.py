@@ -543,6 +543,9 @@ class EditContext:
     ``regenerate``; an edit's own seed, steps, guidance, shift and sampler override ``opts``.
     ``cache``: a mapping that keeps regenerated plans, keyed by ``cache_key`` (say which models and
     text), the plan before the edit and the edit, so a later run with the same prefix reuses them.
+    ``preview``: show the edits without sampling (the editor's instant preview): a ``regenerate`` that is
+    not in the cache holds its span as it was (its prompt applied) and its position in the edit list
+    (0-based) is added to ``pending``; one in the cache comes back exactly as sampled.
     """
 
     sources: dict[str, SemanticPlan] = field(default_factory=dict)
@@ -554,6 +557,8 @@ class EditContext:
     should_stop: Callable[[], bool] | None = None
     cache: MutableMapping | None = None
     cache_key: str = ""
+    preview: bool = False
+    pending: list[int] = field(default_factory=list)
 
 
 def _source(name: str, plan: SemanticPlan, context: EditContext) -> SemanticPlan:
@@ -566,12 +571,21 @@ def _source(name: str, plan: SemanticPlan, context: EditContext) -> SemanticPlan
                            f"'{name}' input, or use 'self' for the plan being edited.")
 
 
-def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext) -> SemanticPlan:
+def held(plan: SemanticPlan, start_s: float | None = None, end_s: float | None = None,
+         prompt: str | None = None) -> SemanticPlan:
+    """What a preview shows for a ``regenerate`` it does not sample: the span's tokens as they were, under its
+    new prompt (a shot of its own, as ``regenerate`` makes it), recorded as pending."""
+    i0, i1 = step_range(plan, start_s, end_s, "regenerate")
+    prompts = step_prompts(plan)
+    if prompt is not None:
+        prompts[i0:i1] = [prompt] * (i1 - i0)
+    record = {"op": "regenerate", "start_s": start_s, "end_s": end_s, "prompt": prompt, "pending": True}
+    return _rebuild(plan, _steps_of(plan, range(plan.grid[0])), record, tokens=plan.tokens.clone(), prompts=prompts)
+
+
+def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext, position: int) -> SemanticPlan:
     from .sampling import SamplingOptions
 
-    if context.stage1 is None or context.text_encoder is None:
-        raise SemanticGenError("regenerate needs stage 1 and a text encoder: connect a stage-1 model and the "
-                               "conditioning (and a text encoder for a new prompt) to the edit node.")
     base = context.opts if context.opts is not None else SamplingOptions()
     opts = SamplingOptions(**{k: edit.get(k, getattr(base, k)) for k in SAMPLING_KEYS})
     key = None
@@ -580,6 +594,12 @@ def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext) -> Semanti
                json.dumps([getattr(opts, k) for k in SAMPLING_KEYS]), context.negative_prompt)
         if key in context.cache:
             return context.cache[key]
+    if context.preview:
+        context.pending.append(position)
+        return held(plan, edit.get("start_s"), edit.get("end_s"), edit.get("prompt"))
+    if context.stage1 is None or context.text_encoder is None:
+        raise SemanticGenError("regenerate needs stage 1 and a text encoder: connect a stage-1 model and the "
+                               "conditioning (and a text encoder for a new prompt) to the edit node.")
     out = regenerate(plan, edit.get("start_s"), edit.get("end_s"), context.stage1, context.text_encoder, opts,
                      prompt=edit.get("prompt"), negative_prompt=context.negative_prompt, progress=context.progress,
                      should_stop=context.should_stop)
@@ -588,8 +608,9 @@ def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext) -> Semanti
     return out
 
 
-def apply_edit(plan: SemanticPlan, edit: dict, context: EditContext | None = None) -> SemanticPlan:
-    """Apply one checked edit (see ``parse_edits``)."""
+def apply_edit(plan: SemanticPlan, edit: dict, context: EditContext | None = None,
+               position: int = 0) -> SemanticPlan:
+    """Apply one checked edit (see ``parse_edits``); ``position``: its place in its edit list (0-based)."""
     context = context or EditContext()
     op, a = edit["op"], edit
     if op == "cut":
@@ -611,7 +632,7 @@ def apply_edit(plan: SemanticPlan, edit: dict, context: EditContext | None = Non
         return blend(plan, _source(a["source"], plan, context), a["weight"], a.get("start_s"), a.get("end_s"),
                      a.get("mode") or "linear")
     if op == "regenerate":
-        return _regenerate(plan, edit, context)
+        return _regenerate(plan, edit, context, position)
     raise SemanticGenError(f"unknown operation {op!r}; known operations: {', '.join(sorted(OPS))}.")
 
 
@@ -623,7 +644,7 @@ def apply_edits(plan: SemanticPlan, edits: str | Sequence[dict] | None,
     context = context or EditContext()
     for k, edit in enumerate(checked, 1):
         try:
-            plan = apply_edit(plan, edit, context)
+            plan = apply_edit(plan, edit, context, k - 1)
         except SemanticGenError as e:
             raise SemanticGenError(f"edit {k} of {len(checked)} ({edit['op']}): {e}") from e
     return plan

@@ -381,6 +381,26 @@ def test_regenerated_spans_are_reused_from_the_cache(stage1, monkeypatch):
     assert calls and len(cache) == 2  # another seed is another result
 
 
+def test_a_preview_holds_new_regenerations_and_reuses_sampled_ones(stage1):
+    p = make_plan()
+    cache: dict = {}
+    run = ops.EditContext(stage1=stage1, text_encoder=FakeText(16), opts=SamplingOptions(steps=2), cache=cache,
+                          cache_key="models")
+    regen = {"op": "regenerate", "start_s": 1, "end_s": 2, "prompt": "new", "seed": 9}
+    sampled = ops.apply_edits(p, [regen, {"op": "reverse"}], run)
+    assert run.pending == []
+    # a preview samples nothing: what was sampled before comes back exactly, a new seed holds its span
+    preview = ops.EditContext(cache=cache, cache_key="models", opts=SamplingOptions(steps=2), preview=True)
+    assert torch.equal(ops.apply_edits(p, [regen, {"op": "reverse"}], preview).tokens, sampled.tokens)
+    assert preview.pending == []
+    preview = ops.EditContext(cache=cache, cache_key="models", opts=SamplingOptions(steps=2), preview=True)
+    again = ops.apply_edits(p, [{"op": "cut", "start_s": 0, "end_s": 0.5}, {**regen, "seed": 10}], preview)
+    assert preview.pending == [1] and len(cache) == 1
+    assert order(again) == order(ops.cut(p, 0, 0.5))  # the span holds the tokens it had
+    assert segs(again) == [(0.0, 1.0, "first"), (1.0, 2.0, "new"), (2.0, 3.625, "second")]
+    assert again.history[-1] == {"op": "regenerate", "start_s": 1, "end_s": 2, "prompt": "new", "pending": True}
+
+
 # -- looking at a plan --------------------------------------------------------------------------------
 
 
@@ -467,3 +487,57 @@ def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack
     foreign = dataclasses.replace(plan, compressor="wan2.1-1.3b")
     with pytest.raises(ValueError, match=r"this plan lives in the space of compressor 'wan2.1-1.3b' but stage 1 "):
         node.edit(foreign, json.dumps([regen]), stage1=stage1, conditioning=cond)
+
+
+def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling(pack, tiny_models):
+    """What the timeline asks after each edit (``POST /semanticgen/edit_plan/preview``): the node's last input
+    plan with the edits applied, drawn exactly as the node itself would send it after a run."""
+    edit, _ = _node_modules(pack)
+    nodes = pack.nodes
+    stage1 = nodes.loaders.SemanticGenStage1Loader().load(tiny_models["stage1"])[0]
+    text_encoder = nodes.loaders.SemanticGenTextEncoderLoader().load("embedded")[0]
+    (cond,) = nodes.text.SemanticGenTextEncode().encode(text_encoder, "a red circle moving right")
+    (plan,) = nodes.sampling.SemanticGenStage1Sample().sample(stage1, cond, 64, 64, 33, 8.0, 0, 2, 1.0, 3.0, "euler")
+    node = edit.SemanticGenEditPlan()
+    edit.PLANS.clear()
+    status, body = edit.preview_request({"node_id": "7", "edits": []})
+    assert status == 404 and "node 7 has not run since the server started: run the workflow once" in body["error"]
+    regen = {"op": "regenerate", "start_s": 1, "end_s": 3, "prompt": "a blue star", "seed": 4, "steps": 2}
+    run = node.edit(plan, json.dumps([regen]), stage1=stage1, conditioning=cond, text_encoder=text_encoder,
+                    unique_id="7")
+    (executed,) = run["ui"]["semanticgen_plan"]
+    assert executed["pending"] == []
+    # cheap edits after the run: exactly the payload a run with those edits sends, with nothing sampled
+    edits = [regen, {"op": "reverse"}, {"op": "cut", "start_s": 0, "end_s": 1}]
+    status, body = edit.preview_request({"node_id": "7", "edits": edits})
+    assert status == 200 and body["pending"] == [] and body["edits"] == edits
+    rerun = node.edit(plan, json.dumps(edits), stage1=stage1, conditioning=cond, text_encoder=text_encoder)
+    (want,) = rerun["ui"]["semanticgen_plan"]
+    assert body["output"] == want["output"] and body["input"] == executed["input"]
+    assert body["output"]["steps"] == plan.grid[0] - 1
+    # a regeneration not sampled yet is pending; its span keeps its tokens; the prompt is shown
+    status, body = edit.preview_request({"node_id": 7, "edits": json.dumps([{**regen, "seed": 99}])})
+    assert status == 200 and body["pending"] == [0]
+    held = edit.plan_payload(ops.held(plan, 1, 3, "a blue star"), ops.pca_basis(plan.tokens))
+    assert body["output"] == held
+    assert [s["prompt"] for s in body["output"]["segments"]] == ["a red circle moving right", "a blue star",
+                                                                 "a red circle moving right"]
+    # bad requests say what was wrong
+    status, body = edit.preview_request({"node_id": "7", "edits": [{"op": "cut", "start_s": 0, "end_s": 99}]})
+    assert status == 400 and body["error"].startswith("edit 1 of 1 (cut): cut: the range 0..99 s is outside the plan")
+    status, body = edit.preview_request({"edits": []})
+    assert status == 400 and "node_id" in body["error"]
+    json.dumps(body)
+
+
+def test_the_preview_benchmark_times_each_edit_list(capsys, monkeypatch):
+    import runpy
+    import sys
+    from pathlib import Path
+
+    monkeypatch.setattr(sys, "argv", ["edit_preview.py", "--seconds", "8", "--runs", "1"])
+    runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "edit_preview.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    assert "plan: 17 steps of 4x4 tokens (8.1 s)" in out
+    rows = [line for line in out.splitlines() if "(target 1000 ms:" in line]
+    assert len(rows) == 4 and rows[-1].endswith("pending [0])") and rows[0].endswith("pending [])")

@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "web"))
 from cdp import Browser, find_chromium  # noqa: E402
-from comfyui_server import comfyui_server, quiet_frontend  # noqa: E402
+from comfyui_server import comfyui_server, frontend_name, frontend_roots, quiet_frontend  # noqa: E402
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium, or set CHROMIUM): "
@@ -368,6 +368,8 @@ def test_edits_preview_through_the_server_route_without_a_run(pack, real_plan, s
     want = edit_nodes.editor_payload(real_plan, ops.apply_edits(real_plan, edits), edits)
     assert page.eval("sg.editor.shown.output.strip") == want["output"]["strip"]
     assert page.eval("sg.editor.shown.pending") == []
+    page.wait_for("sg.view.loaded()", what="the preview's thumbnails")
+    page.key("Escape", "Escape", key_code=27)  # (the selection's tint would colour the tiles)
     assert min(tile_match(page, k) for k in range(9)) > 0.95
 
     # Regenerate the last two steps: the preview holds them, hatched, and says it is pending
@@ -377,6 +379,8 @@ def test_edits_preview_through_the_server_route_without_a_run(pack, real_plan, s
                   what="the preview of a regenerate")
     assert page.eval("[...sg.editor.pending]") == [1]
     assert "1 regenerate pending until run" in status()
+    page.wait_for("sg.view.loaded()", what="the preview's thumbnails")
+    page.key("Escape", "Escape", key_code=27)
     assert min(tile_match(page, k) for k in range(7)) > 0.95
     assert min(tile_match(page, k) for k in (7, 8)) > 0.5  # the held steps, under the hatching
     keep_screenshot(page.screenshot(), tmp_path, "plan_editor_preview.png")
@@ -564,42 +568,60 @@ def test_editor_simulation_matches_python(pack, server, browser, fps, video_fps,
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 
 
-@pytest.fixture(scope="module")
-def comfyui(pack, tiny_model_files, tmp_path_factory):
-    """ComfyUI on the CPU with this pack and the tiny models (``tests/web/comfyui_server.py``)."""
+@pytest.fixture(scope="module", params=frontend_roots(), ids=frontend_name)
+def comfyui(request, pack, tiny_model_files, tmp_path_factory):
+    """ComfyUI on the CPU with this pack and the tiny models (``tests/web/comfyui_server.py``), serving each
+    frontend of COMFYUI_FRONTEND_ROOTS in turn (default: its own)."""
     if not COMFYUI_DIR:
         pytest.skip("set COMFYUI_DIR to a ComfyUI checkout to test the timeline inside ComfyUI's frontend")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with comfyui_server(Path(COMFYUI_DIR), ROOT, tiny_model_files["dir"] / "semanticgen",
-                        tmp_path_factory.mktemp("comfyui-editor"), port) as running:
+                        tmp_path_factory.mktemp("comfyui-editor"), port, request.param) as running:
         quiet_frontend(running["url"])
-        yield running
+        yield {**running, "frontend": frontend_name(request.param)}
+
+
+def open_comfyui(page, comfyui) -> None:
+    page.goto(comfyui["url"] + "/")
+    page.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI frontend")
+    version = page.eval("window.__COMFYUI_FRONTEND_VERSION__ || '?'")
+    print(f"\nComfyUI frontend {version} ({comfyui['frontend']})")
+    page.eval("window.app.ui.settings.setSettingValueAsync('Comfy.Minimap.Visible', false)")
+
+
+def load_edit_workflow(page, tiny_models) -> int:
+    """Open workflows/edit_plan_then_render.json with the tiny models, 2 sampling steps and 33 frames (5 plan
+    steps); returns the Edit Plan node's id."""
+    workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
+    page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
+    time.sleep(1.0)
+    files = {"SemanticGenStage1Loader": tiny_models["stage1"], "SemanticGenStage2Loader": tiny_models["stage2"],
+             "SemanticGenVAELoader": tiny_models["vae"]}
+    return page.eval(f"""(() => {{
+        const files = {json.dumps(files)}; let edit = null;
+        for (const node of window.app.graph._nodes) {{
+            const w = (name) => node.widgets?.find((x) => x.name === name);
+            if (files[node.type]) w("model_name").value = files[node.type];
+            if (node.type.endsWith("Sample")) w("steps").value = 2;
+            if (node.type === "SemanticGenStage1Sample") w("length").value = 33;
+            if (node.type === "SemanticGenEditPlan") edit = node.id;
+        }}
+        return edit; }})()""", wait=False)
+
+
+def element_center(page, js: str) -> tuple[float, float]:
+    return page.eval(f"(() => {{ const r = ({js}).getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()")
 
 
 def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
-    workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
     b = Browser.launch(CHROMIUM, width=1500, height=900)
+    tag = comfyui["frontend"]
     try:
         page = b.page
-        page.goto(comfyui["url"] + "/")
-        page.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI frontend")
-        page.eval("window.app.ui.settings.setSettingValueAsync('Comfy.Minimap.Visible', false)")
-        page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
-        time.sleep(1.0)
-        files = {"SemanticGenStage1Loader": tiny_models["stage1"], "SemanticGenStage2Loader": tiny_models["stage2"],
-                 "SemanticGenVAELoader": tiny_models["vae"]}
-        edit_id = page.eval(f"""(() => {{
-            const files = {json.dumps(files)}; let edit = null;
-            for (const node of window.app.graph._nodes) {{
-                const w = (name) => node.widgets?.find((x) => x.name === name);
-                if (files[node.type]) w("model_name").value = files[node.type];
-                if (node.type.endsWith("Sample")) w("steps").value = 2;
-                if (node.type === "SemanticGenStage1Sample") w("length").value = 33;
-                if (node.type === "SemanticGenEditPlan") edit = node.id;
-            }}
-            return edit; }})()""", wait=False)
+        open_comfyui(page, comfyui)
+        edit_id = load_edit_workflow(page, tiny_models)
         node = f"window.app.graph.getNodeById({edit_id})"
         # the extension put the timeline on the node, holding the workflow's edit list
         assert page.eval(f"!!{node}.semanticgen && {node}.widgets.some(w => w.name === 'plan_timeline')")
@@ -618,16 +640,12 @@ def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
         x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
         assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
         page.drag(x1, y, x2, y)
-        delete = page.eval(f"(() => {{ const r = {node}.semanticgen.view.elements.buttons.delete.getBoundingClientRect();"
-                           " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
-        page.click(*delete)
+        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
         new_edits = saved_edits + [{"op": "cut", "start_s": 1, "end_s": 3}]
         widget_value = f"JSON.parse({node}.widgets.find(w => w.name === 'edits').value)"
         assert page.eval(widget_value) == new_edits
         # undo with the timeline's button, redo with Ctrl+Shift+Z: the widget follows, the graph's own undo does not fire
-        undo = page.eval(f"(() => {{ const r = {node}.semanticgen.view.elements.buttons.undo.getBoundingClientRect();"
-                         " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
-        page.click(*undo)
+        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.undo"))
         assert page.eval(widget_value) == saved_edits
         page.key("Z", "KeyZ", modifiers=CTRL | SHIFT, key_code=90)
         assert page.eval(widget_value) == new_edits
@@ -636,25 +654,83 @@ def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
         assert json.loads(prompt[str(edit_id)]["inputs"]["edits"]) == new_edits
         assert "plan_timeline" not in prompt[str(edit_id)]["inputs"]
         saved = json.loads(page.eval("JSON.stringify(window.app.graph.serialize())", wait=False))
-        widgets = next(n["widgets_values"] for n in saved["nodes"] if n["id"] == edit_id)
+        # (newer frontends hold node ids as strings at run time and save them as numbers)
+        widgets = next(n["widgets_values"] for n in saved["nodes"] if str(n["id"]) == str(edit_id))
         assert len(widgets) == 1 and json.loads(widgets[0]) == new_edits  # the workflow saves only the edit list
-        keep_screenshot(page.screenshot(), tmp_path, "plan_editor_comfyui_edited.png")
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_edited_{tag}.png")
         # run again: the strip now shows the new output (3 steps)
         page.eval("window.app.queuePrompt(0, 1)")
         page.wait_for(f"{node}.semanticgen.editor.executedCurrent && {node}.semanticgen.editor.payload.output.steps === 3",
                       timeout=240, what="the second run")
         time.sleep(0.5)
-        keep_screenshot(page.screenshot(), tmp_path, "plan_editor_comfyui.png")
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_{tag}.png")
         # typing into the edits text updates the timeline, and the text stays as typed
-        textarea = page.eval(f"(() => {{ const r = {node}.widgets.find(w => w.name === 'edits').inputEl"
-                             ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()")
-        page.click(*textarea)
+        page.click(*element_center(page, f"{node}.widgets.find(w => w.name === 'edits').inputEl"))
         page.key("a", "KeyA", modifiers=CTRL, key_code=65)
         typed = '[{"op": "reverse"}]'
         page.type(typed)
         assert page.eval(f"{node}.widgets.find(w => w.name === 'edits').value") == typed
         assert page.eval(f"{node}.semanticgen.editor.edits") == [{"op": "reverse"}]
         assert page.eval(f"{node}.semanticgen.editor.plan.steps.map(s => s.index)") == [4, 3, 2, 1, 0]
+        errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
+        assert not errors, errors
+    finally:
+        b.close()
+
+
+def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp_path):
+    """After a reload the timeline fills when the workflow opens (the server knows the node's plan), a Run in
+    which ComfyUI takes the node from its cache fills it as that run's output, and an edit is previewed by the
+    server's route without queueing anything."""
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    tag = comfyui["frontend"]
+    try:
+        page = b.page
+        open_comfyui(page, comfyui)
+        edit_id = load_edit_workflow(page, tiny_models)
+        node = f"window.app.graph.getNodeById({edit_id})"
+        editor = f"{node}.semanticgen.editor"
+        saved_edits = page.eval(f"{editor}.edits")
+        page.eval("window.app.queuePrompt(0, 1)")
+        # executed, or (when an earlier test left the same prompt in ComfyUI's cache) filled by execution_cached
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the first run")
+
+        # a reload: the page knows nothing, the server knows the node's plan
+        open_comfyui(page, comfyui)
+        assert load_edit_workflow(page, tiny_models) == edit_id
+        start = time.time()
+        page.wait_for(f"{editor}.state === 'preview'", timeout=20, what="the timeline filled when the workflow opened")
+        print(f"filled {time.time() - start:.2f} s after opening the workflow")
+        assert page.eval(f"{editor}.run") is None and page.eval(f"{editor}.edits") == saved_edits
+        assert page.eval(f"{editor}.plan.steps.length") == 5
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")
+        # Run: nothing changed, so ComfyUI serves the node from its cache and sends no executed message
+        page.eval("window.cachedNodes = []; window.app.api.addEventListener('execution_cached', "
+                  "(e) => window.cachedNodes.push(...e.detail.nodes))")
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the timeline filled from the cache")
+        assert str(edit_id) in page.eval("window.cachedNodes")
+        status = f"{node}.semanticgen.view.elements.statusRight.textContent"
+        assert page.eval(status).endswith("as last run")
+        time.sleep(0.3)
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_cached_{tag}.png")
+
+        # an edit without a run: the route previews it
+        queued = page.eval("window.app.api.fetchApi('/history').then((r) => r.json()).then((h) => Object.keys(h).length)")
+        geometry = f"{node}.semanticgen.view.geometry()"
+        y = page.eval(f"{geometry}.tileY")
+        page.drag(page.eval(f"{geometry}.stepX(1)"), y, page.eval(f"{geometry}.stepX(2)"), y)
+        start = time.time()
+        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
+        page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 3", timeout=20,
+                      what="the preview of an edit")
+        print(f"preview shown {time.time() - start:.2f} s after the click")
+        assert page.eval(status).endswith("preview")
+        time.sleep(0.5)
+        assert page.eval("window.app.api.fetchApi('/history').then((r) => r.json()).then((h) => Object.keys(h).length)") \
+            == queued  # nothing ran
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_preview_{tag}.png")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
     finally:

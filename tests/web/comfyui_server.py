@@ -3,7 +3,7 @@
 It runs on the CPU with a fresh base directory whose custom_nodes links this pack and whose
 models/semanticgen holds the tests' tiny models. COMFYUI_PYTHON picks the interpreter that has ComfyUI's
 requirements (default: this one); COMFYUI_PYTHONPATH is prepended to the server's PYTHONPATH (e.g. a stub
-package).
+package). COMFYUI_FRONTEND_ROOTS lists frontends to serve instead of ComfyUI's own (``frontend_roots``).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ PACK_DIR_NAME = "ComfyUI-SemanticGen"
 
 
 @contextlib.contextmanager
-def comfyui_server(comfy_dir: Path, pack: Path, models: Path, base: Path, port: int):
+def comfyui_server(comfy_dir: Path, pack: Path, models: Path, base: Path, port: int, front_end_root: str | None = None):
     """Start ComfyUI on ``port``; yields ``{"url", "base", "log", "process"}`` once it answers, and stops it
-    (printing the end of its log) afterwards. ``models``: the folder to serve as models/semanticgen."""
+    (printing the end of its log) afterwards. ``models``: the folder to serve as models/semanticgen;
+    ``front_end_root``: a frontend's static folder to serve (``--front-end-root``; default: ComfyUI's own)."""
     if not (comfy_dir / "main.py").is_file():
         pytest.fail(f"COMFYUI_DIR={comfy_dir} is not a ComfyUI checkout (no main.py)")
     (base / "custom_nodes").mkdir()
@@ -41,10 +42,12 @@ def comfyui_server(comfy_dir: Path, pack: Path, models: Path, base: Path, port: 
     url, log_path = f"http://127.0.0.1:{port}", base / "server.log"
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
     start = time.time()
+    args = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--disable-auto-launch",
+            "--base-directory", str(base)]
+    if front_end_root:
+        args += ["--front-end-root", str(front_end_root)]
     with open(log_path, "w") as log:
-        process = subprocess.Popen([python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-                                    "--disable-auto-launch", "--base-directory", str(base)],
-                                   cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(args, cwd=comfy_dir, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         while True:
             if process.poll() is not None:
@@ -66,6 +69,22 @@ def comfyui_server(comfy_dir: Path, pack: Path, models: Path, base: Path, port: 
             process.kill()
             process.wait(timeout=10)
         print(f"\n--- ComfyUI log (last lines) ---\n{log_path.read_text()[-3000:]}")
+
+
+def frontend_roots() -> list[str | None]:
+    """The frontends to test in: COMFYUI_FRONTEND_ROOTS (``static`` folders of unpacked
+    comfyui-frontend-package wheels, os.pathsep-separated), or [None]: the one ComfyUI serves by itself."""
+    return [root for root in os.environ.get("COMFYUI_FRONTEND_ROOTS", "").split(os.pathsep) if root] or [None]
+
+
+def frontend_name(root: str | None) -> str:
+    """A test id for a frontend root: its wheel's version (from the dist-info beside the package), or its path."""
+    if root is None:
+        return "bundled"
+    for folder in Path(root).resolve().parents:
+        for info in sorted(folder.glob("comfyui_frontend_package-*.dist-info")):
+            return "frontend-" + info.name[len("comfyui_frontend_package-"):-len(".dist-info")]
+    return Path(root).name
 
 
 def quiet_frontend(url: str) -> None:

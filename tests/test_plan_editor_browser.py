@@ -28,6 +28,7 @@ import socket
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -731,7 +732,71 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
             == queued  # nothing ran
         page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
         keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_preview_{tag}.png")
+
+        # a plan on the other input: its strip appears under the timeline (the node grows to show it), and
+        # Append other is previewed
+        root = f"{node}.semanticgen.view.elements.root"
+        root_height = page.eval(f"{root}.getBoundingClientRect().height")
+        page.eval(f"""(() => {{ const sample = window.app.graph._nodes.find((n) => n.type === 'SemanticGenStage1Sample');
+            sample.connect(0, {node}, {node}.inputs.findIndex((i) => i.name === 'other')); }})()""")
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run' && !!{editor}.otherPlan", timeout=240, what="a run with the other plan")
+        assert page.eval(f"{editor}.otherPlan.steps.length") == 5
+        assert page.eval(f"{node}.semanticgen.view.elements.otherBar.hidden") is False
+        # the widget grew by the other strip and its buttons (the edits text gave up the room), nothing clipped
+        assert page.eval(f"{root}.getBoundingClientRect().height") >= \
+            root_height + page.eval(f"{node}.semanticgen.view.otherHeight()") * page.eval("window.app.canvas.ds.scale") - 2
+        assert page.eval(f"{node}.semanticgen.view.elements.statusLeft.getBoundingClientRect().bottom <= "
+                         f"{root}.getBoundingClientRect().bottom")
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")
+        y = page.eval(f"{geometry}.otherTileY")
+        assert page.eval(f"document.elementFromPoint({page.eval(f'{geometry}.otherStepX(4)')}, {y}) === "
+                         f"{node}.semanticgen.view.elements.canvas")
+        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.append_other"))
+        page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 8", timeout=20,
+                      what="the preview of Append other")
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_other_{tag}.png")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
     finally:
         b.close()
+
+
+def test_timeline_in_nodes_2_mode_inside_comfyui(comfyui, tiny_models, tmp_path):
+    """The frontend's "Nodes 2.0" mode (Vue nodes, Comfy.VueNodes.Enabled) draws nodes as HTML: the timeline
+    still mounts, fills on a run, and takes mouse edits."""
+    set_setting = lambda value: urllib.request.urlopen(urllib.request.Request(  # noqa: E731
+        f"{comfyui['url']}/settings/Comfy.VueNodes.Enabled", data=json.dumps(value).encode(), method="POST",
+        headers={"Content-Type": "application/json"}), timeout=10).read()
+    set_setting(True)
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    try:
+        page = b.page
+        open_comfyui(page, comfyui)
+        if page.eval("window.app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')") is not True:
+            pytest.skip(f"{comfyui['frontend']} has no Nodes 2.0 mode")
+        version = tuple(int(x) for x in page.eval("window.__COMFYUI_FRONTEND_VERSION__").split(".")[:2])
+        if version < (1, 28):
+            pytest.skip(f"the Nodes 2.0 mode of {comfyui['frontend']} is an early preview that draws no DOM widgets "
+                        "(nor multiline text): the Edit Plan node shows neither its edits nor the timeline")
+        edit_id = load_edit_workflow(page, tiny_models)
+        node = f"window.app.graph.getNodeById({edit_id})"
+        editor = f"{node}.semanticgen.editor"
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the run")
+        geometry = f"{node}.semanticgen.view.geometry()"
+        y = page.eval(f"{geometry}.tileY")
+        x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
+        assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
+        page.drag(x1, y, x2, y)
+        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
+        saved_edits = json.loads(page.eval(f"{node}.widgets.find(w => w.name === 'edits').value"))
+        assert saved_edits[-1] == {"op": "cut", "start_s": 1, "end_s": 3}
+        page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 3", timeout=20,
+                      what="the preview of the edit")
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_nodes2_{comfyui['frontend']}.png")
+    finally:
+        b.close()
+        set_setting(False)

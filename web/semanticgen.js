@@ -15,7 +15,7 @@ import { mountPlanEditor } from "./plan_editor/view.js";
 
 const NODE_TYPE = "SemanticGenEditPlan";
 const WIDGET_NAME = "plan_timeline";
-const TIMELINE_HEIGHT = 176;
+const TIMELINE_HEIGHT = 188; // toolbar, strip, status and padding (166 px) + the frontend's DOM-widget margins
 
 function editsOf(widget) {
   try {

@@ -496,7 +496,7 @@ def meta_of(plan) -> dict:
             "segments": plan.metadata()["segments"]}
 
 
-def random_edit(rng: random.Random, plan) -> dict:
+def random_edit(rng: random.Random, plan, other=None) -> dict:
     steps, duration = plan.grid[0], plan.duration_s
 
     def t(b):  # a time at boundary b, or somewhere inside a step (the range then covers that step)
@@ -506,7 +506,8 @@ def random_edit(rng: random.Random, plan) -> dict:
 
     a = rng.randrange(steps)
     b = rng.randrange(a + 1, steps + 1)
-    op = rng.choice(["cut", "move", "reverse", "repeat", "interpolate", "splice", "concatenate"])
+    op = rng.choice(["cut", "move", "reverse", "repeat", "interpolate", "splice", "concatenate"] +
+                    (["splice_other", "concatenate_other", "blend"] if other is not None else []))
     if op == "cut" and b - a == steps:
         b -= 1
         if b == a:
@@ -521,6 +522,17 @@ def random_edit(rng: random.Random, plan) -> dict:
         return {"op": "splice", "source": "self", "at_s": round(rng.uniform(0, duration), 3), **span}
     if op == "concatenate":
         return {"op": "concatenate", "source": "self"} if steps < 20 else {"op": "reverse"}
+    if op == "splice_other":  # a range of the other plan, at a boundary of this one (as the editor writes it)
+        n = other.grid[0]
+        j0 = rng.randrange(n)
+        j1 = rng.randrange(j0 + 1, n + 1)
+        at = rng.randrange(steps + 1)
+        return {"op": "splice", "source": "other", "at_s": at / plan.fps if at < steps else duration,
+                "start_s": j0 / other.fps, "end_s": j1 / other.fps if j1 < n else other.duration_s}
+    if op == "concatenate_other":
+        return {"op": "concatenate", "source": "other"}
+    if op == "blend":
+        return {"op": "blend", "source": "other", "weight": round(rng.random(), 2), **span}
     return {"op": op, **span}
 
 
@@ -535,30 +547,41 @@ def test_editor_simulation_matches_python(pack, server, browser, fps, video_fps,
         segments=[plan_mod.Segment(0.0, min(duration, 1.7 / fps), "first shot"),
                   plan_mod.Segment(min(duration, 1.7 / fps), duration, "second shot")],
         encoder="test", compressor="test")
+    # the other input: a step shorter, its tokens 1000 + step
+    frames_o = frames - int(video_fps / fps)
+    steps_o = int(np.ceil(frames_o / video_fps * fps - 1e-9))
+    other = plan_mod.SemanticPlan(
+        tokens=1000 + torch.arange(steps_o, dtype=torch.float32)[:, None, None, None].expand(steps_o, 2, 3, 4),
+        fps=fps, video_fps=video_fps, num_frames=frames_o, height=32, width=48,
+        segments=[plan_mod.Segment(0.0, frames_o / video_fps, "other shot")], encoder="test", compressor="test")
+    context = ops.EditContext(sources={"other": other})
     rng = random.Random(f"{fps}-{video_fps}-{frames}")
     cases = []
     for _ in range(25):
         current, edits = plan, []
         for _ in range(rng.randrange(1, 5)):
-            edit = random_edit(rng, current)
+            edit = random_edit(rng, current, other)
             try:
-                current = ops.apply_edit(current, edit)
+                current = ops.apply_edit(current, edit, context)
             except Exception:  # noqa: BLE001  (an edit Python refuses is not a case)
                 continue
             edits.append(edit)
         cases.append((edits, current))
-    page = open_editor(browser, server, {"input": meta_of(plan), "output": None, "other": None, "edits": []})
-    got = page.eval(f"""(() => {{ const meta = {json.dumps(meta_of(plan))};
+    from_other = [e["op"] for edits, _ in cases for e in edits if e.get("source") == "other"]
+    assert {"splice", "concatenate", "blend"} <= set(from_other), from_other
+    page = open_editor(browser, server, {"input": meta_of(plan), "output": None, "other": meta_of(other), "edits": []})
+    got = page.eval(f"""(() => {{ const meta = {json.dumps(meta_of(plan))}, other = {json.dumps(meta_of(other))};
         return {json.dumps([e for e, _ in cases])}.map(edits => {{
-            const r = sg.simulate(meta, edits);
-            return {{error: r.error, n: r.plan.num_frames, steps: r.plan.steps.map(s => s.src ? s.index : -1),
+            const r = sg.simulate(meta, edits, other);
+            return {{error: r.error, n: r.plan.num_frames,
+                     steps: r.plan.steps.map(s => !s.src ? -1 : s.src === "other" ? 1000 + s.index : s.index),
                      segments: r.plan.segments.map(s => [s.start_s, s.end_s, s.prompt])}};
         }}); }})()""")
     for (edits, want), js in zip(cases, got):
         assert js["error"] is None, (edits, js["error"])
         assert js["n"] == want.num_frames, edits
         assert len(js["steps"]) == want.grid[0], edits
-        for k, source in enumerate(js["steps"]):  # each plain step shows the input step Python put there
+        for k, source in enumerate(js["steps"]):  # each plain step shows the input / other step Python put there
             if source >= 0:
                 assert want.tokens[k, 0, 0, 0].item() == source, (edits, k)
         assert [tuple(s) for s in js["segments"]] == [(s.start_s, s.end_s, s.prompt) for s in want.segments], edits

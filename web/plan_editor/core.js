@@ -1,10 +1,12 @@
 // The plan timeline editor's logic, as a plain ES module: no ComfyUI, no DOM.
 //
 // State: the edit list (exactly the JSON list that semanticgen_core.plan_ops.apply_edits reads), the
-// selection (a range of plan steps of the plan as the edits leave it), and undo/redo stacks. The editor
-// also simulates the edits on a symbolic plan (which step of the input plan each step shows, its frames
-// and prompt) with the same arithmetic as plan_ops.py, so the timeline follows every change at once
-// and the times it writes are the ones Python maps back to the same steps.
+// selection (a range of plan steps of the plan as the edits leave it, and one of the other plan's, to
+// splice in), undo/redo stacks, and the server's answers: the node's last run and the preview route's,
+// each exact for the edit list it was made with. The editor also simulates the edits on a symbolic plan
+// (which step of the input or other plan each step shows, its frames and prompt) with the same
+// arithmetic as plan_ops.py, so the timeline follows every change at once (until the server's answer
+// for it arrives) and the times it writes are the ones Python maps back to the same steps.
 
 export const OPS = {
   cut: { required: ["start_s", "end_s"], optional: [] },

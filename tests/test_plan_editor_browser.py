@@ -400,6 +400,12 @@ def test_edits_preview_through_the_server_route_without_a_run(pack, real_plan, s
         sg.sync.post = post; })()""")
     assert page.eval("sg.editor.preview.edits") == edits
     assert page.eval("sg.editor.state") == "preview"
+    # an edit list the browser cannot check fully (as typed into the widget): the server's refusal is shown
+    page.eval("""sg.editor.setEdits('[{"op": "interpolate", "mode": "cubic"}]'), 1""")
+    page.wait_for("sg.sync.status === 400", timeout=10, what="the route's refusal")
+    assert page.eval("sg.view.elements.statusLeft.className").split() == ["sg-left", "sg-error"]
+    assert page.eval("sg.view.elements.statusLeft.textContent") == \
+        "edit 1 of 1 (interpolate): mode must be one of linear, slerp, got 'cubic'."
 
 
 def test_splice_append_and_blend_the_other_plan(pack, real_plan, server, browser, tmp_path):

@@ -374,7 +374,7 @@ export function mountPlanEditor(root, editor, { minHeight = 0 } = {}) {
     }
     if (plan) {
       const n = editor.edits.length;
-      const waiting = editor.state === "edited" ? 0 : editor.pending.size;
+      const waiting = editor.pending.size; // regenerates the shown output holds unsampled
       const [state, style] = {
         run: ["as last run", "sg-ok"],
         preview: waiting ? [`preview · ${waiting} regenerate${waiting > 1 ? "s" : ""} pending until run`, "sg-pending"]
@@ -601,7 +601,7 @@ export function mountPlanEditor(root, editor, { minHeight = 0 } = {}) {
   const onKey = (e) => {
     if (!active || !root.isConnected) return;
     const target = e.target;
-    if (target === promptInput || target === weightInput || (target !== root && target?.closest?.("input, textarea, [contenteditable]"))) return;
+    if (target === promptInput || (target !== root && target?.closest?.("input, textarea, [contenteditable]"))) return;
     const ctrl = e.ctrlKey || e.metaKey;
     const key = e.key.toLowerCase();
     let name = null;

@@ -728,9 +728,7 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
         # a reload: the page knows nothing, the server knows the node's plan
         open_comfyui(page, comfyui)
         assert load_edit_workflow(page, tiny_models) == edit_id
-        start = time.time()
         page.wait_for(f"{editor}.state === 'preview'", timeout=20, what="the timeline filled when the workflow opened")
-        print(f"filled {time.time() - start:.2f} s after opening the workflow")
         assert page.eval(f"{editor}.run") is None and page.eval(f"{editor}.edits") == saved_edits
         assert page.eval(f"{editor}.plan.steps.length") == 5
         page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")

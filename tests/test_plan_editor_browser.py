@@ -827,3 +827,115 @@ def test_timeline_in_nodes_2_mode_inside_comfyui(comfyui, tiny_models, tmp_path)
     finally:
         b.close()
         set_setting(False)
+
+
+# The share of red pixels in each tile of the strip (the canvas as the user sees it) and their mean x across
+# the tile (0 left .. 1 right; null without red): where the thumbnails put the red object.
+RED_IN_TILES = """((node) => {
+  const view = node.semanticgen.view, c = view.elements.canvas, s = c.width / c.clientWidth;
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const T = node.semanticgen.editor.plan.steps.length, tw = c.clientWidth / T;
+  return [...Array(T).keys()].map((k) => {
+    const x0 = Math.round(k * tw) + 1, w1 = Math.max(1, Math.round((k + 1) * tw) - Math.round(k * tw) - 2);
+    let n = 0, red = 0, sx = 0;
+    for (let y = 18 + 4; y < 18 + 72; y++) for (let x = x0; x < x0 + w1; x++) {
+      const q = 4 * (Math.round(y * s) * c.width + Math.round(x * s));
+      n++;
+      if (d[q] > 150 && d[q + 1] < 90 && d[q + 2] < 90) { red++; sx += (x - x0 + 0.5) / w1; }
+    }
+    return [red / n, red ? sx / red : null];
+  }); })"""
+
+
+def strip_frames(payload: dict) -> np.ndarray:
+    """A decoded strip (an SVG holding the preview decoder's frames as one PNG) as ``[steps, h, w, 3]`` uint8 RGB."""
+    import base64
+    import re
+
+    import cv2
+
+    assert payload["strip"].startswith("data:image/svg+xml;base64,")
+    svg = base64.b64decode(payload["strip"].split(",", 1)[1]).decode()
+    png = base64.b64decode(re.search(r'href="data:image/png;base64,([^"]+)"', svg).group(1))
+    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    steps = payload["steps"]
+    return np.stack(np.split(image, steps, axis=1))
+
+
+def red_x(frames) -> list[float | None]:
+    """Per frame, the x (0..1) of the largest red object the world's detector finds, or None."""
+    from semanticgen_world.evaluation import detect
+
+    return [max((d for d in dets if d.color == "red"), key=lambda d: d.area).x
+            if any(d.color == "red" for d in dets) else None for dets in detect(frames)]
+
+
+def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_path):
+    """Issue #18: with the shipped embedded models the timeline's thumbnails are the plan-preview decoder's
+    frames, which show the prompt's object where the rendered video has it. The edit workflow as shipped
+    (prompt "a red circle moving from left to right on a blue background", its edits: play backwards,
+    re-plan the first second as "a blue star growing") with 8 sampling steps; newest frontend only (the
+    last of COMFYUI_FRONTEND_ROOTS)."""
+    import cv2
+
+    if comfyui["frontend"] != frontend_name(frontend_roots()[-1]):
+        pytest.skip("the embedded models' thumbnails are checked in the newest frontend only")
+    workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
+    loaders = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"].endswith("Loader")}
+    assert set(loaders.values()) == {"embedded"}, loaders  # the workflow as shipped runs the embedded default
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    started = time.time()
+    try:
+        page = b.page
+        open_comfyui(page, comfyui)
+        page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
+        time.sleep(1.0)
+        edit_id = page.eval("""(() => { let edit = null;
+            for (const node of window.app.graph._nodes) {
+                if (node.type.endsWith("Sample")) node.widgets.find((w) => w.name === "steps").value = 8;
+                if (node.type === "SemanticGenEditPlan") edit = node.id;
+            }
+            return edit; })()""")
+        node = f"window.app.graph.getNodeById({edit_id})"
+        editor = f"{node}.semanticgen.editor"
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=300, what="the embedded workflow's run")
+        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")
+        payload = page.eval(f"{editor}.payload")
+        assert payload["input"]["preview"] == "decoded" and payload["output"]["preview"] == "decoded"
+        assert payload["output"]["grid"] == [9, 4, 4]  # 33 frames at 8 fps, 2 plan steps a second
+        plan_x = red_x(strip_frames(payload["output"]))
+        # the rendered video (the edited plan, through stage 2 and the VAE), at the middle frame of each step
+        deadline = time.time() + 300  # the render: stage 2 runs after the edit node
+        while page.eval("window.app.api.fetchApi('/queue').then((r) => r.json()).then((q) => "
+                        "q.queue_running.length + q.queue_pending.length)"):
+            assert time.time() < deadline, "the render did not finish in 300 s"
+            time.sleep(0.5)
+        videos = [p for p in (comfyui["base"] / "output").rglob("edited_plan*") if p.stat().st_mtime > started]
+        assert len(videos) == 1, videos
+        capture, frames = cv2.VideoCapture(str(videos[0])), []
+        while (frame := capture.read()[1]) is not None:
+            frames.append(frame[..., ::-1])
+        assert len(frames) == 33
+        video_x = red_x(np.stack([frames[min(32, 4 * k + 2)] for k in range(9)]))
+        print(f"red object x, thumbnails: {plan_x}\n                  video: {video_x}")
+        # the first second was re-planned as a blue star: no red circle there; after it, the red circle
+        both = [k for k in range(2, 9) if plan_x[k] is not None and video_x[k] is not None]
+        assert len(both) >= 5, (plan_x, video_x)
+        assert all(abs(plan_x[k] - video_x[k]) < 0.12 for k in both), (plan_x, video_x)  # where the video has it
+        xs = [plan_x[k] for k in both]
+        assert xs[-1] - xs[0] > 0.15 and sum(b >= a - 0.03 for a, b in zip(xs, xs[1:])) == len(xs) - 1, xs  # moving right
+        # the canvas shows those frames: red in the same tiles, at the same place
+        shown = page.eval(f"({RED_IN_TILES})({node})")
+        for k in both:
+            share, x = shown[k]
+            assert share > 0.02 and abs(x - plan_x[k]) < 0.12, (k, shown[k], plan_x[k])
+        # a look the docs can use: the canvas centred on the Edit Plan node, at 85 %
+        page.eval(f"""(() => {{ const c = window.app.canvas, n = {node}, s = 0.85;
+            c.ds.scale = s; c.ds.offset = [480 / s - n.pos[0], 60 / s - n.pos[1]]; c.setDirty(true, true); }})()""")
+        time.sleep(0.8)
+        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_embedded_{comfyui['frontend']}.png")
+        errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
+        assert not errors, errors
+    finally:
+        b.close()

@@ -24,11 +24,11 @@ What is reused when a workflow runs again after an edit:
 * Stage 2 itself re-renders whenever the edit list changes (its input signature changed), even if the
   resulting plan is unchanged; ``plan_ops.plan_fingerprint`` is the key a stage-2 result cache would use.
 
-The instant preview: each Edit Plan node remembers (``PLANS``, by node id) the plans of its last execution
-and what its regenerations were keyed by. ``POST /semanticgen/edit_plan/preview`` (``preview_request``)
-applies an edit list to that plan without queueing anything, so the timeline shows every edit as it is made,
-and fills again after a page reload or when ComfyUI serves the node from its cache (it then executes nothing
-and sends no UI message). Regenerations already sampled come back exact; new ones hold their span and are
+The instant preview: each Edit Plan node remembers (``PLANS``, by workflow id and node id) the plans of its
+last execution and what its regenerations were keyed by. ``POST /semanticgen/edit_plan/preview``
+(``preview_request``) applies an edit list to that plan without queueing anything, so the timeline shows
+every edit as it is made, and fills again after a page reload or when ComfyUI serves the node from its cache
+(it then executes nothing and sends no UI message). Regenerations already sampled come back exact; new ones hold their span and are
 reported ``pending`` until the workflow runs.
 """
 
@@ -65,7 +65,7 @@ log = logging.getLogger(__name__)
 # Regenerated plans, keyed by what determines them (see the module docstring); small (a plan is KBs).
 REGENERATED: OrderedDict = OrderedDict()
 REGENERATED_MAX = 32
-# The last execution of each Edit Plan node, by node id (see the module docstring).
+# The last execution of each Edit Plan node, by (workflow id, node id): node ids repeat across workflows.
 PLANS: OrderedDict = OrderedDict()
 PLANS_MAX = 32
 PREVIEW_ROUTE = "/semanticgen/edit_plan/preview"
@@ -255,33 +255,65 @@ def editor_payload(plan, result, edits: list, other=None, pending: list[int] = (
 # -- the instant preview ---------------------------------------------------------------------------
 
 
-def remember_plan(node_id: str, plan, other=None, context=None) -> None:
-    """Keep what an Edit Plan node's execution saw, for previews of later edits: its input plans, and the
-    key, options and negative prompt its regenerations were cached under (so a preview finds them)."""
-    entry = {"plan": plan, "other": other, "cache_key": getattr(context, "cache_key", ""),
+def workflow_id(extra_pnginfo) -> str:
+    """The id of the workflow a prompt came from (the frontend saves it as the workflow's ``id``, a UUID, and
+    sends the workflow with every prompt), or "" for a prompt queued without one (the API format)."""
+    workflow = extra_pnginfo.get("workflow") if isinstance(extra_pnginfo, dict) else None
+    ident = workflow.get("id") if isinstance(workflow, dict) else None
+    return str(ident) if ident else ""
+
+
+def remember_plan(node_id: str, plan, other=None, context=None, workflow: str = "", edits=None) -> None:
+    """Keep what an Edit Plan node's execution saw, for previews of later edits: its input plans, its edit
+    list, and the key, options and negative prompt its regenerations were cached under (so a preview finds
+    them). ``workflow``: the workflow's id (``workflow_id``), so another workflow's node of the same id is
+    not shown this plan."""
+    entry = {"plan": plan, "other": other, "edits": edits, "cache_key": getattr(context, "cache_key", ""),
              "opts": getattr(context, "opts", None), "negative_prompt": getattr(context, "negative_prompt", "")}
+    _keep((str(workflow or ""), str(node_id)), entry)
+
+
+def _keep(key: tuple[str, str], entry: dict) -> None:
     with _lock:
-        PLANS[str(node_id)] = entry
-        PLANS.move_to_end(str(node_id))
+        PLANS[key] = entry
+        PLANS.move_to_end(key)
         while len(PLANS) > PLANS_MAX:
             PLANS.popitem(last=False)
+
+
+def _cached_entry(workflow: str, node_id: str, edits: list):
+    """For a node ComfyUI served from its cache: the latest execution of this node id in any workflow, if it
+    ran these edits. ComfyUI keeps one output per node id and reuses it only for the same inputs, so that
+    execution is the one whose output was reused, even when the workflow's id changed since (a workflow
+    saved without an id gets a new one each time it is opened)."""
+    with _lock:
+        latest = next((e for (_, n), e in reversed(PLANS.items()) if n == node_id), None)
+    if latest is None or latest["edits"] != edits:
+        return None
+    _keep((workflow, node_id), latest)  # this workflow's previews find it from now on
+    return latest
 
 
 class NoPlanYet(LookupError):
     pass
 
 
-def preview_edits(node_id: str, edits) -> dict:
-    """The editor payload of node ``node_id``'s last input plan with ``edits`` applied, sampling nothing (see
-    ``plan_ops.EditContext.preview``). Raises ``NoPlanYet`` when the node has not run since the server
-    started, ``SemanticGenError`` for a bad edit list."""
+def preview_edits(node_id: str, edits, workflow: str = "", cached: bool = False) -> dict:
+    """The editor payload of node ``node_id``'s last input plan in workflow ``workflow`` with ``edits``
+    applied, sampling nothing (see ``plan_ops.EditContext.preview``). ``cached``: ComfyUI just served the node
+    from its cache (``_cached_entry``). Raises ``NoPlanYet`` when the node has not run in this workflow since
+    the server started, ``SemanticGenError`` for a bad edit list."""
     from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
 
-    with _lock:
-        entry = PLANS.get(str(node_id))
-    if entry is None:
-        raise NoPlanYet(f"the Edit Plan node {node_id} has not run since the server started: run the workflow once.")
+    workflow, node_id = str(workflow or ""), str(node_id)
     checked = parse_edits(edits)
+    with _lock:
+        entry = PLANS.get((workflow, node_id))
+    if entry is None and cached:
+        entry = _cached_entry(workflow, node_id, checked)
+    if entry is None:
+        raise NoPlanYet(f"the Edit Plan node {node_id} has not run in this workflow since the server started: run "
+                        "the workflow once.")
     context = EditContext(sources={"other": entry["other"]}, preview=True, opts=entry["opts"],
                           negative_prompt=entry["negative_prompt"], cache=_LRU(REGENERATED, REGENERATED_MAX),
                           cache_key=entry["cache_key"])
@@ -290,11 +322,15 @@ def preview_edits(node_id: str, edits) -> dict:
 
 
 def preview_request(body) -> tuple[int, dict]:
-    """The preview route without its web framework: ``{"node_id", "edits"}`` -> (HTTP status, JSON body)."""
+    """The preview route without its web framework: ``{"workflow_id", "node_id", "edits", "cached"}`` ->
+    (HTTP status, JSON body). ``workflow_id``: the workflow's ``id`` (what the frontend sends with a prompt);
+    ``node_id``: the id the node runs under ("12:9" inside a subgraph)."""
     if not isinstance(body, dict) or "node_id" not in body:
-        return 400, {"error": 'send {"node_id": "<the Edit Plan node\'s id>", "edits": [...]}'}
+        return 400, {"error": 'send {"workflow_id": "<the workflow\'s id>", "node_id": "<the Edit Plan node\'s id>", '
+                              '"edits": [...]}'}
     try:
-        return 200, preview_edits(str(body["node_id"]), body.get("edits", []))
+        return 200, preview_edits(str(body["node_id"]), body.get("edits", []), body.get("workflow_id") or "",
+                                  bool(body.get("cached")))
     except NoPlanYet as e:
         return 404, {"error": str(e)}
     except SemanticGenError as e:
@@ -362,7 +398,7 @@ class SemanticGenEditPlan:
                                                                          "encodes it (the conditioning holds only "
                                                                          "its own prompt)."}),
             },
-            "hidden": {"unique_id": "UNIQUE_ID"},
+            "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     @classmethod
@@ -379,7 +415,7 @@ class SemanticGenEditPlan:
 
     def edit(self, plan, edits: str = "[]", other=None, stage1: LoadedModel | None = None,
              conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None,
-             unique_id: str | None = None):
+             unique_id: str | None = None, extra_pnginfo: dict | None = None):
         from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
 
         comfy.check_interrupt()
@@ -390,7 +426,7 @@ class SemanticGenEditPlan:
             context = self._regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder)
         result = apply_edits(plan, checked, context)
         if unique_id is not None:
-            remember_plan(unique_id, plan, other, context)
+            remember_plan(unique_id, plan, other, context, workflow_id(extra_pnginfo), checked)
         return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]}, "result": (result,)}
 
     @staticmethod

@@ -170,12 +170,13 @@ def browser():
     b.close()
 
 
-def open_editor(browser, server, payload: dict, node: str | None = None):
-    """The page with this execution message; ``node``: the page is that Edit Plan node for the preview route."""
+def open_editor(browser, server, payload: dict, node: str | None = None, workflow: str = ""):
+    """The page with this execution message; ``node``: the page is that Edit Plan node (of the workflow of id
+    ``workflow``) for the preview route."""
     handler, url = server
     handler.payload = json.dumps(payload).encode()
     page = browser.page
-    page.goto(url + "/" + (f"?node={node}" if node else ""))
+    page.goto(url + "/" + (f"?node={node}&workflow={workflow}" if node else ""))
     page.wait_for("window.sg && window.sg.ready", what="the editor page")
     if (payload.get("input") or {}).get("strip"):
         page.wait_for("window.sg.view.loaded()", what="the thumbnails")
@@ -471,25 +472,40 @@ def test_splice_append_and_blend_the_other_plan(pack, real_plan, server, browser
 
 def test_the_timeline_fills_from_the_server_when_the_node_is_cached(pack, real_plan, server, browser):
     """A page with no execution message (reloaded, or a run where ComfyUI took the node from its cache) fills
-    the timeline from the preview route: on opening, and on an execution_cached event naming the node."""
+    the timeline from the preview route: on opening, and on an execution_cached event naming the node; never
+    with the plan of another workflow's node of the same id."""
     edit_nodes = importlib.import_module(f"{pack.__name__}.nodes.edit")
     edits = [{"op": "cut", "start_s": 1, "end_s": 3}]
     empty = {"input": None, "output": None, "other": None, "edits": edits}
-    page = open_editor(browser, server, empty, node="browser-c")
+    run = lambda workflow, edits: edit_nodes.SemanticGenEditPlan().edit(  # noqa: E731
+        real_plan, json.dumps(edits), unique_id="browser-c", extra_pnginfo={"workflow": {"id": workflow}})
+    run("wf-other", [])  # another workflow's Edit Plan node of the same id ran
+    page = open_editor(browser, server, empty, node="browser-c", workflow="wf-c")
     page.wait_for("sg.sync.status !== null", what="the preview on opening")
     assert page.eval("sg.sync.status") == 404 and page.eval("sg.editor.hasPlan") is False  # not run yet
     page.eval(cached_event(["99"]))  # another node was cached: nothing to ask
     assert page.eval("sg.sync.requests") == 1
+    page.eval(cached_event(["browser-c"]))  # (ComfyUI could not have reused wf-other's node: other edits)
+    page.wait_for("sg.sync.requests === 2 && sg.sync.status === 404", timeout=10, what="the route's answer")
+    assert page.eval("sg.editor.hasPlan") is False
     # the node runs (in another tab, say): the server keeps its plan
-    edit_nodes.SemanticGenEditPlan().edit(real_plan, json.dumps(edits), unique_id="browser-c")
+    run("wf-c", edits)
     # the next run takes the node from ComfyUI's cache: no executed message, but execution_cached names it
     page.eval(cached_event(["3", "browser-c"]))
     page.wait_for("sg.editor.state === 'run'", timeout=10, what="the timeline filled by execution_cached")
     assert page.eval("sg.editor.plan.steps.length") == 7
     assert page.eval("sg.view.elements.statusRight.textContent").endswith("as last run")
     # opening the workflow again (a reload, a new tab) fills it as a preview of the node's edits
-    page = open_editor(browser, server, empty, node="browser-c")
+    page = open_editor(browser, server, empty, node="browser-c", workflow="wf-c")
     page.wait_for("sg.editor.state === 'preview'", timeout=10, what="the timeline filled on opening")
+    assert page.eval("sg.editor.shown.output.steps") == 7
+    # a workflow saved without an id gets a new one each time it is opened: nothing on opening, but a Run
+    # that reuses the node's output fills it (the route finds the run that made it)
+    page = open_editor(browser, server, empty, node="browser-c", workflow="wf-c-reopened")
+    page.wait_for("sg.sync.status !== null", what="the preview on opening")
+    assert page.eval("sg.sync.status") == 404 and page.eval("sg.editor.hasPlan") is False
+    page.eval(cached_event(["browser-c"]))
+    page.wait_for("sg.editor.state === 'run'", timeout=10, what="the timeline filled by execution_cached")
     assert page.eval("sg.editor.shown.output.steps") == 7
 
 
@@ -621,10 +637,15 @@ def open_comfyui(page, comfyui) -> None:
     page.eval("window.app.ui.settings.setSettingValueAsync('Comfy.Minimap.Visible', false)")
 
 
-def load_edit_workflow(page, tiny_models) -> int:
+def load_edit_workflow(page, tiny_models, workflow_id: str | None = None) -> int:
     """Open workflows/edit_plan_then_render.json with the tiny models, 2 sampling steps and 33 frames (5 plan
-    steps); returns the Edit Plan node's id."""
+    steps); returns the Edit Plan node's id. ``workflow_id``: the workflow's id instead of the file's ("": none,
+    as a workflow saved by an older frontend: the frontend makes one up)."""
     workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
+    if workflow_id is not None:
+        workflow["id"] = workflow_id
+        if not workflow_id:
+            del workflow["id"]
     page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
     time.sleep(1.0)
     files = {"SemanticGenStage1Loader": tiny_models["stage1"], "SemanticGenStage2Loader": tiny_models["stage2"],
@@ -743,6 +764,25 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
         time.sleep(0.3)
         keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_cached_{tag}.png")
 
+        # another workflow (another id) whose Edit Plan node has the same id: its timeline stays empty
+        workflow_id = page.eval("(window.app.rootGraph ?? window.app.graph).id")
+        assert workflow_id == json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())["id"]
+        assert load_edit_workflow(page, tiny_models, "6f1c2a3e-0000-4000-8000-000000000001") == edit_id
+        page.wait_for(f"{node}.semanticgen.sync.status === 404", timeout=20, what="the route's answer on opening")
+        assert page.eval(f"{editor}.hasPlan") is False
+        # the same workflow saved without an id: the frontend makes up a new one on each opening, so nothing
+        # fills it on opening, but a Run served from the cache does (the server finds the run it reused)
+        load_edit_workflow(page, tiny_models, "")
+        assert page.eval("(window.app.rootGraph ?? window.app.graph).id") != workflow_id
+        page.wait_for(f"{node}.semanticgen.sync.status === 404", timeout=20, what="the route's answer on opening")
+        page.eval("window.cachedNodes = []")
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the timeline filled from the cache")
+        assert str(edit_id) in page.eval("window.cachedNodes")
+        # and the workflow itself, opened again, fills on opening
+        load_edit_workflow(page, tiny_models)
+        page.wait_for(f"{editor}.state === 'preview'", timeout=20, what="the timeline filled when the workflow opened")
+
         # an edit without a run: the route previews it
         queued = page.eval("window.app.api.fetchApi('/history').then((r) => r.json()).then((h) => Object.keys(h).length)")
         geometry = f"{node}.semanticgen.view.geometry()"
@@ -784,6 +824,39 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
                       what="the preview of Append other")
         page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
         keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_other_{tag}.png")
+        errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
+        assert not errors, errors
+    finally:
+        b.close()
+
+
+def test_timeline_of_a_node_in_a_subgraph_inside_comfyui(comfyui, tiny_models, tmp_path):
+    """Inside a subgraph the Edit Plan node runs as "<subgraph node's id>:<its id>": its timeline fills from
+    its execution, when the workflow opens again (a reload), and on a Run served from the cache."""
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    try:
+        page = b.page
+        open_comfyui(page, comfyui)
+        edit_id = load_edit_workflow(page, tiny_models)
+        outer = page.eval(f"""(() => {{ const graph = window.app.graph, node = graph.getNodeById({edit_id});
+            const made = graph.convertToSubgraph(new Set([node])); return (made.node ?? made).id; }})()""")
+        inner = f"window.app.graph.getNodeById({json.dumps(outer)}).subgraph.getNodeById({edit_id})"
+        editor = f"{inner}.semanticgen.editor"
+        assert page.eval(f"{inner}.semanticgen.sync.nodeId()") == f"{outer}:{edit_id}"
+        assert f"{outer}:{edit_id}" in page.eval("window.app.graphToPrompt().then((p) => Object.keys(p.output))")
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the run of the node in the subgraph")
+        time.sleep(1.5)  # (the frontend keeps the open workflow for a reload)
+        open_comfyui(page, comfyui)
+        page.wait_for(f"!!window.app.graph.getNodeById({json.dumps(outer)})?.subgraph", timeout=20,
+                      what="the workflow restored with its subgraph")
+        page.wait_for(f"{editor}.state === 'preview'", timeout=20, what="the timeline filled when the workflow opened")
+        assert page.eval(f"{editor}.plan.steps.length") == 5
+        page.eval("window.cachedNodes = []; window.app.api.addEventListener('execution_cached', "
+                  "(e) => window.cachedNodes.push(...e.detail.nodes))")
+        page.eval("window.app.queuePrompt(0, 1)")
+        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the timeline filled from the cache")
+        assert f"{outer}:{edit_id}" in page.eval("window.cachedNodes")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
     finally:

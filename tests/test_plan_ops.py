@@ -501,7 +501,8 @@ def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling
     node = edit.SemanticGenEditPlan()
     edit.PLANS.clear()
     status, body = edit.preview_request({"node_id": "7", "edits": []})
-    assert status == 404 and "node 7 has not run since the server started: run the workflow once" in body["error"]
+    assert status == 404 and "node 7 has not run in this workflow since the server started: run the workflow once" \
+        in body["error"]
     regen = {"op": "regenerate", "start_s": 1, "end_s": 3, "prompt": "a blue star", "seed": 4, "steps": 2}
     run = node.edit(plan, json.dumps([regen]), stage1=stage1, conditioning=cond, text_encoder=text_encoder,
                     unique_id="7")
@@ -528,6 +529,36 @@ def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling
     status, body = edit.preview_request({"edits": []})
     assert status == 400 and "node_id" in body["error"]
     json.dumps(body)
+
+
+def test_the_preview_route_keeps_each_workflows_node_apart(pack, tiny_models):
+    """Node ids repeat across workflows: the route answers with the plan of the node in the asking workflow
+    (the id the frontend sends with each prompt, which the node reads from extra_pnginfo), never another
+    workflow's. A node ComfyUI served from its cache is the exception that proves it: the output reused is
+    the latest run of that node id, so a workflow whose id changed since (opened again without a saved id)
+    still fills on Run."""
+    edit, plan_mod = _node_modules(pack)
+    plan = plan_mod.SemanticPlan(tokens=make_plan().tokens, fps=2.0, video_fps=8.0, num_frames=33, height=16,
+                                 width=24, segments=[plan_mod.Segment(0.0, 4.125, "x")], encoder="e", compressor="c8")
+    node, cut = edit.SemanticGenEditPlan(), [{"op": "cut", "start_s": 0, "end_s": 1}]
+    assert node.INPUT_TYPES()["hidden"] == {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"}
+    edit.PLANS.clear()
+    node.edit(plan, json.dumps(cut), unique_id="9", extra_pnginfo={"workflow": {"id": "wf-a", "nodes": []}})
+    ask = lambda workflow, **kw: edit.preview_request({"workflow_id": workflow, "node_id": "9", "edits": cut, **kw})  # noqa: E731
+    status, body = ask("wf-a")
+    assert status == 200 and body["output"]["steps"] == 7
+    status, body = ask("wf-b")  # another workflow's node 9, opened or edited: not wf-a's plan
+    assert status == 404 and "has not run in this workflow" in body["error"]
+    assert ask("")[0] == 404  # nor a request without a workflow id
+    assert ask("wf-b", cached=True, edits=[])[0] == 404  # cached, but with other edits: another run's output
+    status, body = ask("wf-b", cached=True)  # served from ComfyUI's cache: wf-a's run made that output
+    assert status == 200 and body["output"]["steps"] == 7
+    assert ask("wf-b")[0] == 200  # and wf-b's previews find it from now on
+    # a prompt queued without a workflow (the API format) is kept under "", apart from the workflows
+    node.edit(plan, "[]", unique_id="9", extra_pnginfo=None)
+    assert edit.preview_request({"node_id": "9", "edits": []})[0] == 200
+    assert ask("wf-a")[1]["output"]["steps"] == 7
+    assert edit.workflow_id({"workflow": {"id": None}}) == edit.workflow_id("junk") == ""
 
 
 def test_the_preview_benchmark_times_each_edit_list(capsys, monkeypatch):

@@ -17,6 +17,35 @@ const NODE_TYPE = "SemanticGenEditPlan";
 const WIDGET_NAME = "plan_timeline";
 const TIMELINE_HEIGHT = 188; // toolbar, strip, status and padding (166 px) + the frontend's DOM-widget margins
 
+// The workflow's root graph (the one that is saved and queued; `app.graph` in frontends without `rootGraph`).
+const rootGraph = () => app.rootGraph ?? app.graph;
+
+// The id ComfyUI runs a node under, as `executed` / `execution_cached` name it: its id in the root graph, or
+// the path of ids through subgraph nodes ("12:9"). A subgraph used twice runs its nodes twice; the
+// timeline (one per node) follows the first use.
+function executionId(node) {
+  const root = rootGraph();
+  if (!root || node.graph === root) return String(node.id);
+  const find = (graph, path) => {
+    for (const outer of graph?._nodes ?? []) {
+      if (!outer.subgraph) continue;
+      const here = [...path, outer.id];
+      if (outer.subgraph === node.graph) return [...here, node.id].join(":");
+      const inner = find(outer.subgraph, here);
+      if (inner) return inner;
+    }
+    return null;
+  };
+  return find(root, []) ?? String(node.id);
+}
+
+function nodeByExecutionId(id) {
+  const path = String(id).split(":");
+  let graph = rootGraph();
+  for (const outer of path.slice(0, -1)) graph = graph?.getNodeById?.(outer)?.subgraph;
+  return graph?.getNodeById?.(path.at(-1)) ?? null;
+}
+
 function editsOf(widget) {
   try {
     return parseEdits(widget.value);
@@ -32,7 +61,10 @@ function attachTimeline(node) {
   const root = document.createElement("div");
   const view = mountPlanEditor(root, editor);
   const sync = new PreviewSync(editor, {
-    nodeId: () => node.id,
+    nodeId: () => executionId(node),
+    // the workflow's id, which the frontend also sends with each prompt (extra_pnginfo): a saved workflow keeps
+    // it, so a reload or the same file opened again finds the plan its last run left on the server
+    workflowId: () => rootGraph()?.id ?? "",
     post: async (body) => {
       const response = await api.fetchApi(PREVIEW_ROUTE, {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -109,7 +141,7 @@ app.registerExtension({
   setup() {
     // a cached node sends no `executed` message: ask the server for the plan its output holds
     api.addEventListener("execution_cached", ({ detail }) => {
-      for (const id of detail?.nodes || []) app.graph?.getNodeById?.(id)?.semanticgen?.sync.cached([id]);
+      for (const id of detail?.nodes || []) nodeByExecutionId(id)?.semanticgen?.sync.cached([id]);
     });
   },
 
@@ -127,7 +159,9 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function (...args) {
       const result = onConfigure?.apply(this, args);
       this.semanticgen?.syncFromWidget(false); // a loaded workflow: its edits, with a fresh undo history
-      this.semanticgen?.sync.refresh(); // the server may know its plan (a run in an earlier page or tab)
+      // the server may know its plan (a run in an earlier page or tab); asked once the whole workflow is
+      // configured (a node in a subgraph is configured before the subgraph node that gives its execution id)
+      this.semanticgen?.sync.schedule();
       return result;
     };
 

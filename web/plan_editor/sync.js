@@ -1,10 +1,11 @@
 // The timeline's link to the server's preview route: no ComfyUI, no DOM (the host passes `post`).
 //
-// POST /semanticgen/edit_plan/preview {node_id, edits} applies the edit list to the plan the node last ran
-// on and answers the executed message's shape plus `pending` (regenerates not sampled yet), without
-// queueing the workflow. The timeline asks after each edit (debounced, latest wins), when a workflow is
-// opened, and when ComfyUI reports the node cached (no `executed` message comes then): a 404 (the server
-// has no plan for the node yet) leaves the timeline as it is; a 400 names the bad edit.
+// POST /semanticgen/edit_plan/preview {workflow_id, node_id, edits} applies the edit list to the plan the
+// node last ran on in that workflow (node ids repeat across workflows) and answers the executed message's
+// shape plus `pending` (regenerates not sampled yet), without queueing the workflow. The timeline asks after
+// each edit (debounced, latest wins), when a workflow is opened, and when ComfyUI reports the node cached (no
+// `executed` message comes then; `cached: true` lets the server find the run whose output was reused): a 404
+// (the server has no plan for the node yet) leaves the timeline as it is; a 400 names the bad edit.
 
 import { parseEdits } from "./core.js";
 
@@ -14,13 +15,16 @@ export class PreviewSync {
   /**
    * @param {PlanEditor} editor
    * @param {object} options
-   *   nodeId: () => string, the Edit Plan node's id (asked at each request: it is set when a workflow loads)
+   *   nodeId: () => string, the id the Edit Plan node runs under (asked at each request: it is set when a
+   *     workflow loads)
+   *   workflowId: () => string, the id of the workflow it is in ("" for none)
    *   post: async (body) => ({status, body}), POSTs the JSON body to PREVIEW_ROUTE
    *   delay: ms to wait after an edit before asking (further edits restart the wait)
    */
-  constructor(editor, { nodeId, post, delay = 150 }) {
+  constructor(editor, { nodeId, workflowId = () => "", post, delay = 150 }) {
     this.editor = editor;
     this.nodeId = nodeId;
+    this.workflowId = workflowId;
     this.post = post;
     this.delay = delay;
     this.seq = 0; // the latest request; answers to earlier ones are dropped
@@ -48,7 +52,8 @@ export class PreviewSync {
     this.requests++;
     let answer;
     try {
-      answer = await this.post({ node_id: String(this.nodeId()), edits });
+      answer = await this.post({ workflow_id: String(this.workflowId() ?? ""), node_id: String(this.nodeId()), edits,
+                                 ...(asRun && { cached: true }) });
     } catch (e) {
       console.debug("SemanticGen: the plan preview request failed", e);
       return;

@@ -943,6 +943,15 @@ def red_x(frames) -> list[float | None]:
             if any(d.color == "red" for d in dets) else None for dets in detect(frames)]
 
 
+def wait_until_idle(page, timeout: float = 300) -> None:
+    """Until ComfyUI's queue is empty (stage 2 renders after the Edit Plan node has sent its timeline)."""
+    deadline = time.time() + timeout
+    while page.eval("window.app.api.fetchApi('/queue').then((r) => r.json()).then((q) => "
+                    "q.queue_running.length + q.queue_pending.length)"):
+        assert time.time() < deadline, f"ComfyUI's queue did not empty in {timeout} s"
+        time.sleep(0.5)
+
+
 def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_path):
     """Issue #18: with the shipped embedded models the timeline's thumbnails are the plan-preview decoder's
     frames, which show the prompt's object where the rendered video has it. The edit workflow as shipped
@@ -957,10 +966,11 @@ def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_
     loaders = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"].endswith("Loader")}
     assert set(loaders.values()) == {"embedded"}, loaders  # the workflow as shipped runs the embedded default
     b = Browser.launch(CHROMIUM, width=1500, height=900)
-    started = time.time()
     try:
         page = b.page
         open_comfyui(page, comfyui)
+        wait_until_idle(page)  # (an earlier test's render may still be writing its video)
+        started = time.time()
         page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
         time.sleep(1.0)
         edit_id = page.eval("""(() => { let edit = null;
@@ -979,11 +989,7 @@ def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_
         assert payload["output"]["grid"] == [9, 4, 4]  # 33 frames at 8 fps, 2 plan steps a second
         plan_x = red_x(strip_frames(payload["output"]))
         # the rendered video (the edited plan, through stage 2 and the VAE), at the middle frame of each step
-        deadline = time.time() + 300  # the render: stage 2 runs after the edit node
-        while page.eval("window.app.api.fetchApi('/queue').then((r) => r.json()).then((q) => "
-                        "q.queue_running.length + q.queue_pending.length)"):
-            assert time.time() < deadline, "the render did not finish in 300 s"
-            time.sleep(0.5)
+        wait_until_idle(page)  # the render
         videos = [p for p in (comfyui["base"] / "output").rglob("edited_plan*") if p.stat().st_mtime > started]
         assert len(videos) == 1, videos
         capture, frames = cv2.VideoCapture(str(videos[0])), []

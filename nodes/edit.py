@@ -324,7 +324,9 @@ def preview_edits(node_id: str, edits, workflow: str = "", cached: bool = False)
 def preview_request(body) -> tuple[int, dict]:
     """The preview route without its web framework: ``{"workflow_id", "node_id", "edits", "cached"}`` ->
     (HTTP status, JSON body). ``workflow_id``: the workflow's ``id`` (what the frontend sends with a prompt);
-    ``node_id``: the id the node runs under ("12:9" inside a subgraph)."""
+    ``node_id``: the id the node runs under ("12:9" inside a subgraph). A node that has not run yet is an
+    answer, not a failed request: 200 with ``{"input": null, "error": why}`` (a 404 would be a red line in
+    the browser's console each time a workflow is opened before its first run)."""
     if not isinstance(body, dict) or "node_id" not in body:
         return 400, {"error": 'send {"workflow_id": "<the workflow\'s id>", "node_id": "<the Edit Plan node\'s id>", '
                               '"edits": [...]}'}
@@ -332,7 +334,7 @@ def preview_request(body) -> tuple[int, dict]:
         return 200, preview_edits(str(body["node_id"]), body.get("edits", []), body.get("workflow_id") or "",
                                   bool(body.get("cached")))
     except NoPlanYet as e:
-        return 404, {"error": str(e)}
+        return 200, {"input": None, "error": str(e)}
     except SemanticGenError as e:
         return 400, {"error": str(e)}
 

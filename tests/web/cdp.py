@@ -130,6 +130,9 @@ class Page:
             if message.get("method") == "Runtime.consoleAPICalled":
                 args = message["params"].get("args", [])
                 self.console.append(" ".join(str(a.get("value", a.get("description", ""))) for a in args))
+            elif message.get("method") == "Log.entryAdded":  # the browser's own lines: failed requests...
+                entry = message["params"]["entry"]
+                self.console.append(f"{entry['level']}: {entry['text']} {entry.get('url', '')}".rstrip())
             elif message.get("method") == "Runtime.exceptionThrown":
                 details = message["params"]["exceptionDetails"]
                 self.console.append("exception: " + json.dumps(details.get("exception", {}).get("description")
@@ -231,6 +234,7 @@ class Browser:
         page = Page(ws)
         page.call("Runtime.enable")
         page.call("Page.enable")
+        page.call("Log.enable")
         page.call("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
         return cls(process, profile, page)
 

@@ -4,8 +4,9 @@
 // node last ran on in that workflow (node ids repeat across workflows) and answers the executed message's
 // shape plus `pending` (regenerates not sampled yet), without queueing the workflow. The timeline asks after
 // each edit (debounced, latest wins), when a workflow is opened, and when ComfyUI reports the node cached (no
-// `executed` message comes then; `cached: true` lets the server find the run whose output was reused): a 404
-// (the server has no plan for the node yet) leaves the timeline as it is; a 400 names the bad edit.
+// `executed` message comes then; `cached: true` lets the server find the run whose output was reused). An
+// answer without a plan (`input: null`: the node has not run in this workflow since the server started)
+// leaves the timeline as it is; a 400 names the bad edit.
 
 import { parseEdits } from "./core.js";
 
@@ -66,7 +67,7 @@ export class PreviewSync {
       else editor.setPreview(body, edits);
     } else if (status === 400 && body && body.error) {
       editor.setServerError(edits, body.error);
-    } // 404: no plan on the server for this node yet; anything else: a server without the route
+    } // `input: null`: no plan on the server for this node yet; anything else: a server without the route
   }
 
   /** ComfyUI's execution_cached event lists the node ids it did not execute. */

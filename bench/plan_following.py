@@ -5,11 +5,13 @@ plan (``pipeline.encode_video``: the semantic encoder, then the compressor's mea
 plan under the clip's caption, the VAE decodes it, and the independent detector
 (``semanticgen_world/evaluation.py``) judges colour, shape and direction against the caption. The
 configuration ``base`` is exactly that command's sampling (same plans, seeds and figures); every other
-configuration changes one or two inference-time knobs:
+configuration changes one or two inference-time knobs (``noise`` is ``render_latents``' ``plan_noise``,
+and ``eval --plan-noise``):
 
     steps=N shift=S guidance=G sampler=euler|unipc      sampling options (defaults: the preset's 20, 3, 2.5, euler)
     window=N|full  offset=cycle|fixed                    stage 2's time windows (default 4, the grid moving each step)
-    noise=A        the plan noised to level A as in training ((1-A) plan + A eps, the model told 1000 A)
+    noise=A        the plan noised to level A as in training ((1-A) plan + A eps, the model told 1000 A);
+                   default: the preset's plan_noise (as eval)
     ts=A           only the model told the level A (the plan itself left clean)
     sample=1       the plan drawn from the compressor's posterior (mean + std eps: what training fed at A=0)
     plan=reverse|freeze|mean|zero                         the plan edited before rendering (a diagnosis):
@@ -24,7 +26,10 @@ the rendered object moves along the plan's motion: for each prompt's first objec
 travels at least 0.15 of the frame (the detector's ``MOVE``), ``gain`` = (rendered net travel . plan
 travel) / |plan travel|^2, where the plan travel is the clip's, reversed for ``plan=reverse`` (1: follows
 the plan fully, 0: stays put, -1: the opposite way); ``follow`` = the share of those objects that travel
-at least 0.15 along it; ``travel`` = the mean |net travel| of every rendered first object.
+at least 0.15 along it; ``travel`` = the mean |net travel| of every rendered first object; ``jumps`` =
+per clip, the frames where that object leaps more than 0.08 of the frame or is missing where the clip
+shows it (``jump_count``; the VAE alone scores about 2 on the first 40 prompts, for the detector's
+flicker on small objects).
 
     python bench/plan_following.py --prompts 40 --configs base "noise=0.15" "pcfg=2,pneg=freeze" \
         [--first 0 --seed 0 --threads 1 --out runs/plan_following.json]
@@ -101,7 +106,7 @@ def render(pipe: SemanticGenPipeline, plan, std: torch.Tensor, cfg: dict, defaul
     gen = torch.Generator().manual_seed(10_000 + seed)
     if cfg.get("sample") == "1":
         tokens = tokens + std * torch.randn(tokens.shape, generator=gen)
-    level = float(cfg.get("noise", 0.0))
+    level = float(cfg.get("noise", defaults.get("plan_noise", 0.0)))  # as render_latents' plan_noise
     if level:
         tokens = (1 - level) * tokens + level * torch.randn(tokens.shape, generator=gen)
     level = float(cfg.get("ts", level))

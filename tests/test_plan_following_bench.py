@@ -54,3 +54,14 @@ def test_base_configuration_is_the_pipelines_stage_2():
     assert torch.equal(pf.render(pipe, plan, torch.zeros(1), {}, d, 5), expected)
     reversed_ = pf.render(pipe, plan, torch.zeros(1), {"plan": "reverse"}, d, 5)
     assert not torch.equal(reversed_, expected)
+
+
+def test_files_without_plan_noise_get_the_presets_default_and_their_own_value_wins():
+    from semanticgen_core.presets import EMBEDDED, TINY, Preset
+
+    old = {**EMBEDDED.to_dict(), "defaults": {k: v for k, v in EMBEDDED.defaults.items() if k != "plan_noise"}}
+    assert Preset.from_dict(old).defaults["plan_noise"] == EMBEDDED.defaults["plan_noise"] == 0.3
+    own = {**old, "defaults": {**old["defaults"], "plan_noise": 0.1}}
+    assert Preset.from_dict(own).defaults["plan_noise"] == 0.1
+    assert "plan_noise" not in Preset.from_dict(TINY.to_dict()).defaults  # only presets that name one
+    assert SemanticGenPipeline.embedded().preset.defaults["plan_noise"] == 0.3  # the shipped files predate it

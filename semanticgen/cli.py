@@ -276,17 +276,19 @@ def cmd_eval(args) -> int:
     else:
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
+        plan_noise = float(d.get("plan_noise", 0.0)) if args.plan_noise is None else args.plan_noise
         ground_truth = ev.reference_generator(clips)  # caption -> its clip's frames
 
         def generate(prompt: str, seed: int):
             opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
             if args.reference != "plan":
-                return pipe(prompt, num_frames, fps, height, width, opts)
-            # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
-            import torch
+                plan = pipe.generate_plan(prompt, num_frames, fps, height, width, opts)
+            else:  # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
+                import torch
 
-            frames = torch.from_numpy(ev.as_uint8_frames(ground_truth(prompt, seed)).astype("float32") / 255.0)
-            latents = pipe.render_latents(pipe.encode_video(frames, fps, prompt), opts)
+                frames = torch.from_numpy(ev.as_uint8_frames(ground_truth(prompt, seed)).astype("float32") / 255.0)
+                plan = pipe.encode_video(frames, fps, prompt)
+            latents = pipe.render_latents(plan, opts, plan_noise=args.plan_noise)
             return pipe.decode(latents, num_frames)
 
     report = ev.evaluate(generate, prompts, args.seed, progress=progress)
@@ -316,7 +318,8 @@ def cmd_eval(args) -> int:
             None: "embedded model"}[args.reference]
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
           f"{num_frames} frames at {fps:g} fps"
-          + (f", {steps} steps, guidance {guidance:g}, seeds {args.seed}.." if steps else ""))
+          + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, seeds {args.seed}.."
+             if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
@@ -333,7 +336,8 @@ def cmd_eval(args) -> int:
             "model": None if pipe is None else pipe.name,
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
-            "steps": steps, "guidance": None if pipe is None else guidance, "seed": args.seed,
+            "steps": steps, "guidance": None if pipe is None else guidance,
+            "plan_noise": None if pipe is None else plan_noise, "seed": args.seed,
             "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
@@ -400,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="denoising steps of both stages (default: the model's)")
     p.add_argument("--guidance", type=float, help="classifier-free guidance of both stages (default: the model's)")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
+    p.add_argument("--plan-noise", type=float, help="stage 2 renders the plan noised to this level, as it was "
+                                                     "trained (default: the model's; 0: the plan as it is)")
     p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae", "plan"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
                         "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "

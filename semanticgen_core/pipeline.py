@@ -30,6 +30,7 @@ Progress = Callable[[int, int, torch.Tensor], None]
 ShouldStop = Callable[[], bool]
 TextPair = tuple[torch.Tensor, torch.Tensor]  # (conditional, unconditional) embeddings
 STREAM_WINDOWS = 4  # stage 2 takes this many attention windows of a long video at a time
+PLAN_NOISE_SEED = 10_000  # render_latents' plan noise uses seed + this (the latents' noise uses the seed)
 
 
 def latent_frames(num_frames: int) -> int:
@@ -159,13 +160,16 @@ class SemanticGenPipeline:
     def render_latents(self, plan: SemanticPlan, opts: SamplingOptions, prompt: str | None = None,
                        window_frames: int | None = -1, progress: Progress | None = None,
                        should_stop: ShouldStop | None = None,
-                       text_embeddings: TextPair | None = None) -> torch.Tensor:
+                       text_embeddings: TextPair | None = None, plan_noise: float | None = None) -> torch.Tensor:
         """Stage 2: plan (+ text) -> normalised float32 VAE latents ``[1, 16, T', H/8, W/8]``.
 
         ``prompt`` (plain or per shot) defaults to the plan's own segments; ``window_frames=-1`` uses the
         model's configured attention window; ``text_embeddings`` as in ``generate_plan``. With windows the
         blocks stream over time (``window_stream.py``), so memory stays flat however long the video is,
         and the window grid moves by a latent frame every step, so no frame stays at a border.
+        ``plan_noise``: render the plan noised to this level, ``(1 - a) plan + a eps`` with the model told
+        ``a``, as stage 2 trains (levels 0..0.3, RAE-style; ``eps`` seeded by ``opts.seed``); None: the
+        preset's ``plan_noise`` default (0 when it has none). ``bench/plan_following.py`` measures it.
         """
         stage2 = self._need("stage2")
         if self.plain_wan:  # Wan2.1 text-to-video on the plan's size, length and shots: no plan, full attention
@@ -188,7 +192,14 @@ class SemanticGenPipeline:
         segments = plan.segments if prompt is None else parse_shots(prompt, plan.duration_s)
         text, empty = self.shot_text(segments, text_embeddings)
         starts = shot_starts(segments, plan.duration_s, shape[2] // stage2.config.patch_size[0])
-        sem = plan.tokens[None].to(self.device, dtype)
+        level = float(self.preset.defaults.get("plan_noise", 0.0) if plan_noise is None else plan_noise)
+        if not 0.0 <= level <= 1.0:
+            raise SemanticGenError(f"plan_noise must be in 0..1, got {level:g}")
+        tokens = plan.tokens
+        if level:  # its own stream of the seed, apart from the latents' starting noise
+            tokens = (1 - level) * tokens + level * initial_noise(tuple(tokens.shape), opts.seed + PLAN_NOISE_SEED)
+        sem = tokens[None].to(self.device, dtype)
+        sem_t = None if not level else torch.full((1,), 1000.0 * level, device=self.device)
         window = stage2.config.window_frames if window_frames == -1 else window_frames
         stream = None if window is None else STREAM_WINDOWS * window
         step = iter(range(opts.steps))  # one call a step (guidance batches both texts)
@@ -196,6 +207,7 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             offset = 0.0 if window is None else float(next(step) % window)  # borders move every step
             return stage2(x, t, context, semantic_tokens=sem.expand(x.shape[0], *sem.shape[1:]),
+                          semantic_timestep=None if sem_t is None else sem_t.expand(x.shape[0]),
                           window_frames=window, shot_starts=starts, stream_frames=stream,
                           window_offset=offset).sample
 

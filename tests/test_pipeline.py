@@ -136,3 +136,16 @@ def test_a_bf16_pipeline_runs_its_models_in_bf16_and_samples_in_float32(pipe, fi
           f"latents {(latents - ref).abs().max():.4f}")
     torch.testing.assert_close(plan.tokens, ref_plan.tokens, atol=0.05, rtol=0)
     torch.testing.assert_close(latents, ref, atol=0.05, rtol=0)
+
+
+def test_plan_noise_renders_the_plan_as_training_noised_it(pipe):
+    clip = sample_clip(4, 17, 64, 64, 8.0)
+    plan = pipe.encode_video(torch.from_numpy(clip.frames).float() / 255, 8.0, prompt=clip.caption)
+    opts = SamplingOptions(seed=0, **OPTS)
+    clean = pipe.render_latents(plan, opts)
+    assert torch.equal(clean, pipe.render_latents(plan, opts, plan_noise=0.0))  # the default: no noise
+    noised = pipe.render_latents(plan, opts, plan_noise=0.3)
+    assert torch.equal(noised, pipe.render_latents(plan, opts, plan_noise=0.3))  # seeded
+    assert (noised - clean).abs().max() > 1e-4
+    with pytest.raises(SemanticGenError, match="plan_noise"):
+        pipe.render_latents(plan, opts, plan_noise=1.5)

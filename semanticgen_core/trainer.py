@@ -262,15 +262,26 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 class CacheRows(torch.utils.data.Dataset):
-    def __init__(self, cache: FeatureCache):
-        self.cache = cache
+    """Position ``p`` of the run reads its clip with one of the clip's captions, drawn with the key
+    ``(seed, step, p)`` of the sample's other draws (``micro_loss``): the same choice on any number of
+    processes, and again on resuming."""
+
+    def __init__(self, cache: FeatureCache, seed: int, batch: int):
+        self.cache, self.seed, self.batch = cache, seed, batch
 
     def __len__(self) -> int:
         return len(self.cache)
 
+    def caption(self, index: int, position: int) -> int:
+        count = self.cache.captions(index)
+        if count == 1:
+            return 0
+        draw = SampleNoise([(self.seed, position // self.batch, position)]).uniform("caption")
+        return int(draw[0] * count)
+
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         index, position = key
-        return {**self.cache[index], "position": torch.tensor(position)}
+        return {**self.cache.get(index, self.caption(index, position)), "position": torch.tensor(position)}
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -420,7 +431,7 @@ class Trainer:
 
         handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         loader = torch.utils.data.DataLoader(
-            CacheRows(self.cache), batch_sampler=StepBatches(len(self.cache), args.batch, args.accum, args.seed,
+            CacheRows(self.cache, args.seed, args.batch), batch_sampler=StepBatches(len(self.cache), args.batch, args.accum, args.seed,
                                                              self.step, args.steps),
             num_workers=args.workers, timeout=300 if args.workers else 0, pin_memory=self.device.type == "cuda",
             persistent_workers=False)

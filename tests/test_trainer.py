@@ -181,6 +181,7 @@ def test_train_export_and_render_through_the_nodes(cache, frozen, tmp_path, pack
     assert not torch.allclose(raw["stage2.proj_out.weight"], weights(s2)["stage2.proj_out.weight"])
     stage1 = load_model(s1, "stage1")
     assert stage1.info["steps"] == 2 and stage1.info["stage2"] == "stage2.safetensors"
+    assert "init_record" not in stage1.info and load_model(base, "baseline").info["init_record"] == info  # continued
     # --lr 0 from the stage-2 file: the baseline keeps its DiT (float16 export)
     torch.testing.assert_close(load_model(base, "baseline").modules["baseline"].proj_out.weight,
                                load_model(s2, "stage2").modules["stage2"].proj_out.weight, rtol=1e-3, atol=1e-3)

@@ -44,19 +44,26 @@ TRAIN_BACKGROUNDS: dict[str, tuple[str, ...]] = {
 }
 # (participle, finite verb) per motion: "a red circle rising", "a red circle rises"
 TRAIN_MOTIONS: dict[str, tuple[tuple[str, str], ...]] = {
-    "static": (("standing still", "stands still"), ("staying still", "stays still"), ("resting in place", "rests in place")),
-    "left_to_right": (("moving from left to right", "moves from left to right"), ("moving to the right", "moves to the right"),
+    "static": (("standing still", "stands still"), ("staying still", "stays still"),
+               ("resting in place", "rests in place")),
+    "left_to_right": (("moving from left to right", "moves from left to right"),
+                      ("moving to the right", "moves to the right"),
                       ("sliding right", "slides right"), ("going left to right", "goes left to right")),
-    "right_to_left": (("moving from right to left", "moves from right to left"), ("moving to the left", "moves to the left"),
+    "right_to_left": (("moving from right to left", "moves from right to left"),
+                      ("moving to the left", "moves to the left"),
                       ("sliding left", "slides left"), ("going right to left", "goes right to left")),
     "up": (("moving up", "moves up"), ("rising", "rises"), ("climbing", "climbs"), ("going upwards", "goes upwards")),
-    "down": (("moving down", "moves down"), ("falling", "falls"), ("sinking", "sinks"), ("going downwards", "goes downwards")),
-    "bouncing": (("bouncing", "bounces"), ("bouncing around", "bounces around"), ("bouncing off the edges", "bounces off the edges")),
+    "down": (("moving down", "moves down"), ("falling", "falls"), ("sinking", "sinks"),
+             ("going downwards", "goes downwards")),
+    "bouncing": (("bouncing", "bounces"), ("bouncing around", "bounces around"),
+                 ("bouncing off the edges", "bounces off the edges")),
     "growing": (("growing", "grows"), ("getting bigger", "gets bigger"), ("expanding", "expands")),
     "shrinking": (("shrinking", "shrinks"), ("getting smaller", "gets smaller"), ("contracting", "contracts")),
-    "enter_left": (("entering from the left", "enters from the left"), ("coming in from the left", "comes in from the left"),
+    "enter_left": (("entering from the left", "enters from the left"),
+                   ("coming in from the left", "comes in from the left"),
                    ("appearing from the left", "appears from the left")),
-    "enter_right": (("entering from the right", "enters from the right"), ("coming in from the right", "comes in from the right"),
+    "enter_right": (("entering from the right", "enters from the right"),
+                    ("coming in from the right", "comes in from the right"),
                     ("appearing from the right", "appears from the right")),
     "leave_left": (("leaving to the left", "leaves to the left"), ("exiting to the left", "exits to the left"),
                    ("going out to the left", "goes out to the left")),
@@ -93,12 +100,16 @@ HELDOUT_MOTIONS: dict[str, tuple[tuple[str, str], ...]] = {
     "bouncing": (("ricocheting around", "ricochets around"), ("rebounding off the walls", "rebounds off the walls")),
     "growing": (("swelling", "swells"), ("inflating", "inflates"), ("increasing in size", "increases in size")),
     "shrinking": (("deflating", "deflates"), ("dwindling", "dwindles"), ("decreasing in size", "decreases in size")),
-    "enter_left": (("sliding in from the left", "slides in from the left"), ("arriving from the left", "arrives from the left")),
-    "enter_right": (("sliding in from the right", "slides in from the right"), ("arriving from the right", "arrives from the right")),
-    "leave_left": (("heading out to the left", "heads out to the left"), ("departing to the left", "departs to the left")),
-    "leave_right": (("heading out to the right", "heads out to the right"), ("departing to the right", "departs to the right")),
+    "enter_left": (("sliding in from the left", "slides in from the left"),
+                   ("arriving from the left", "arrives from the left")),
+    "enter_right": (("sliding in from the right", "slides in from the right"),
+                    ("arriving from the right", "arrives from the right")),
+    "leave_left": (("heading out to the left", "heads out to the left"),
+                   ("departing to the left", "departs to the left")),
+    "leave_right": (("heading out to the right", "heads out to the right"),
+                    ("departing to the right", "departs to the right")),
 }
-# The held-out sentence shapes' own words: {s} is the subject with participles, {f} with finite verbs, {b} the backdrop.
+# The held-out sentence shapes: {s} is the subject with participles, {f} with finite verbs, {b} the backdrop.
 HELDOUT_FRAMES = ("footage of {s} {b}", "in this clip, {f} {b}", "we watch {s} {b}")
 
 

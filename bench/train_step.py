@@ -182,7 +182,10 @@ class SyntheticCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def captions(self, index: int) -> int:
+        return 1
+
+    def get(self, index: int, caption: int = 0) -> dict[str, torch.Tensor]:
         return {k: v.float() for k, v in self._rows[index].items()}
 
 
@@ -444,7 +447,7 @@ def _measure(row: dict, name: str, preset: Preset, geometry: Geometry, opts, dev
     row["attention"] = f"windows of {window} latent frames" if window else "full"
     # the trainer's own data path (Trainer.run's DataLoader) over the synthetic rows
     loader = torch.utils.data.DataLoader(
-        tr.CacheRows(cache), batch_sampler=tr.StepBatches(len(cache), args.batch, args.accum, args.seed, 0,
+        tr.CacheRows(cache, args.seed, args.batch), batch_sampler=tr.StepBatches(len(cache), args.batch, args.accum, args.seed, 0,
                                                           total_steps),
         num_workers=0, pin_memory=device.type == "cuda")
     micro = iter(loader)

@@ -5,7 +5,7 @@
                                    [--width W --height H --fps F] [--stage1 F --stage2 F --vae F --text-encoder F]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
     python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json]
-                               [--reference [vae|plan]]
+                               [--reference [vae|plan]] [--wording paraphrase] [--stage1 FILE --stage2 FILE]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -252,8 +252,12 @@ def cmd_eval(args) -> int:
         raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
     started = time.time()
     pipe = None
+    if (args.stage1 or args.stage2) and args.reference in ("clips", "vae"):
+        raise errors.SemanticGenError(f"--reference {args.reference} judges ground-truth clips: it takes no "
+                                      "--stage1/--stage2 files")
     if args.reference in (None, "plan"):  # names the missing file if weights are absent
-        pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan")
+        pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan", stage1=args.stage1,
+                                                     stage2=args.stage2)
         d = pipe.preset.defaults
         fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
     else:
@@ -263,21 +267,21 @@ def cmd_eval(args) -> int:
     num_frames = frames_for(args.seconds, fps)
     start = world.HELDOUT_SEED_START + args.first
     clips = ev.heldout_clips(args.prompts, start, num_frames, height, fps)
-    prompts = [clip.caption for clip in clips]
+    prompts = [ev.prompt_of(clip, args.wording) for clip in clips]
     progress = None if args.quiet else (
         lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
     steps, vae, recons = None, None, None
     if args.reference == "vae":  # the ground truth through the VAE alone: the ceiling the stages can reach
         vae = VideoVAE.from_pretrained(args.vae or embedded.weights_path("vae"))
         recons = [ev.reconstruct(vae, c.frames) for c in clips]  # the PSNR below reuses them
-        generate = ev.reference_generator([replace(c, frames=r) for c, r in zip(clips, recons)])
+        generate = ev.reference_generator([replace(c, frames=r) for c, r in zip(clips, recons)], args.wording)
     elif pipe is None:
-        generate = ev.reference_generator(clips)
+        generate = ev.reference_generator(clips, args.wording)
     else:
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
         plan_noise = float(d.get("plan_noise", 0.0)) if args.plan_noise is None else args.plan_noise
-        ground_truth = ev.reference_generator(clips)  # caption -> its clip's frames
+        ground_truth = ev.reference_generator(clips, args.wording)  # prompt -> its clip's frames
 
         def generate(prompt: str, seed: int):
             opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
@@ -316,7 +320,8 @@ def cmd_eval(args) -> int:
             "vae": "reference through the VAE (ground-truth clips encoded and decoded: the stages' ceiling)",
             "plan": "stage 2 on ground-truth plans (the clips' own plans rendered: stage 2 apart from stage 1)",
             None: "embedded model"}[args.reference]
-    print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}), "
+    print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}, "
+          f"{args.wording} wording), "
           f"{num_frames} frames at {fps:g} fps"
           + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, seeds {args.seed}.."
              if steps else ""))
@@ -334,6 +339,8 @@ def cmd_eval(args) -> int:
             "mode": {"clips": "reference", "vae": "reference-vae", "plan": "reference-plan",
                      None: "model"}[args.reference],
             "model": None if pipe is None else pipe.name,
+            "wording": args.wording,
+            "stage_files": {k: str(v) for k, v in (("stage1", args.stage1), ("stage2", args.stage2)) if v},
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
             "steps": steps, "guidance": None if pipe is None else guidance,
@@ -416,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out clips for the VAE's PSNR (default: as many as --prompts; 0 skips it)")
     p.add_argument("--vae", type=Path, help="VAE file for the PSNR and '--reference vae' (default: the embedded "
                                              "default's)")
+    p.add_argument("--wording", choices=["template", "paraphrase"], default="template",
+                   help="prompts in the world's caption template (default), or paraphrased in a wording kept out "
+                        "of training (other words for colours, shapes, motions and backdrops, other sentence "
+                        "shapes: semanticgen_world/wording.py)")
+    p.add_argument("--stage1", type=Path, help="judge this stage-1 file instead of the embedded default's")
+    p.add_argument("--stage2", type=Path, help="judge this stage-2 file instead of the embedded default's")
     p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=cmd_eval)

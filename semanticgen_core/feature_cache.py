@@ -8,10 +8,12 @@ sharded safetensors files:
                            the data source) and how it is sharded; a rerun with other models is refused
     empty_text.safetensors the empty prompt's embedding (classifier-free guidance drops the text to it)
     shard_00000.safetensors ...  per clip: ``latents`` [16, T', H/8, W/8] (normalised, float16),
-                           ``features`` [T_s, h, w, d] and ``text`` [L, D] (bfloat16: feature scales differ
-                           per encoder), ``thumbs`` [T_s, 4h, 4w, 3] (uint8 RGB: the frame at the middle of
-                           each plan step, at 4x the plan grid, what the plan-preview decoder learns to draw;
-                           since version 2); metadata: the clips' sources and the skipped files
+                           ``features`` [T_s, h, w, d] and ``text`` [K, L, D] (bfloat16: feature scales differ
+                           per encoder) with ``captions`` (int64: K of them hold caption embeddings, the rest
+                           zeros; since version 3, before which ``text`` is one caption's [L, D]),
+                           ``thumbs`` [T_s, 4h, 4w, 3] (uint8 RGB: the frame at the middle of each plan step,
+                           at 4x the plan grid, what the plan-preview decoder learns to draw; since version
+                           2); metadata: the clips' sources and the skipped files
 
 Shard ``i`` holds the clips of items ``[i*V, (i+1)*V)`` of the source (an item is a video file, which may
 give several clips), so a shard is a fixed piece of work: shards are written atomically, a rerun skips
@@ -46,7 +48,8 @@ from .errors import SemanticGenError, run_command
 from .presets import PRESETS, Preset
 from .video_data import Clip, ClipSpec, VideoFolder, VideoReadError
 
-CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 2
+CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 3
+VERSION_ADDED = {2: "the plan steps' thumbnails", 3: "several captions per clip"}  # what a rebuild would add
 THUMBNAIL_SCALE = 4  # thumbnails are this many pixels per plan token on each side (plan_preview.thumbnails)
 
 
@@ -138,11 +141,14 @@ class FrozenModels:
             latents.append(self.vae.encode(frames)[0][0].half())
             features.append(self.encoder.encode(frames, fps).to(torch.bfloat16).cpu())
             thumbs.append(thumbnails(frames, fps, self.encoder, THUMBNAIL_SCALE))
-        text, mask = self.text.encode([clip.caption for clip in clips])
-        lengths = mask.sum(1)
-        width = max(1, int(lengths.max()))  # zero past each prompt's end: trimmed here, padded back on reading
+        counts = torch.tensor([len(clip.captions) for clip in clips])
+        flat, mask = self.text.encode([c for clip in clips for c in clip.captions])
+        width = max(1, int(mask.sum(1).max()))  # zero past each prompt's end: trimmed here, padded back on reading
+        text = flat.new_zeros(len(clips), int(counts.max()), width, flat.shape[-1])
+        for i, rows in enumerate(flat[:, :width].split(counts.tolist())):
+            text[i, :len(rows)] = rows
         return {"latents": torch.stack(latents), "features": torch.stack(features),
-                "text": text[:, :width].to(torch.bfloat16).cpu(), "thumbs": torch.stack(thumbs)}
+                "text": text.to(torch.bfloat16).cpu(), "captions": counts, "thumbs": torch.stack(thumbs)}
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -162,9 +168,10 @@ def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSo
 def _check_same(cache: Path, old: dict, new: dict) -> None:
     """Refuse to add to a cache made differently, naming each difference."""
     if old.get("version", 1) != new["version"]:
+        added = ", ".join(VERSION_ADDED[v] for v in range(old.get("version", 1) + 1, new["version"] + 1))
         raise SemanticGenError(f"{cache} is a version-{old.get('version', 1)} feature cache; this code writes version "
-                               f"{new['version']} (it adds the plan steps' thumbnails): build the cache again in "
-                               "another --out folder")
+                               f"{new['version']} (it adds {added}): build the cache again in another --out folder "
+                               "(the old cache still trains as it is)")
     diffs = []
     for key in ("preset", "clip", "text_max_length", "source", "items", "items_per_shard"):
         if old.get(key) != new.get(key):
@@ -228,17 +235,19 @@ def build(source: DataSource, cache: str | os.PathLike, preset: Preset, models: 
 
 # A shard whose every item was skipped: no rows, but written, so that a rerun does not try again.
 _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torch.zeros(0, dtype=torch.bfloat16),
-                "text": torch.zeros(0, dtype=torch.bfloat16), "thumbs": torch.zeros(0, dtype=torch.uint8)}
+                "text": torch.zeros(0, dtype=torch.bfloat16), "captions": torch.zeros(0, dtype=torch.int64),
+                "thumbs": torch.zeros(0, dtype=torch.uint8)}
 
 
 # -- reading -------------------------------------------------------------------------------------------
 
 
 class FeatureCache:
-    """A built cache, read a row at a time: ``cache[i]`` -> float32 ``latents``, ``features`` and ``text``
-    (padded back to the text encoder's length with zeros, as at generation time), and the uint8 ``thumbs``
-    of a cache that has them (version 2 on; ``has_thumbnails``). Version-1 caches still train every task
-    but the plan-preview decoder's."""
+    """A built cache, read a row at a time: ``cache.get(i, k)`` (``cache[i]``: ``k = 0``) -> float32
+    ``latents``, ``features`` and the ``text`` of the row's caption ``k`` of ``captions(i)`` (padded back
+    to the text encoder's length with zeros, as at generation time), and the uint8 ``thumbs`` of a cache
+    that has them (version 2 on; ``has_thumbnails``). Version-1 caches still train every task but the
+    plan-preview decoder's; caches before version 3 hold one caption per clip."""
 
     OPEN_SHARDS = 8  # memory-mapped shard handles kept open
 
@@ -295,11 +304,24 @@ class FeatureCache:
         self._open.move_to_end(path)
         return self._open[path]
 
+    def captions(self, index: int) -> int:
+        """How many captions row ``index`` has (1 in caches before version 3)."""
+        if self.record.get("version", 1) < 3:
+            return 1
+        path, row = self.rows[index]
+        return int(self._shard(path).get_slice("captions")[row:row + 1][0])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.get(index)
+
+    def get(self, index: int, caption: int = 0) -> dict[str, torch.Tensor]:
+        if not 0 <= caption < self.captions(index):
+            raise SemanticGenError(f"row {index} of {self.folder} has {self.captions(index)} caption(s); "
+                                   f"caption {caption} does not exist")
         path, row = self.rows[index]
         f = self._shard(path)
         sample = {key: f.get_slice(key)[row:row + 1][0].float() for key in ("latents", "features", "text")}
-        sample["text"] = self._pad(sample["text"])
+        sample["text"] = self._pad(sample["text"][caption] if self.record.get("version", 1) >= 3 else sample["text"])
         if self.has_thumbnails:
             sample["thumbs"] = f.get_slice("thumbs")[row:row + 1][0]
         return sample

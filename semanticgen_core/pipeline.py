@@ -80,11 +80,12 @@ class SemanticGenPipeline:
                    modules.get("encoder"), name=preset.name, baseline=modules.get("baseline"))
 
     @classmethod
-    def embedded(cls, with_encoder: bool = False) -> "SemanticGenPipeline":
-        """The embedded default, from the weights shipped in ``semanticgen_core/weights``."""
+    def embedded(cls, with_encoder: bool = False, stage1=None, stage2=None) -> "SemanticGenPipeline":
+        """The embedded default, from the weights shipped in ``semanticgen_core/weights``; ``stage1`` /
+        ``stage2``: other files of those stages to use in their place (candidates, before they ship)."""
         from .embedded import weights_path
 
-        return cls.from_files(weights_path("stage1"), weights_path("stage2"), weights_path("vae"),
+        return cls.from_files(stage1 or weights_path("stage1"), stage2 or weights_path("stage2"), weights_path("vae"),
                               weights_path("semantic_encoder") if with_encoder else None)
 
     @property

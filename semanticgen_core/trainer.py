@@ -58,7 +58,7 @@ from .compressor import SemanticCompressor
 from .errors import SemanticGenError, run_command
 from .feature_cache import FeatureCache
 from .latent_dit import LatentDiT
-from .model_files import load_model, save_states
+from .model_files import load_model, read_metadata, save_states
 from .plan_sources import SOURCES, plan_features, plan_preset
 from .presets import Preset
 from .semantic_dit import SemanticDiT
@@ -156,8 +156,6 @@ def stage1_task(args, preset: Preset) -> Task:
 def baseline_task(args, preset: Preset) -> Task:
     model = LatentDiT(**{**preset.stage2, "window_frames": None})
     if args.init:  # a stage-2 file's DiT (its plan layers unused), or a baseline to continue
-        from .model_files import read_metadata
-
         kind = read_metadata(args.init).get("kind")
         if kind not in ("stage2", "baseline"):
             raise SemanticGenError(f"--init {args.init} holds a {kind!r} model: the baseline starts from a stage-2 "
@@ -262,15 +260,26 @@ class StepBatches(torch.utils.data.Sampler):
 
 
 class CacheRows(torch.utils.data.Dataset):
-    def __init__(self, cache: FeatureCache):
-        self.cache = cache
+    """Position ``p`` of the run reads its clip with one of the clip's captions, drawn with the key
+    ``(seed, step, p)`` of the sample's other draws (``micro_loss``): the same choice on any number of
+    processes, and again on resuming."""
+
+    def __init__(self, cache: FeatureCache, seed: int, batch: int):
+        self.cache, self.seed, self.batch = cache, seed, batch
 
     def __len__(self) -> int:
         return len(self.cache)
 
+    def caption(self, index: int, position: int) -> int:
+        count = self.cache.captions(index)
+        if count == 1:
+            return 0
+        draw = SampleNoise([(self.seed, position // self.batch, position)]).uniform("caption")
+        return int(draw[0] * count)
+
     def __getitem__(self, key: tuple[int, int]) -> Batch:
         index, position = key
-        return {**self.cache[index], "position": torch.tensor(position)}
+        return {**self.cache.get(index, self.caption(index, position)), "position": torch.tensor(position)}
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -387,6 +396,8 @@ class Trainer:
                     "wall_minutes": round(self.elapsed / 60, 2), "clips": len(self.cache),
                     "data": {"cache": self.cache.folder.name, "preset": self.cache.preset.name,
                              **{k: self.cache.record[k] for k in ("made_by", "clip", "source")}}}
+            if self.args.init:  # a continued model keeps the record of what it was continued from
+                info["init_record"] = json.loads(read_metadata(self.args.init).get("info", "{}"))
             configs = {n: dict(m.config) for n, m in self.task.trained.items()}
             save_states(path, self.task.kind, states, configs, self.task.preset, info,
                         dtype=getattr(torch, self.args.export_dtype))
@@ -420,8 +431,8 @@ class Trainer:
 
         handlers = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
         loader = torch.utils.data.DataLoader(
-            CacheRows(self.cache), batch_sampler=StepBatches(len(self.cache), args.batch, args.accum, args.seed,
-                                                             self.step, args.steps),
+            CacheRows(self.cache, args.seed, args.batch),
+            batch_sampler=StepBatches(len(self.cache), args.batch, args.accum, args.seed, self.step, args.steps),
             num_workers=args.workers, timeout=300 if args.workers else 0, pin_memory=self.device.type == "cuda",
             persistent_workers=False)
         micro = iter(loader)

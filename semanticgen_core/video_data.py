@@ -84,13 +84,14 @@ def _range_problem(start: float | None, end: float | None) -> str | None:
 
 @dataclass(frozen=True)
 class VideoItem:
-    """One entry of a dataset: a file, its caption, an optional time range in seconds."""
+    """One entry of a dataset: a file, its caption (and other wordings of it), an optional time range in seconds."""
 
     path: Path
     caption: str
     start: float | None = None
     end: float | None = None
     root: Path | None = field(default=None, compare=False, repr=False)  # the dataset's folder, for ``name``
+    more_captions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -118,6 +119,11 @@ class Clip:
     frames: np.ndarray  # uint8 [T, H, W, 3] RGB at the dataset's ClipSpec
     caption: str
     source: str  # where it came from, for messages: "cat.mp4@4.00s", "world seed 7"
+    more_captions: tuple[str, ...] = ()  # other wordings of the same clip: training draws one per sample
+
+    @property
+    def captions(self) -> tuple[str, ...]:
+        return (self.caption, *self.more_captions)
 
 
 class VideoReadError(SemanticGenError):
@@ -130,7 +136,8 @@ class VideoReadError(SemanticGenError):
 def list_videos(path: str | os.PathLike) -> tuple[list[VideoItem], list[str]]:
     """A folder (every video file with a same-name .txt caption beside it, recursively, sorted by relative
     path), or a manifest file (.csv with header columns path,caption[,start,end]; or .jsonl with keys path,
-    caption, optional start/end; relative paths are relative to the manifest's folder).
+    caption, optional start/end, where caption may also be a list of captions of the same video, of which
+    training draws one per sample; relative paths are relative to the manifest's folder).
 
     Returns ``(items, skipped)``: ``skipped`` has one line per unusable entry, saying why. Raises
     ``SemanticGenError`` when the path is missing, a folder has no videos, a manifest cannot be parsed or has
@@ -274,14 +281,16 @@ def _manifest_items(manifest: Path, rows: list[tuple[int, dict]]) -> tuple[list[
             skipped.append(f"{where}: start/end must be numbers of seconds, got "
                            f"{row.get('start')!r}/{row.get('end')!r}")
             continue
-        caption = str(row.get("caption") or "").strip()
+        raw = row.get("caption")
+        captions = [c for c in (str(c or "").strip() for c in (raw if isinstance(raw, list) else [raw])) if c]
+        caption = captions[0] if captions else ""
         problem = (_range_problem(start, end) or (None if caption else "empty caption")
                    or (None if video.exists() else "file not found")
                    or (None if video.is_file() else "not a file"))
         if problem:
             skipped.append(f"{where}: {problem}")
         else:
-            items.append(VideoItem(video, caption, start, end, root=root))
+            items.append(VideoItem(video, caption, start, end, root=root, more_captions=tuple(captions[1:])))
     return items, skipped
 
 
@@ -312,7 +321,7 @@ def iter_clips(item: VideoItem, spec: ClipSpec) -> Iterator[Clip]:
         buffer.append(last_out)
         if len(buffer) == spec.num_frames:
             clip_start = start + count * spec.seconds
-            yield Clip(np.stack(buffer), item.caption, f"{_display_path(item)}@{clip_start:.2f}s")
+            yield Clip(np.stack(buffer), item.caption, f"{_display_path(item)}@{clip_start:.2f}s", item.more_captions)
             buffer, count = [], count + 1
     if count == 0:
         _too_short(item, spec, len(buffer))

@@ -1,6 +1,6 @@
 """Encode procedural-world clips into a feature cache, as ``feature_cache`` does for a folder of videos.
 
-    python -m semanticgen_world.cache --out runs/cache --preset embedded --clips 4000 \
+    python -m semanticgen_world.cache --out runs/cache --preset embedded --clips 4000 --captions 4 \
         --vae runs/vae/vae.safetensors --encoder semanticgen_core/weights/semantic_encoder.safetensors --seconds 4
 
 The world is one data source among others: the same cache format, builder and trainer as real videos.
@@ -18,9 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     p = feature_cache.arguments(__doc__.splitlines()[0])
     p.add_argument("--clips", type=int, required=True, help="world clips (training seeds from --first-seed)")
     p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--captions", type=int, default=4,
+                   help="captions per clip: the template caption, then training phrasings (semanticgen_world.wording)")
     p.set_defaults(preset="embedded", seconds=4.0)
     args = p.parse_args(argv)
-    feature_cache.run(args, lambda spec: WorldSource(args.clips, spec, args.first_seed))
+    feature_cache.run(args, lambda spec: WorldSource(args.clips, spec, args.first_seed, args.captions))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ and the world's motions.
     summarize(detections, ...)    -> tracks (one per colour), each with colour, shape and motion
     judge(frames, prompt)         -> which of colour / shape / motion are right, plus consistency
     evaluate(generate, prompts)   -> accuracies with counts over many prompts
-    heldout_prompts(n)            -> captions of held-out world clips (the prompts the evaluation uses)
+    heldout_prompts(n, wording)   -> captions of held-out world clips (the prompts the evaluation uses), in
+                                     the template wording or the held-out paraphrases (``wording.py``)
     vae_psnr(vae, clips)          -> a VideoVAE's reconstruction PSNR
 
 Coordinates in results are fractions of the frame (x of the width, y of the height, area of H*W), so the
@@ -27,7 +28,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from . import world
+from . import wording as _wording, world
 from semanticgen_core.errors import SemanticGenError, ShapeError
 from semanticgen_core.shots import split_shots
 
@@ -512,16 +513,28 @@ def heldout_clips(n: int, start_seed: int = world.HELDOUT_SEED_START, num_frames
     return [world.sample_clip(start_seed + i, num_frames, size, size, fps) for i in range(n)]
 
 
-def heldout_prompts(n: int, start_seed: int = world.HELDOUT_SEED_START, num_frames: int = CLIP_FRAMES) -> list[str]:
-    """Captions of ``n`` held-out world clips: the prompts the evaluation uses (never seen in training)."""
-    return [clip.caption for clip in heldout_clips(n, start_seed, num_frames, size=16)]
+WORDINGS = ("template", "paraphrase")
 
 
-def reference_generator(clips: Sequence[world.Clip]) -> Generate:
-    """A ``generate`` that returns the ground-truth clip of each caption (the detector's ceiling)."""
+def prompt_of(clip: world.Clip, wording: str = "template") -> str:
+    """A held-out clip's prompt: its template caption, or its paraphrase in the held-out wording that no
+    training caption uses (``wording.paraphrase``)."""
+    if wording not in WORDINGS:
+        raise SemanticGenError(f"unknown wording {wording!r}: one of {', '.join(WORDINGS)}")
+    return clip.caption if wording == "template" else _wording.paraphrase(clip)
+
+
+def heldout_prompts(n: int, start_seed: int = world.HELDOUT_SEED_START, num_frames: int = CLIP_FRAMES,
+                    wording: str = "template") -> list[str]:
+    """Prompts of ``n`` held-out world clips: the prompts the evaluation uses (never seen in training)."""
+    return [prompt_of(clip, wording) for clip in heldout_clips(n, start_seed, num_frames, size=16)]
+
+
+def reference_generator(clips: Sequence[world.Clip], wording: str = "template") -> Generate:
+    """A ``generate`` that returns the ground-truth clip of each prompt (the detector's ceiling)."""
     by_caption: dict[str, np.ndarray] = {}
     for clip in clips:
-        by_caption.setdefault(clip.caption, clip.frames)
+        by_caption.setdefault(prompt_of(clip, wording), clip.frames)
 
     def generate(prompt: str, seed: int) -> np.ndarray:
         if prompt not in by_caption:

@@ -143,11 +143,14 @@ class ObjectSpec:
     @property
     def noun_phrase(self) -> str:
         words = [self.color, self.shape]
-        if self.size < _SMALL:
-            words.insert(0, "small")
-        elif self.size > _LARGE:
-            words.insert(0, "large")
+        if size_word(self.size) is not None:
+            words.insert(0, size_word(self.size))
         return " ".join([_article(words[0]), *words])
+
+
+def size_word(size: float) -> str | None:
+    """"small" or "large" for an object of this size (fraction of the frame); None between the two."""
+    return "small" if size < _SMALL else "large" if size > _LARGE else None
 
 
 @dataclass(frozen=True)
@@ -184,12 +187,18 @@ class Clip:
 
     @property
     def caption(self) -> str:
+        return self.caption_of([s.caption for s in self.shots])
+
+    def caption_of(self, shot_texts: list[str]) -> str:
+        """The clip's caption from one text per shot: the text alone for one shot, else timed shots in the
+        prompts' shot syntax ("0-2 s: ...; 2-4 s: ...")."""
+        if len(shot_texts) != len(self.shots):
+            raise SemanticGenError(f"got {len(shot_texts)} shot texts for a clip of {len(self.shots)} shots")
         if len(self.shots) == 1:
-            return self.shots[0].caption
+            return shot_texts[0]
         return "; ".join(
-            f"{_fmt_time(s.start_frame / self.fps)}-{_fmt_time((s.start_frame + s.num_frames) / self.fps)} s: "
-            f"{s.caption}"
-            for s in self.shots
+            f"{_fmt_time(s.start_frame / self.fps)}-{_fmt_time((s.start_frame + s.num_frames) / self.fps)} s: {text}"
+            for s, text in zip(self.shots, shot_texts)
         )
 
 
@@ -612,34 +621,49 @@ def classify_rgb(rgb: tuple[float, float, float] | np.ndarray) -> str | None:
 
 # --------------------------------------------------------------------------- caption parsing
 
+# Synonyms, the training phrasings' and the held-out paraphrases' among them (``wording.py``), so that the
+# evaluation reads either wording back to the scene.
 _COLOR_WORDS = {c: c for c in PALETTE} | {
-    "gray": "grey", "violet": "purple", "magenta": "purple", "turquoise": "cyan", "teal": "cyan", "aqua": "cyan",
+    "gray": "grey", "silver": "grey", "slate": "grey", "pewter": "grey",
+    "violet": "purple", "magenta": "purple", "lilac": "purple", "amethyst": "purple",
+    "turquoise": "cyan", "teal": "cyan", "aqua": "cyan", "aquamarine": "cyan",
+    "scarlet": "red", "crimson": "red", "ruby": "red", "cherry": "red",
+    "tangerine": "orange", "amber": "orange", "pumpkin": "orange", "golden": "yellow", "lemon": "yellow",
+    "canary": "yellow", "emerald": "green", "jade": "green", "cobalt": "blue", "sapphire": "blue",
+    "ultramarine": "blue", "ivory": "white", "pearl": "white",
 }
 _SHAPE_WORDS = {s: s for s in SHAPES} | {
-    "ball": "circle", "disc": "circle", "disk": "circle", "box": "square", "block": "square", "rectangle": "square",
+    "ball": "circle", "disc": "circle", "disk": "circle", "orb": "circle", "sphere": "circle",
+    "box": "square", "block": "square", "rectangle": "square", "cube": "square", "tile": "square",
+    "wedge": "triangle", "pyramid": "triangle", "arrowhead": "triangle", "starburst": "star", "pentagram": "star",
 }
-_SIZE_WORDS = {"small": "small", "tiny": "small", "little": "small", "large": "large", "big": "large", "huge": "large"}
+_SIZE_WORDS = {"small": "small", "tiny": "small", "little": "small", "miniature": "small", "petite": "small",
+               "large": "large", "big": "large", "huge": "large", "giant": "large", "enormous": "large"}
 _BG_WORDS = {
-    "stripes": "stripes", "stripe": "stripes", "striped": "stripes", "gradient": "gradient",
-    "noise": "noise", "noisy": "noise", "clouds": "noise", "cloudy": "noise",
-    "background": "plain", "backdrop": "plain",
+    "stripes": "stripes", "stripe": "stripes", "striped": "stripes", "pinstriped": "stripes", "bands": "stripes",
+    "banded": "stripes", "gradient": "gradient", "fade": "gradient", "ramp": "gradient",
+    "noise": "noise", "noisy": "noise", "clouds": "noise", "cloudy": "noise", "mottled": "noise", "speckled": "noise",
+    "haze": "noise", "hazy": "noise", "background": "plain", "backdrop": "plain", "canvas": "plain", "field": "plain",
 }
 # Matched in this order; a later pattern may not overlap an earlier match, so "leaving to the
-# left" is not also read as "to the left". The earliest match in a segment wins.
+# left" is not also read as "to the left". The earliest match in a segment wins. "going right" is rightward
+# unless "to left" follows ("going right to left").
 _MOTION_PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     (m, re.compile(p)) for m, p in [
-        ("enter_left", r"\b(?:enter\w*|com\w* in|appear\w*)(?: from)?(?: the)? left\b"),
-        ("enter_right", r"\b(?:enter\w*|com\w* in|appear\w*)(?: from)?(?: the)? right\b"),
-        ("leave_left", r"\b(?:leav\w*|exit\w*|go\w* out)(?: to| towards| through)?(?: the)? left\b"),
-        ("leave_right", r"\b(?:leav\w*|exit\w*|go\w* out)(?: to| towards| through)?(?: the)? right\b"),
-        ("bouncing", r"\bbounc\w*"),
-        ("growing", r"\b(?:grow\w*|expand\w*|enlarg\w*|getting (?:bigger|larger))"),
-        ("shrinking", r"\b(?:shrink\w*|contract\w*|getting smaller)"),
-        ("left_to_right", r"\bleft to right\b|\b(?:to|towards) the right\b|\brightwards?\b|\b(?:moving|going|sliding) right\b"),
-        ("right_to_left", r"\bright to left\b|\b(?:to|towards) the left\b|\bleftwards?\b|\b(?:moving|going|sliding) left\b"),
+        ("enter_left", r"\b(?:enter\w*|com\w* in|appear\w*|slid\w* in|arriv\w*)(?: from)?(?: the)? left\b"),
+        ("enter_right", r"\b(?:enter\w*|com\w* in|appear\w*|slid\w* in|arriv\w*)(?: from)?(?: the)? right\b"),
+        ("leave_left", r"\b(?:leav\w*|exit\w*|go\w* out|head\w* out|depart\w*)(?: to| towards| through)?(?: the)? left\b"),
+        ("leave_right", r"\b(?:leav\w*|exit\w*|go\w* out|head\w* out|depart\w*)(?: to| towards| through)?(?: the)? right\b"),
+        ("bouncing", r"\b(?:bounc|ricochet|rebound)\w*"),
+        ("growing", r"\b(?:grow\w*|expand\w*|enlarg\w*|swell\w*|inflat\w*|increas\w* in size|get\w* (?:bigger|larger))"),
+        ("shrinking", r"\b(?:shrink\w*|contract\w*|deflat\w*|dwindl\w*|decreas\w* in size|get\w* smaller)"),
+        ("left_to_right", r"\bleft to right\b|\b(?:to|towards) the right\b|\brightwards?\b"
+                          r"|\b(?:mov|go|slid|head|travel)\w* right\b(?! to)"),
+        ("right_to_left", r"\bright to left\b|\b(?:to|towards) the left\b|\bleftwards?\b"
+                          r"|\b(?:mov|go|slid|head|travel)\w* left\b(?! to)"),
         ("up", r"\bup(?:wards?)?\b|\b(?:rising|rises|ascending|ascends|climbing|climbs)\b"),
-        ("down", r"\bdown(?:wards?)?\b|\b(?:falling|falls|descending|descends|sinking|sinks|dropping)\b"),
-        ("static", r"\b(?:still|static|stationary|motionless|not moving|resting)\b"),
+        ("down", r"\bdown(?:wards?)?\b|\b(?:falling|falls|descending|descends|sinking|sinks|dropping|drops)\b"),
+        ("static", r"\b(?:still|static|stationary|motionless|not moving|resting|rests|stay\w* put|frozen)\b"),
     ]
 ]
 

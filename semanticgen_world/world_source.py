@@ -19,7 +19,7 @@ from semanticgen_core.checkpoints import atomic_file
 from semanticgen_core.errors import SemanticGenError
 from semanticgen_core.video_data import Clip, ClipSpec
 
-from . import world
+from . import world, wording
 
 
 def _check_seeds(first_seed: int, num_clips: int) -> None:
@@ -38,12 +38,16 @@ def _check_seeds(first_seed: int, num_clips: int) -> None:
 
 
 class WorldSource:
-    """``num_clips`` world clips, seeds ``first_seed, first_seed + 1, ...``, one clip per item."""
+    """``num_clips`` world clips, seeds ``first_seed, first_seed + 1, ...``, one clip per item, each with
+    ``captions`` wordings (its template caption, then training phrasings: ``wording.captions``)."""
 
-    def __init__(self, num_clips: int, spec: ClipSpec, first_seed: int = 0):
+    def __init__(self, num_clips: int, spec: ClipSpec, first_seed: int = 0, captions: int = 1):
         _check_seeds(first_seed, num_clips)
+        if captions < 1:
+            raise SemanticGenError(f"world clips need at least 1 caption each, got {captions}")
         self.spec = spec
         self.first_seed = first_seed
+        self.captions = captions
         self.items: list[int] = list(range(first_seed, first_seed + num_clips))
         self.skipped: list[str] = []
 
@@ -54,10 +58,11 @@ class WorldSource:
         seed = self.items[i]
         s = self.spec
         clip = world.sample_clip(seed, s.num_frames, s.height, s.width, s.fps)
-        return [Clip(frames=clip.frames, caption=clip.caption, source=f"world seed {seed}")]
+        caption, *more = wording.captions(clip, self.captions)
+        return [Clip(frames=clip.frames, caption=caption, source=f"world seed {seed}", more_captions=tuple(more))]
 
     def describe(self) -> dict:
-        return {"kind": "world", "first_seed": self.first_seed, "clips": len(self.items)}
+        return {"kind": "world", "first_seed": self.first_seed, "clips": len(self.items), "captions": self.captions}
 
 
 def write_videos(out: str | os.PathLike, num_clips: int, *, seconds: float = 4.0, fps: float = 8.0,

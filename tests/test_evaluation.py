@@ -293,6 +293,15 @@ def test_eval_command_reference_mode_and_missing_weights(pack, tmp_path, monkeyp
     assert record["results"]["first_object"]["color"] == {"correct": 3, "total": 3, "accuracy": 1.0}
     assert [j["prompt"] for j in record["per_prompt"]] == ev.heldout_prompts(3)
     assert "colour" in capsys.readouterr().out
+    # The paraphrase set: the same clips, prompts worded apart from training, judged just as well.
+    assert main(["eval", "--reference", "--prompts", "3", "--psnr-clips", "0", "--wording", "paraphrase",
+                 "--out", str(out), "-q"]) == 0
+    record = json.loads(out.read_text())
+    assert record["wording"] == "paraphrase" and record["results"]["all_correct"]["correct"] == 3
+    assert [j["prompt"] for j in record["per_prompt"]] == ev.heldout_prompts(3, wording="paraphrase")
+    assert "paraphrase wording" in capsys.readouterr().out
+    assert main(["eval", "--reference", "--stage1", "s1.safetensors", "-q"]) == 2
+    assert "takes no --stage1/--stage2 files" in capsys.readouterr().err
     # Without the embedded default's weights the command names the missing file.
     monkeypatch.setattr(semanticgen_core.embedded, "WEIGHTS_DIR", tmp_path / "no-weights")
     assert main(["eval", "--prompts", "1", "-q"]) == 2
@@ -320,6 +329,15 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     assert record["results"]["first_object"]["color"]["total"] == 2
     assert record["vae_psnr"]["clips"] == 1 and record["vae_psnr"]["psnr"] < 20  # random weights
     assert "VAE PSNR" in capsys.readouterr().out
+    # Candidate stage files in place of the embedded default's (the same files, moved out: the same figures).
+    for part in ("stage1", "stage2"):
+        shutil.move(weights / f"{part}.safetensors", tmp_path / f"{part}.safetensors")
+    candidate = tmp_path / "candidate.json"
+    assert main([*args[:-3], "--stage1", str(tmp_path / "stage1.safetensors"), "--stage2",
+                 str(tmp_path / "stage2.safetensors"), "--out", str(candidate), "-q"]) == 0
+    assert json.loads(candidate.read_text())["results"] == record["results"]
+    for part in ("stage1", "stage2"):
+        shutil.move(tmp_path / f"{part}.safetensors", weights / f"{part}.safetensors")
     # The ground truth through that (random) VAE: judged on its reconstructions, not on the clips.
     args = ["eval", "--reference", "vae", "--vae", str(weights / "vae.safetensors"), "--prompts", "2",
             "--seconds", "1", "--out", str(out), "-q"]

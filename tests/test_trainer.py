@@ -137,6 +137,21 @@ def test_bad_datasets_and_caches_get_clear_errors(frozen, tmp_path):
         train(["stage2", "--cache", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "1"])
 
 
+def test_a_manifest_gives_a_video_several_captions(videos, frozen, tmp_path):
+    """A .jsonl manifest's caption may be a list: every clip of that video keeps them all (the trainer draws
+    one per sample); the other videos keep one."""
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(json.dumps({"path": str(videos / "world_0.mp4"), "caption": ["a red thing", "", "a ball"]})
+                        + "\n" + json.dumps({"path": str(videos / "world_1.mp4"), "caption": "one caption"}) + "\n")
+    feature_cache.main(cache_args(manifest, frozen, tmp_path / "cache"))
+    data = FeatureCache(tmp_path / "cache")
+    assert [data.captions(i) for i in range(len(data))] == [2, 2, 1, 1]  # two clips a video; empty captions dropped
+    models = FrozenModels.load(TINY, frozen["vae"], frozen["encoder"])
+    text, _ = models.text.encode(["a red thing", "a ball", "one caption"])
+    for (row, caption), expected in zip([(1, 0), (1, 1), (2, 0)], text):
+        torch.testing.assert_close(data.get(row, caption)["text"], expected.to(torch.bfloat16).float(), rtol=0, atol=0)
+
+
 def stage2_args(cache, out, steps, *extra):
     return ["stage2", "--cache", str(cache), "--out", str(out), "--steps", str(steps), "--batch", "4",
             "--warmup", "2", "--log-every", "1", "--lr", "1e-3", *extra]
@@ -166,6 +181,7 @@ def test_train_export_and_render_through_the_nodes(cache, frozen, tmp_path, pack
     assert not torch.allclose(raw["stage2.proj_out.weight"], weights(s2)["stage2.proj_out.weight"])
     stage1 = load_model(s1, "stage1")
     assert stage1.info["steps"] == 2 and stage1.info["stage2"] == "stage2.safetensors"
+    assert "init_record" not in stage1.info and load_model(base, "baseline").info["init_record"] == info  # continued
     # --lr 0 from the stage-2 file: the baseline keeps its DiT (float16 export)
     torch.testing.assert_close(load_model(base, "baseline").modules["baseline"].proj_out.weight,
                                load_model(s2, "stage2").modules["stage2"].proj_out.weight, rtol=1e-3, atol=1e-3)

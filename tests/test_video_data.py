@@ -265,10 +265,11 @@ def test_world_source_gives_world_clips():
     spec = ClipSpec(9, 8, 32, 32)
     source = WorldSource(2, spec, first_seed=5)
     assert source.items == [5, 6] and source.skipped == [] and len(source) == 2
-    assert source.describe() == {"kind": "world", "first_seed": 5, "clips": 2}
+    assert source.describe() == {"kind": "world", "first_seed": 5, "clips": 2, "captions": 1}
     [clip] = source.clips(1)
     expected = world.sample_clip(6, 9, 32, 32, 8)
     assert isinstance(clip, Clip) and clip.source == "world seed 6" and clip.caption == expected.caption
+    assert clip.more_captions == () and len(WorldSource(1, spec, 5, captions=3).clips(0)[0].captions) == 3
     np.testing.assert_array_equal(clip.frames, expected.frames)
     with pytest.raises(SemanticGenError, match=r"reach into the held-out seeds .*use at most 2 clips"):
         WorldSource(3, spec, first_seed=world.HELDOUT_SEED_START - 2)

@@ -73,7 +73,8 @@ _lock = threading.Lock()
 
 
 class _LRU:
-    """A bounded view of the regenerate cache (most recently used last), as ``apply_edits`` uses it."""
+    """A bounded, locked view of an OrderedDict, most recently used last: the regenerate cache (as
+    ``apply_edits`` uses it) and the plans the preview route works on."""
 
     def __init__(self, store: OrderedDict, limit: int):
         self.store, self.limit = store, limit
@@ -89,6 +90,7 @@ class _LRU:
     def __setitem__(self, key, value) -> None:
         with _lock:
             self.store[key] = value
+            self.store.move_to_end(key)  # a key set again is the most recent, not where it was first set
             while len(self.store) > self.limit:
                 self.store.popitem(last=False)
 
@@ -270,15 +272,7 @@ def remember_plan(node_id: str, plan, other=None, context=None, workflow: str = 
     not shown this plan."""
     entry = {"plan": plan, "other": other, "edits": edits, "cache_key": getattr(context, "cache_key", ""),
              "opts": getattr(context, "opts", None), "negative_prompt": getattr(context, "negative_prompt", "")}
-    _keep((str(workflow or ""), str(node_id)), entry)
-
-
-def _keep(key: tuple[str, str], entry: dict) -> None:
-    with _lock:
-        PLANS[key] = entry
-        PLANS.move_to_end(key)
-        while len(PLANS) > PLANS_MAX:
-            PLANS.popitem(last=False)
+    _LRU(PLANS, PLANS_MAX)[(str(workflow or ""), str(node_id))] = entry
 
 
 def _cached_entry(workflow: str, node_id: str, edits: list):
@@ -290,7 +284,7 @@ def _cached_entry(workflow: str, node_id: str, edits: list):
         latest = next((e for (_, n), e in reversed(PLANS.items()) if n == node_id), None)
     if latest is None or latest["edits"] != edits:
         return None
-    _keep((workflow, node_id), latest)  # this workflow's previews find it from now on
+    _LRU(PLANS, PLANS_MAX)[(workflow, node_id)] = latest  # this workflow's previews find it from now on
     return latest
 
 

@@ -33,6 +33,14 @@ from .wan_blocks import WanRunner, cell_centres, shot_routing
 from .window_stream import stream_forward
 
 
+def noised_plan(tokens: torch.Tensor, level: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plan as stage 2 reads it at noise level ``level`` ``[B]`` (RAE-style: trained on plans noised so,
+    and rendered so): ``(1 - level) * tokens + level * eps`` per sample, and the ``semantic_timestep`` that
+    tells the model the level (on the latents' 0..1000 scale)."""
+    a = level.view(-1, *[1] * (tokens.ndim - 1))
+    return (1 - a) * tokens + a * eps, 1000 * level
+
+
 class LatentDiT(WanRunner, WanTransformer3DModel):
     """Wan2.1 text-to-video DiT with in-context semantic tokens and optional shifted-window attention."""
 

@@ -16,7 +16,7 @@ import torch
 from .compile import maybe_compile
 from .compressor import SemanticCompressor
 from .errors import SemanticGenError
-from .latent_dit import LatentDiT
+from .latent_dit import LatentDiT, noised_plan
 from .plan import SemanticPlan, Segment
 from .presets import Preset
 from .sampling import SamplingOptions, denoise, initial_noise
@@ -196,11 +196,12 @@ class SemanticGenPipeline:
         level = float(self.preset.defaults.get("plan_noise", 0.0) if plan_noise is None else plan_noise)
         if not 0.0 <= level <= 1.0:
             raise SemanticGenError(f"plan_noise must be in 0..1, got {level:g}")
-        tokens = plan.tokens
+        sem, sem_t = plan.tokens[None], None
         if level:  # its own stream of the seed, apart from the latents' starting noise
-            tokens = (1 - level) * tokens + level * initial_noise(tuple(tokens.shape), opts.seed + PLAN_NOISE_SEED)
-        sem = tokens[None].to(self.device, dtype)
-        sem_t = None if not level else torch.full((1,), 1000.0 * level, device=self.device)
+            eps = initial_noise(tuple(plan.tokens.shape), opts.seed + PLAN_NOISE_SEED)[None]
+            sem, sem_t = noised_plan(sem, torch.full((1,), level), eps)
+            sem_t = sem_t.to(self.device)
+        sem = sem.to(self.device, dtype)
         window = stage2.config.window_frames if window_frames == -1 else window_frames
         stream = None if window is None else STREAM_WINDOWS * window
         step = iter(range(opts.steps))  # one call a step (guidance batches both texts)

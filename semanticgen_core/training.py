@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .compressor import SemanticCompressor
-from .latent_dit import LatentDiT
+from .latent_dit import LatentDiT, noised_plan
 from .semantic_dit import SemanticDiT
 
 
@@ -84,11 +84,10 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
     mean, logvar = compressor(features)
     z_sem = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
     a = plan_noise * noise.uniform("plan_noise_level").to(z_sem)
-    aa = a.view(-1, 1, 1, 1, 1)
-    z_aug = (1 - aa) * z_sem + aa * noise.normal("plan_noise", z_sem.shape[1:]).to(z_sem)
+    z_aug, z_t = noised_plan(z_sem, a, noise.normal("plan_noise", z_sem.shape[1:]).to(z_sem))
     text = drop_text(text, empty_text, text_drop, noise)
     flow = flow_matching_loss(
-        lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=1000 * a,
+        lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=z_t,
                             window_offset=window_offset).sample,
         latents, noise)
     kl = compressor.kl(mean, logvar)

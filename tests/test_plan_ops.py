@@ -458,13 +458,20 @@ def test_preview_node_shows_one_image_per_step(pack, tiny_models):
     assert all((pack.nodes.comfy.temp_dir() / f["filename"]).is_file() for f in files)
 
 
-def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack, tiny_models, monkeypatch):
-    edit, plan_mod = _node_modules(pack)
+@pytest.fixture
+def sampled(pack, tiny_models):
+    """Through the nodes: the tiny stage 1, the embedded text encoder, a conditioning and a plan sampled from it."""
     nodes = pack.nodes
     stage1 = nodes.loaders.SemanticGenStage1Loader().load(tiny_models["stage1"])[0]
     text_encoder = nodes.loaders.SemanticGenTextEncoderLoader().load("embedded")[0]
     (cond,) = nodes.text.SemanticGenTextEncode().encode(text_encoder, "a red circle moving right")
     (plan,) = nodes.sampling.SemanticGenStage1Sample().sample(stage1, cond, 64, 64, 33, 8.0, 0, 2, 1.0, 3.0, "euler")
+    return stage1, text_encoder, cond, plan
+
+
+def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack, sampled, monkeypatch):
+    edit, plan_mod = _node_modules(pack)
+    stage1, text_encoder, cond, plan = sampled
     node = edit.SemanticGenEditPlan()
     regen = {"op": "regenerate", "start_s": 1, "end_s": 3, "prompt": "a blue star", "seed": 4, "steps": 2}
     edit.REGENERATED.clear()
@@ -489,15 +496,11 @@ def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack
         node.edit(foreign, json.dumps([regen]), stage1=stage1, conditioning=cond)
 
 
-def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling(pack, tiny_models):
+def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling(pack, sampled):
     """What the timeline asks after each edit (``POST /semanticgen/edit_plan/preview``): the node's last input
     plan with the edits applied, drawn exactly as the node itself would send it after a run."""
     edit, _ = _node_modules(pack)
-    nodes = pack.nodes
-    stage1 = nodes.loaders.SemanticGenStage1Loader().load(tiny_models["stage1"])[0]
-    text_encoder = nodes.loaders.SemanticGenTextEncoderLoader().load("embedded")[0]
-    (cond,) = nodes.text.SemanticGenTextEncode().encode(text_encoder, "a red circle moving right")
-    (plan,) = nodes.sampling.SemanticGenStage1Sample().sample(stage1, cond, 64, 64, 33, 8.0, 0, 2, 1.0, 3.0, "euler")
+    stage1, text_encoder, cond, plan = sampled
     node = edit.SemanticGenEditPlan()
     edit.PLANS.clear()
     status, body = edit.preview_request({"node_id": "7", "edits": []})
@@ -567,7 +570,11 @@ def test_the_preview_benchmark_times_each_edit_list(capsys, monkeypatch):
     from pathlib import Path
 
     monkeypatch.setattr(sys, "argv", ["edit_preview.py", "--seconds", "8", "--runs", "1"])
-    runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "edit_preview.py"), run_name="__main__")
+    threads = torch.get_num_threads()
+    try:
+        runpy.run_path(str(Path(__file__).resolve().parents[1] / "bench" / "edit_preview.py"), run_name="__main__")
+    finally:  # the script sets its own thread count; later tests compare weights bit for bit across processes
+        torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "plan: 17 steps of 4x4 tokens (8.1 s)" in out
     rows = [line for line in out.splitlines() if "(target 1000 ms:" in line]

@@ -18,6 +18,7 @@ screenshots there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import importlib
@@ -628,6 +629,17 @@ def comfyui(request, pack, tiny_model_files, tmp_path_factory):
         yield {**running, "frontend": frontend_name(request.param)}
 
 
+@contextlib.contextmanager
+def comfyui_page(comfyui):
+    """A headless browser on the ComfyUI frontend, ready; yields its page and closes the browser after."""
+    b = Browser.launch(CHROMIUM, width=1500, height=900)
+    try:
+        open_comfyui(b.page, comfyui)
+        yield b.page
+    finally:
+        b.close()
+
+
 def open_comfyui(page, comfyui) -> None:
     page.goto(comfyui["url"] + "/")
     page.wait_for("!!(window.app && window.app.graph && window.app.canvas)", timeout=120, what="the ComfyUI frontend")
@@ -666,11 +678,8 @@ def element_center(page, js: str) -> tuple[float, float]:
 
 
 def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
-    b = Browser.launch(CHROMIUM, width=1500, height=900)
     tag = comfyui["frontend"]
-    try:
-        page = b.page
-        open_comfyui(page, comfyui)
+    with comfyui_page(comfyui) as page:
         edit_id = load_edit_workflow(page, tiny_models)
         node = f"window.app.graph.getNodeById({edit_id})"
         # the extension put the timeline on the node, holding the workflow's edit list
@@ -724,19 +733,14 @@ def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
         assert page.eval(f"{node}.semanticgen.editor.plan.steps.map(s => s.index)") == [4, 3, 2, 1, 0]
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
-    finally:
-        b.close()
 
 
 def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp_path):
     """After a reload the timeline fills when the workflow opens (the server knows the node's plan), a Run in
     which ComfyUI takes the node from its cache fills it as that run's output, and an edit is previewed by the
     server's route without queueing anything."""
-    b = Browser.launch(CHROMIUM, width=1500, height=900)
     tag = comfyui["frontend"]
-    try:
-        page = b.page
-        open_comfyui(page, comfyui)
+    with comfyui_page(comfyui) as page:
         edit_id = load_edit_workflow(page, tiny_models)
         node = f"window.app.graph.getNodeById({edit_id})"
         editor = f"{node}.semanticgen.editor"
@@ -826,17 +830,12 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
         keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_other_{tag}.png")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
-    finally:
-        b.close()
 
 
 def test_timeline_of_a_node_in_a_subgraph_inside_comfyui(comfyui, tiny_models, tmp_path):
     """Inside a subgraph the Edit Plan node runs as "<subgraph node's id>:<its id>": its timeline fills from
     its execution, when the workflow opens again (a reload), and on a Run served from the cache."""
-    b = Browser.launch(CHROMIUM, width=1500, height=900)
-    try:
-        page = b.page
-        open_comfyui(page, comfyui)
+    with comfyui_page(comfyui) as page:
         edit_id = load_edit_workflow(page, tiny_models)
         outer = page.eval(f"""(() => {{ const graph = window.app.graph, node = graph.getNodeById({edit_id});
             const made = graph.convertToSubgraph(new Set([node])); return (made.node ?? made).id; }})()""")
@@ -859,8 +858,6 @@ def test_timeline_of_a_node_in_a_subgraph_inside_comfyui(comfyui, tiny_models, t
         assert f"{outer}:{edit_id}" in page.eval("window.cachedNodes")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
-    finally:
-        b.close()
 
 
 def test_timeline_in_nodes_2_mode_inside_comfyui(comfyui, tiny_models, tmp_path):
@@ -870,35 +867,32 @@ def test_timeline_in_nodes_2_mode_inside_comfyui(comfyui, tiny_models, tmp_path)
         f"{comfyui['url']}/settings/Comfy.VueNodes.Enabled", data=json.dumps(value).encode(), method="POST",
         headers={"Content-Type": "application/json"}), timeout=10).read()
     set_setting(True)
-    b = Browser.launch(CHROMIUM, width=1500, height=900)
     try:
-        page = b.page
-        open_comfyui(page, comfyui)
-        if page.eval("window.app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')") is not True:
-            pytest.skip(f"{comfyui['frontend']} has no Nodes 2.0 mode")
-        version = tuple(int(x) for x in page.eval("window.__COMFYUI_FRONTEND_VERSION__").split(".")[:2])
-        if version < (1, 28):
-            pytest.skip(f"the Nodes 2.0 mode of {comfyui['frontend']} is an early preview that draws no DOM widgets "
-                        "(nor multiline text): the Edit Plan node shows neither its edits nor the timeline")
-        edit_id = load_edit_workflow(page, tiny_models)
-        node = f"window.app.graph.getNodeById({edit_id})"
-        editor = f"{node}.semanticgen.editor"
-        page.eval("window.app.queuePrompt(0, 1)")
-        page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the run")
-        geometry = f"{node}.semanticgen.view.geometry()"
-        y = page.eval(f"{geometry}.tileY")
-        x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
-        assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
-        page.drag(x1, y, x2, y)
-        page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
-        saved_edits = json.loads(page.eval(f"{node}.widgets.find(w => w.name === 'edits').value"))
-        assert saved_edits[-1] == {"op": "cut", "start_s": 1, "end_s": 3}
-        page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 3", timeout=20,
-                      what="the preview of the edit")
-        page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
-        keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_nodes2_{comfyui['frontend']}.png")
+        with comfyui_page(comfyui) as page:
+            if page.eval("window.app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')") is not True:
+                pytest.skip(f"{comfyui['frontend']} has no Nodes 2.0 mode")
+            version = tuple(int(x) for x in page.eval("window.__COMFYUI_FRONTEND_VERSION__").split(".")[:2])
+            if version < (1, 28):
+                pytest.skip(f"the Nodes 2.0 mode of {comfyui['frontend']} is an early preview that draws no DOM widgets "
+                            "(nor multiline text): the Edit Plan node shows neither its edits nor the timeline")
+            edit_id = load_edit_workflow(page, tiny_models)
+            node = f"window.app.graph.getNodeById({edit_id})"
+            editor = f"{node}.semanticgen.editor"
+            page.eval("window.app.queuePrompt(0, 1)")
+            page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the run")
+            geometry = f"{node}.semanticgen.view.geometry()"
+            y = page.eval(f"{geometry}.tileY")
+            x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
+            assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
+            page.drag(x1, y, x2, y)
+            page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
+            saved_edits = json.loads(page.eval(f"{node}.widgets.find(w => w.name === 'edits').value"))
+            assert saved_edits[-1] == {"op": "cut", "start_s": 1, "end_s": 3}
+            page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 3", timeout=20,
+                          what="the preview of the edit")
+            page.wait_for(f"{node}.semanticgen.view.loaded()", what="the preview's thumbnails")
+            keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_nodes2_{comfyui['frontend']}.png")
     finally:
-        b.close()
         set_setting(False)
 
 
@@ -965,10 +959,7 @@ def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_
     workflow = json.loads((ROOT / "workflows" / "edit_plan_then_render.json").read_text())
     loaders = {n["type"]: n["widgets_values"][0] for n in workflow["nodes"] if n["type"].endswith("Loader")}
     assert set(loaders.values()) == {"embedded"}, loaders  # the workflow as shipped runs the embedded default
-    b = Browser.launch(CHROMIUM, width=1500, height=900)
-    try:
-        page = b.page
-        open_comfyui(page, comfyui)
+    with comfyui_page(comfyui) as page:
         wait_until_idle(page)  # (an earlier test's render may still be writing its video)
         started = time.time()
         page.eval(f"window.app.loadGraphData({json.dumps(workflow)}, true, true, 'edit_plan_then_render')")
@@ -1016,5 +1007,3 @@ def test_embedded_default_thumbnails_show_the_video_inside_comfyui(comfyui, tmp_
         keep_screenshot(page.screenshot(), tmp_path, f"plan_editor_comfyui_embedded_{comfyui['frontend']}.png")
         errors = [c for c in page.console if "semanticgen" in c.lower() or "plan_editor" in c.lower()]
         assert not errors, errors
-    finally:
-        b.close()

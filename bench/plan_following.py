@@ -41,7 +41,7 @@ to 64x64) and the same detector tracks the first object; for each caption whose 
 (rightward, leftward, up, down) it counts the plans whose object travels at least 0.15 of the frame that
 way (chance: about 1 in 4), by direction:
 
-    python bench/plan_following.py --prompts 80 --plan-travel
+    python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE]
 
 A configuration is a comma-separated list of ``key=value`` (``base`` for none). Each configuration renders
 ``--prompts`` clips (about 3 s each on one CPU thread); the plans are encoded once.
@@ -190,11 +190,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="JSON with every figure and judgement")
     p.add_argument("--plan-travel", action="store_true",
                    help="judge the plans (the clips' own and stage 1's) through the preview decoder instead")
+    p.add_argument("--stage1", type=Path, help="with --plan-travel: this stage-1 file instead of the embedded one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = {c: parse_config(c) for c in args.configs}
 
-    pipe = SemanticGenPipeline.embedded(with_encoder=True)
+    pipe = SemanticGenPipeline.embedded(with_encoder=True, stage1=args.stage1)
     d = pipe.preset.defaults
     fps, size = float(d["fps"]), int(d["height"])
     clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, 33, size, fps)

@@ -1,0 +1,59 @@
+"""One prompt over many seeds: how often the embedded default gets it right, as the README's first command
+makes it (4 s, the model's steps and guidance), judged by the independent detector.
+
+    python bench/prompt_seeds.py "a red circle moving from left to right over blue stripes" --seeds 52
+
+Prints each seed's verdict on the prompt's first object (colour, shape, motion) and the counts; the seeds
+judged right on all three are the ones a README command may use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
+from semanticgen_core.sampling import SamplingOptions  # noqa: E402
+from semanticgen_world.evaluation import judge  # noqa: E402
+
+ASPECTS = ("color", "shape", "motion")
+
+
+def verdicts(pipe: SemanticGenPipeline, prompt: str, seeds: range, steps: int | None = None) -> dict[int, dict]:
+    """{seed: {aspect: True/False/None}} for the prompt's first object."""
+    d = pipe.preset.defaults
+    out = {}
+    for seed in seeds:
+        frames = pipe(prompt, opts=SamplingOptions(steps=steps or d["steps"], guidance=d["guidance"], seed=seed))
+        first = judge(frames, prompt)["objects"][0]
+        out[seed] = {a: first[a] for a in ASPECTS}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("prompt")
+    p.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
+    p.add_argument("--first", type=int, default=0, help="first seed")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    got = verdicts(SemanticGenPipeline.embedded(), args.prompt, range(args.first, args.first + args.seeds), args.steps)
+    for seed, v in got.items():
+        print(seed, " ".join(f"{a}={'right' if v[a] else 'wrong' if v[a] is False else '-'}" for a in ASPECTS))
+    right = [s for s, v in got.items() if all(v[a] is not False for a in ASPECTS)]
+    counts = ", ".join(f"{a} {sum(bool(v[a]) for v in got.values())}" for a in ASPECTS)
+    print(f"{args.prompt!r}, seeds {args.first}..{args.first + args.seeds - 1}: {counts} of {len(got)} right; "
+          f"all three at seeds {right or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

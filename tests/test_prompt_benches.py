@@ -1,0 +1,45 @@
+"""bench/text_sensitivity.py (how much stage 1's velocity moves when one phrase of the prompt is swapped) and
+bench/prompt_seeds.py (one prompt judged over seeds)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import text_sensitivity as ts  # noqa: E402
+
+from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
+
+
+def test_a_swap_that_changes_no_word_moves_nothing_and_the_colour_moves_the_shipped_stage_1(monkeypatch, capsys):
+    pipe = SemanticGenPipeline.embedded()
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(ts, "SWAPS", {**ts.SWAPS, "nothing": ("a hexagon", "a pentagon")})
+    got = ts.sensitivities(pipe, ts.CAPTION, 2, (1000.0, 400.0))
+    assert torch.get_num_threads() == threads
+    for row in got.values():
+        assert row["nothing"] == 0.0  # the caption has no such phrase: the same text, the same velocity
+        assert row["colour"] > 0.05 and row["background"] > row["colour"]
+        assert row["motion kind"] > 0.05
+    ts.main(["--samples", "1"])
+    assert "| 1000 |" in capsys.readouterr().out
+
+
+def test_prompt_seeds_judges_each_seed_as_the_detector_does(capsys):
+    import prompt_seeds
+
+    from semanticgen_core.sampling import SamplingOptions
+    from semanticgen_world.evaluation import judge
+
+    prompt = "a large white circle growing on a plain green background"
+    pipe = SemanticGenPipeline.embedded()
+    got = prompt_seeds.verdicts(pipe, prompt, range(3, 4), steps=3)
+    frames = pipe(prompt, opts=SamplingOptions(steps=3, guidance=pipe.preset.defaults["guidance"], seed=3))
+    first = judge(frames, prompt)["objects"][0]
+    assert got == {3: {a: first[a] for a in prompt_seeds.ASPECTS}}
+    prompt_seeds.main([prompt, "--seeds", "1", "--first", "3", "--steps", "3"])
+    out = capsys.readouterr().out
+    counts = ", ".join(f"{a} {int(bool(first[a]))}" for a in prompt_seeds.ASPECTS)
+    assert f"seeds 3..3: {counts} of 1 right" in out

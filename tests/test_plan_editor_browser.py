@@ -677,6 +677,15 @@ def element_center(page, js: str) -> tuple[float, float]:
     return page.eval(f"(() => {{ const r = ({js}).getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; }})()")
 
 
+def select_steps(page, node: str, first: int, last: int) -> None:
+    """Drag across the node's timeline from plan step ``first`` to ``last``, as a user selects them."""
+    geometry = f"{node}.semanticgen.view.geometry()"
+    y = page.eval(f"{geometry}.tileY")
+    x1, x2 = page.eval(f"{geometry}.stepX({first})"), page.eval(f"{geometry}.stepX({last})")
+    assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
+    page.drag(x1, y, x2, y)
+
+
 def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
     tag = comfyui["frontend"]
     with comfyui_page(comfyui) as page:
@@ -694,11 +703,7 @@ def test_timeline_inside_comfyui(comfyui, tiny_models, tmp_path):
         assert page.eval(f"{node}.semanticgen.editor.executedCurrent") is True
         assert page.eval(f"{node}.semanticgen.editor.plan.steps.length") == 5  # 33 frames, 1 plan step a second
         # select steps 1-2 with the mouse and press the timeline's Delete button
-        geometry = f"{node}.semanticgen.view.geometry()"
-        y = page.eval(f"{geometry}.tileY")
-        x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
-        assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
-        page.drag(x1, y, x2, y)
+        select_steps(page, node, 1, 2)
         page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
         new_edits = saved_edits + [{"op": "cut", "start_s": 1, "end_s": 3}]
         widget_value = f"JSON.parse({node}.widgets.find(w => w.name === 'edits').value)"
@@ -789,9 +794,7 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
 
         # an edit without a run: the route previews it
         queued = page.eval("window.app.api.fetchApi('/history').then((r) => r.json()).then((h) => Object.keys(h).length)")
-        geometry = f"{node}.semanticgen.view.geometry()"
-        y = page.eval(f"{geometry}.tileY")
-        page.drag(page.eval(f"{geometry}.stepX(1)"), y, page.eval(f"{geometry}.stepX(2)"), y)
+        select_steps(page, node, 1, 2)
         start = time.time()
         page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
         page.wait_for(f"{editor}.state === 'preview' && {editor}.shown.output.steps === 3", timeout=20,
@@ -820,6 +823,7 @@ def test_timeline_fills_from_the_server_inside_comfyui(comfyui, tiny_models, tmp
         assert page.eval(f"{node}.semanticgen.view.elements.statusLeft.getBoundingClientRect().bottom <= "
                          f"{root}.getBoundingClientRect().bottom")
         page.wait_for(f"{node}.semanticgen.view.loaded()", what="the thumbnails")
+        geometry = f"{node}.semanticgen.view.geometry()"
         y = page.eval(f"{geometry}.otherTileY")
         assert page.eval(f"document.elementFromPoint({page.eval(f'{geometry}.otherStepX(4)')}, {y}) === "
                          f"{node}.semanticgen.view.elements.canvas")
@@ -880,11 +884,7 @@ def test_timeline_in_nodes_2_mode_inside_comfyui(comfyui, tiny_models, tmp_path)
             editor = f"{node}.semanticgen.editor"
             page.eval("window.app.queuePrompt(0, 1)")
             page.wait_for(f"{editor}.state === 'run'", timeout=240, what="the run")
-            geometry = f"{node}.semanticgen.view.geometry()"
-            y = page.eval(f"{geometry}.tileY")
-            x1, x2 = page.eval(f"{geometry}.stepX(1)"), page.eval(f"{geometry}.stepX(2)")
-            assert page.eval(f"document.elementFromPoint({x1}, {y}) === {node}.semanticgen.view.elements.canvas")
-            page.drag(x1, y, x2, y)
+            select_steps(page, node, 1, 2)
             page.click(*element_center(page, f"{node}.semanticgen.view.elements.buttons.delete"))
             saved_edits = json.loads(page.eval(f"{node}.widgets.find(w => w.name === 'edits').value"))
             assert saved_edits[-1] == {"op": "cut", "start_s": 1, "end_s": 3}

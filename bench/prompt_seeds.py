@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.prompt_sheet import verdict  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 from semanticgen_world.evaluation import judge  # noqa: E402
@@ -24,15 +25,12 @@ from semanticgen_world.evaluation import judge  # noqa: E402
 ASPECTS = ("color", "shape", "motion")
 
 
-def verdicts(pipe: SemanticGenPipeline, prompt: str, seeds: range, steps: int | None = None) -> dict[int, dict]:
-    """{seed: {aspect: True/False/None}} for the prompt's first object."""
+def judgements(pipe: SemanticGenPipeline, prompt: str, seeds: range, steps: int | None = None) -> dict[int, dict]:
+    """{seed: the detector's judgement (``evaluation.judge``) of that seed's video}."""
     d = pipe.preset.defaults
-    out = {}
-    for seed in seeds:
-        frames = pipe(prompt, opts=SamplingOptions(steps=steps or d["steps"], guidance=d["guidance"], seed=seed))
-        first = judge(frames, prompt)["objects"][0]
-        out[seed] = {a: first[a] for a in ASPECTS}
-    return out
+    return {seed: judge(pipe(prompt, opts=SamplingOptions(steps=steps or d["steps"], guidance=d["guidance"],
+                                                          seed=seed)), prompt)
+            for seed in seeds}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,9 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    got = verdicts(SemanticGenPipeline.embedded(), args.prompt, range(args.first, args.first + args.seeds), args.steps)
-    for seed, v in got.items():
-        print(seed, " ".join(f"{a}={'right' if v[a] else 'wrong' if v[a] is False else '-'}" for a in ASPECTS))
+    judged = judgements(SemanticGenPipeline.embedded(), args.prompt, range(args.first, args.first + args.seeds),
+                        args.steps)
+    for seed, j in judged.items():
+        print(seed, verdict(j))
+    got = {seed: j["objects"][0] for seed, j in judged.items()}
     right = [s for s, v in got.items() if all(v[a] is not False for a in ASPECTS)]
     counts = ", ".join(f"{a} {sum(bool(v[a]) for v in got.values())}" for a in ASPECTS)
     print(f"{args.prompt!r}, seeds {args.first}..{args.first + args.seeds - 1}: {counts} of {len(got)} right; "

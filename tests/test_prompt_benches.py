@@ -35,11 +35,13 @@ def test_prompt_seeds_judges_each_seed_as_the_detector_does(capsys):
 
     prompt = "a large white circle growing on a plain green background"
     pipe = SemanticGenPipeline.embedded()
-    got = prompt_seeds.verdicts(pipe, prompt, range(3, 4), steps=3)
+    got = prompt_seeds.judgements(pipe, prompt, range(3, 4), steps=3)
     frames = pipe(prompt, opts=SamplingOptions(steps=3, guidance=pipe.preset.defaults["guidance"], seed=3))
-    first = judge(frames, prompt)["objects"][0]
-    assert got == {3: {a: first[a] for a in prompt_seeds.ASPECTS}}
+    judged = judge(frames, prompt)
+    first = judged["objects"][0]
+    assert got == {3: judged}
     prompt_seeds.main([prompt, "--seeds", "1", "--first", "3", "--steps", "3"])
     out = capsys.readouterr().out
     counts = ", ".join(f"{a} {int(bool(first[a]))}" for a in prompt_seeds.ASPECTS)
     assert f"seeds 3..3: {counts} of 1 right" in out
+    assert f"3 {prompt_seeds.verdict(judged)}\n" in out  # each seed's line is the contact sheet's verdict

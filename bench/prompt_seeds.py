@@ -18,6 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.prompt_sheet import verdict  # noqa: E402
+from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 from semanticgen_world.evaluation import judge  # noqa: E402
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error(f"--seeds must be at least 1, got {args.seeds}")
     if args.threads:
         torch.set_num_threads(args.threads)
     judged = judgements(SemanticGenPipeline.embedded(), args.prompt, range(args.first, args.first + args.seeds),
@@ -56,4 +59,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

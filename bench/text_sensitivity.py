@@ -22,6 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from semanticgen_core.errors import run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
 
 CAPTION = "a small red circle moving from left to right on a plain blue background"
@@ -56,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=8, help="noisy plans averaged over (default 8)")
     p.add_argument("--caption", default=CAPTION)
     args = p.parse_args(argv)
+    if args.samples < 1:
+        p.error(f"--samples must be at least 1, got {args.samples}")
     pipe = SemanticGenPipeline.embedded(stage1=args.stage1)
     table = sensitivities(pipe, args.caption, args.samples, (1000.0, 900.0, 700.0, 400.0))
     print(f"stage 1: {args.stage1 or 'embedded'}; caption: {args.caption!r}")
@@ -67,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_command(main)

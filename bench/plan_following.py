@@ -36,12 +36,12 @@ flicker on small objects).
 
 ``--plan-travel`` instead asks whether the plans themselves carry the caption's direction, before any
 stage 2: the clip's own plan and stage 1's plan for its caption (seed ``--seed + i``, the preset's
-steps and guidance) are drawn by the plan-preview decoder (``plan_preview.py``, 16x16 a step, upsampled
+steps, guidance and alignment guidance, or ``--alignment``) are drawn by the plan-preview decoder (``plan_preview.py``, 16x16 a step, upsampled
 to 64x64) and the same detector tracks the first object; for each caption whose first object travels
 (rightward, leftward, up, down) it counts the plans whose object travels at least 0.15 of the frame that
 way (chance: about 1 in 4), by direction:
 
-    python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE]
+    python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE] [--alignment W]
 
 A configuration is a comma-separated list of ``key=value`` (``base`` for none). Each configuration renders
 ``--prompts`` clips (about 3 s each on one CPU thread); the plans are encoded once.
@@ -191,6 +191,8 @@ def main(argv=None) -> int:
     p.add_argument("--plan-travel", action="store_true",
                    help="judge the plans (the clips' own and stage 1's) through the preview decoder instead")
     p.add_argument("--stage1", type=Path, help="with --plan-travel: this stage-1 file instead of the embedded one")
+    p.add_argument("--alignment", type=float, default=None,
+                   help="with --plan-travel: stage 1's alignment guidance (default: the model's; 0: off)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = {c: parse_config(c) for c in args.configs}
@@ -200,7 +202,7 @@ def main(argv=None) -> int:
     fps, size = float(d["fps"]), int(d["height"])
     clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, 33, size, fps)
     if args.plan_travel:
-        return plan_travel(pipe, clips, args.seed)
+        return plan_travel(pipe, clips, args.seed, args.alignment)
     plans, stds, refs = [], [], []
     for clip in clips:
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
@@ -253,7 +255,7 @@ def main(argv=None) -> int:
 UNIT = {"rightward": (1.0, 0.0), "leftward": (-1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
-def plan_travel(pipe: SemanticGenPipeline, clips, seed: int) -> int:
+def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | None = None) -> int:
     """``--plan-travel``: does the plan carry the caption's direction? (the module's docstring)"""
     import torch.nn.functional as F
 
@@ -269,7 +271,7 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int) -> int:
         if group not in UNIT:
             continue
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
-        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=seed + i)
+        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=seed + i, alignment=alignment)
         plans = {"clip's own plan": pipe.encode_video(frames, clip.fps, clip.caption),
                  "stage 1's plan": pipe.generate_plan(clip.caption, clip.frames.shape[0], clip.fps, clip.frames.shape[1],
                                                       clip.frames.shape[2], opts)}

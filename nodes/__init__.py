@@ -6,15 +6,15 @@ classes run inside ComfyUI, in the headless runner (``python -m semanticgen``) a
 transformers) is imported when a node first runs.
 
 Custom wire types: SEMANTICGEN_TEXT_ENCODER, SEMANTICGEN_STAGE1, SEMANTICGEN_STAGE2, SEMANTICGEN_VAE,
-SEMANTICGEN_ENCODER (models), SEMANTICGEN_CONDITIONING (text embeddings), SEMANTIC_PLAN. Frames are core
+SEMANTICGEN_ENCODER, SEMANTICGEN_ALIGNER (models), SEMANTICGEN_CONDITIONING (text embeddings), SEMANTIC_PLAN. Frames are core
 IMAGE ``[T, H, W, 3]`` in 0..1 and latents core LATENT ``{"samples": [B, 16, T', H/8, W/8]}`` (raw, as core).
 """
 
 from . import comfy
 from .decode import SemanticGenDecodeToVideo, SemanticGenVAEDecode
 from .edit import SemanticGenEditPlan, SemanticGenPlanPreview, register_routes
-from .loaders import (SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader,
-                      SemanticGenTextEncoderLoader, SemanticGenVAELoader)
+from .loaders import (SemanticGenAlignerLoader, SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader,
+                      SemanticGenStage2Loader, SemanticGenTextEncoderLoader, SemanticGenVAELoader)
 from .plans import SemanticGenLoadPlan, SemanticGenSavePlan, SemanticGenSemanticEncode
 from .sampling import SemanticGenStage1Sample, SemanticGenStage2Sample
 from .text import SemanticGenTextEncode
@@ -30,6 +30,7 @@ _NODES = {
     "SemanticGenStage2Loader": (SemanticGenStage2Loader, "SemanticGen Load Stage 2 (renderer)"),
     "SemanticGenVAELoader": (SemanticGenVAELoader, "SemanticGen Load VAE"),
     "SemanticGenSemanticEncoderLoader": (SemanticGenSemanticEncoderLoader, "SemanticGen Load Semantic Encoder"),
+    "SemanticGenAlignerLoader": (SemanticGenAlignerLoader, "SemanticGen Load Aligner"),
     "SemanticGenTextEncode": (SemanticGenTextEncode, "SemanticGen Text Encode"),
     "SemanticGenStage1Sample": (SemanticGenStage1Sample, "SemanticGen Stage 1: Plan from Text"),
     "SemanticGenStage2Sample": (SemanticGenStage2Sample, "SemanticGen Stage 2: Render Plan"),

@@ -7,6 +7,7 @@
 | stage 2 | ``semanticgen``, ``diffusion_models`` | SemanticGen stage-2 files, or a Wan2.1 T2V DiT (in-context layers untrained) |
 | VAE | ``semanticgen``, ``vae`` | SemanticGen VAE files, or the Wan2.1 VAE (``wan_2.1_vae.safetensors``) |
 | semantic encoder | ``semanticgen``, ``clip_vision`` | SemanticGen encoder files, or a Qwen2.5-VL checkpoint |
+| aligner | ``semanticgen`` | SemanticGen aligner files (stage 1's alignment guidance) |
 
 A missing file is reported by ``VALIDATE_INPUTS`` before anything runs, naming the file and the folder it
 belongs in (instead of core's bare "Value not in list"). Every load goes through the shared model cache.
@@ -324,8 +325,21 @@ class SemanticGenSemanticEncoderLoader(_Loader):
         return {"encoder": encoder}, WAN, {"checkpoint": True}
 
 
+class SemanticGenAlignerLoader(_Loader):
+    KIND, OUTPUT, WHAT = "aligner", "SEMANTICGEN_ALIGNER", "aligner"
+    FOLDERS = (comfy.SEMANTICGEN_FOLDER,)
+    RETURN_TYPES = ("SEMANTICGEN_ALIGNER",)
+    RETURN_NAMES = ("aligner",)
+    OUTPUT_TOOLTIPS = ("Scores plans against prompts; connected to Stage 1, it steers the plan toward its prompt.",)
+    DESCRIPTION = ("Loads the aligner of stage 1's alignment guidance: a small contrastive text-plan model that tells "
+                   "which way a plan moves, so the plan goes where the prompt says (semanticgen_core/plan_alignment.py).")
+    CHOICE_TOOLTIP = (
+        "embedded: the aligner of the embedded default (no download). Aligner files belong to the stage-2 file "
+        "whose plans they were trained on (python -m semanticgen_core.trainer aligner); put them in models/semanticgen.")
+
+
 LOADERS = (SemanticGenTextEncoderLoader, SemanticGenStage1Loader, SemanticGenStage2Loader, SemanticGenVAELoader,
-           SemanticGenSemanticEncoderLoader)
+           SemanticGenSemanticEncoderLoader, SemanticGenAlignerLoader)
 
 
 def ready(*models: LoadedModel, memory_required: int = 0) -> None:

@@ -83,10 +83,10 @@ def dit_memory(plan, dtype: torch.dtype, batch: int = 2) -> int:
     return int(elements * torch.finfo(dtype).bits // 8 * 0.01 * 2 ** 20)
 
 
-def _options(seed, steps, guidance, shift, sampler):
+def _options(seed, steps, guidance, shift, sampler, alignment=None):
     from semanticgen_core.sampling import SamplingOptions
 
-    return SamplingOptions(steps=steps, sampler=sampler, shift=shift, guidance=guidance, seed=seed)
+    return SamplingOptions(steps=steps, sampler=sampler, shift=shift, guidance=guidance, seed=seed, alignment=alignment)
 
 
 def _pipeline(preset, name, **parts):
@@ -127,6 +127,12 @@ class SemanticGenStage1Sample:
                               "tooltip": "Frame rate of the video. The plan samples it at the semantic encoder's "
                                          "low rate (4 fps for the embedded default, 1.6 fps for Qwen2.5-VL)."}),
             **sampling_inputs(20),
+        }, "optional": {
+            "aligner": ("SEMANTICGEN_ALIGNER", {"tooltip": "From SemanticGen Load Aligner: steers the plan toward the "
+                                                           "prompt (above all, which way things move)."}),
+            "alignment": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 10000.0, "step": 1.0, "round": 0.1,
+                                    "tooltip": "Weight of alignment guidance with the connected aligner (the embedded "
+                                               "default's: 100); 0 turns it off. Without an aligner it does nothing."}),
         }}
 
     @classmethod
@@ -138,14 +144,22 @@ class SemanticGenStage1Sample:
         return "; ".join(problems) if problems else True
 
     def sample(self, stage1: LoadedModel, conditioning: TextConditioning, width: int, height: int, length: int,
-               fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str):
+               fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str,
+               aligner: LoadedModel | None = None, alignment: float = 100.0):
         check_size(STAGE1_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
-        ready(stage1)
+        ready(stage1, aligner)
         dit = stage1["stage1"]
         conditioning.check(dit.config.text_dim, f"stage 1 ({stage1.name})")
-        pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=dit)
+        align = None if aligner is None else aligner["aligner"]
+        if align is not None and (align.config.text_dim, align.config.plan_dim) != (dit.config.text_dim,
+                                                                                   dit.config.in_channels):
+            raise SemanticGenError(
+                f"{STAGE1_NODE}: the aligner {aligner.name} reads {align.config.text_dim}-d text and "
+                f"{align.config.plan_dim}-channel plans, stage 1 ({stage1.name}) {dit.config.text_dim}-d text and "
+                f"{dit.config.in_channels}-channel plans: connect the aligner trained on this stage 1's plans, or none.")
+        pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=dit, aligner=align)
         plan = pipe.generate_plan(conditioning.prompt, length, fps, height, width,
-                                  _options(seed, steps, guidance, shift, sampler),
+                                  _options(seed, steps, guidance, shift, sampler, alignment),
                                   progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop,
                                   text_embeddings=conditioning.embeddings())
         return (plan,)

@@ -41,6 +41,12 @@ PV=runs/preview-$(sha256sum "$W/stage2.safetensors" | cut -c1-8)
 "${TRAIN[@]}" preview --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out "$PV" --threads "$T" \
     --minutes "${PV_MIN:-10}" --batch 32 --lr 2e-3 --warmup 100 --export-dtype float16
 cp "$PV/preview.safetensors" "$W/"
+# The aligner of stage 1's alignment guidance: prompts against the compressor's plans and their time
+# reversals (3 min on 2 threads); like the preview decoder, it belongs to one compressor.
+AL=runs/aligner-$(sha256sum "$W/stage2.safetensors" | cut -c1-8)
+"${TRAIN[@]}" aligner --cache "$CACHE" --stage2 "$W/stage2.safetensors" --out "$AL" --threads "$T" \
+    --steps 3000 --decay-steps 1000 --batch 64 --align-group 32 --lr 1e-3 --warmup 100 --export-dtype float16
+cp "$AL/aligner.safetensors" "$W/"
 # Last, a fresh decoder 20 wide on the frozen encoder (the latents, the cache and the stages stay valid), in
 # a folder of its own per joint VAE, so a retrained VAE starts a new decoder run.
 DEC=runs/vae-decoder20-$(sha256sum "$VAE" | cut -c1-16)

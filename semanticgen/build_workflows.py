@@ -184,6 +184,12 @@ def _models(g: Graph, x: float, y: float, parts=("text", "stage1", "stage2", "va
     return out
 
 
+def _aligner(g: Graph, x: float, y: float, stage1: dict) -> None:
+    """The aligner loader, wired to stage 1 (added last, so the other nodes keep their ids)."""
+    aligner = g.node("SemanticGenAlignerLoader", (x, y), (340, 82), title="Aligner (stage 1's alignment guidance)")
+    g.link(aligner, "aligner", stage1, "aligner")
+
+
 def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt: dict | None = None,
                   plan: dict | None = None, streamed: bool = False) -> dict:
     """Prompt -> stage 1 -> stage 2 -> decode -> mp4; ``prompt``/``plan``: widget values to set; ``streamed``:
@@ -192,7 +198,7 @@ def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt:
     g.note((0, -290), (700, 230), overview, "What this workflow does")
     g.note((740, -290), (700, 230), REAL_WEIGHTS, "Real weights")
     m = _models(g, 20, 50)
-    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    g.group("Models", (0, -20, 380, 700), "#3f789e")
     prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 260), title="Prompt", widgets=prompt or {})
     g.group("Prompt", (400, -20, 440, 580), "#a1309b")
     stage1 = g.node("SemanticGenStage1Sample", (880, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR,
@@ -218,6 +224,7 @@ def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt:
     g.link(stage2, "latent", decode, "latent")
     if not streamed:
         g.link(decode, "images", save, "images")
+    _aligner(g, 20, 570, stage1)
     return g.to_json(name)
 
 
@@ -302,7 +309,7 @@ def save_plan_then_render() -> dict:
     g.note((0, -270), (760, 210), SAVE_PLAN, "What this workflow does")
     g.note((800, -270), (700, 210), REAL_WEIGHTS, "Real weights")
     m = _models(g, 20, 50)
-    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    g.group("Models", (0, -20, 380, 700), "#3f789e")
     prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 240), title="Prompt",
                     widgets={"prompt": "a green triangle bouncing on a grey background"})
     stage1 = g.node("SemanticGenStage1Sample", (860, 50), (320, 380), title="Stage 1: plan", color=STAGE1_COLOR)
@@ -325,6 +332,7 @@ def save_plan_then_render() -> dict:
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
     g.link(decode, "images", save, "images")
+    _aligner(g, 20, 570, stage1)
     return g.to_json("save_plan_then_render", scale=0.62, offset=(60, 320))
 
 
@@ -356,7 +364,7 @@ def edit_plan_then_render() -> dict:
     g.note((0, -300), (820, 240), EDIT_PLAN, "What this workflow does")
     g.note((860, -300), (700, 240), REAL_WEIGHTS, "Real weights")
     m = _models(g, 20, 50)
-    g.group("Models", (0, -20, 380, 580), "#3f789e")
+    g.group("Models", (0, -20, 380, 700), "#3f789e")
     prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 240), title="Prompt")
     stage1 = g.node("SemanticGenStage1Sample", (420, 330), (400, 380), title="Stage 1: plan", color=STAGE1_COLOR)
     g.group("Prompt -> stage 1", (400, -20, 440, 750), "#88A")
@@ -383,6 +391,7 @@ def edit_plan_then_render() -> dict:
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
     g.link(decode, "images", save, "images")
+    _aligner(g, 20, 570, stage1)
     return g.to_json("edit_plan_then_render", scale=0.6, offset=(60, 340))
 
 

@@ -160,6 +160,9 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             (stage1,) = loaders.SemanticGenStage1Loader().load(args.stage1, args.dtype)
             (stage2,) = loaders.SemanticGenStage2Loader().load(args.stage2, args.dtype)
             (vae,) = loaders.SemanticGenVAELoader().load(args.vae, args.dtype)
+            aligner_name = args.aligner or ("embedded" if args.stage1 == "embedded" else "none")
+            aligner = None if aligner_name == "none" else loaders.SemanticGenAlignerLoader().load(aligner_name,
+                                                                                                 args.dtype)[0]
             preset = stage1.preset
             text_name = args.text_encoder or ("embedded" if preset.text_encoder == "minilm" else UMT5_FILE)
             (text_encoder,) = loaders.SemanticGenTextEncoderLoader().load(text_name, args.dtype)
@@ -172,21 +175,24 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             guidance = float(d["guidance"]) if args.guidance is None else args.guidance
             if guidance < 1:
                 raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {guidance:g}")
-            opts = SamplingOptions(steps=steps, guidance=guidance, seed=args.seed)
+            opts = SamplingOptions(steps=steps, guidance=guidance, seed=args.seed, alignment=args.alignment)
             te = text_encoder.ready()["text_encoder"]
             for model, key in ((stage1, "stage1"), (stage2, "stage2")):
                 if model[key].config.text_dim != te.dim:
                     raise errors.SemanticGenError(
                         f"{model.name} reads {model[key].config.text_dim}-d text embeddings but the text encoder "
                         f"{text_name} gives {te.dim}-d ones: pick its text encoder with --text-encoder.")
-            loaders.ready(stage1, stage2, vae)
+            loaders.ready(stage1, stage2, vae, aligner)
             plain = stage2.name if stage2.info.get("plain_wan") else None
             pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
                                        compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
-                                       name=preset.name, plain_wan=bool(plain))
+                                       name=preset.name, plain_wan=bool(plain),
+                                       aligner=None if aligner is None else aligner["aligner"])
             times.append(("load models", time.perf_counter() - t0))
+            alignment = 0.0 if aligner is None else \
+                float(d.get("alignment", 0.0)) if args.alignment is None else args.alignment
             print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
-                  f"{guidance:g}")
+                  f"{guidance:g}" + (f", alignment {alignment:g}" if alignment else ""))
             if plain:
                 print(f"  note: {sampling.PLAIN_WAN_NOTE.format(name=plain)}")
 
@@ -281,10 +287,12 @@ def cmd_eval(args) -> int:
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
         plan_noise = float(d.get("plan_noise", 0.0)) if args.plan_noise is None else args.plan_noise
+        alignment = (float(d.get("alignment", 0.0)) if args.alignment is None else args.alignment) \
+            if pipe.aligner is not None else 0.0
         ground_truth = ev.reference_generator(clips, args.wording)  # prompt -> its clip's frames
 
         def generate(prompt: str, seed: int):
-            opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed)
+            opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed, alignment=alignment)
             if args.reference != "plan":
                 plan = pipe.generate_plan(prompt, num_frames, fps, height, width, opts)
             else:  # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
@@ -323,8 +331,8 @@ def cmd_eval(args) -> int:
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}, "
           f"{args.wording} wording), "
           f"{num_frames} frames at {fps:g} fps"
-          + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, seeds {args.seed}.."
-             if steps else ""))
+          + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, alignment {alignment:g}, seeds "
+             f"{args.seed}.." if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
@@ -344,7 +352,8 @@ def cmd_eval(args) -> int:
             "heldout_seeds": [start, start + len(prompts) - 1],
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
             "steps": steps, "guidance": None if pipe is None else guidance,
-            "plan_noise": None if pipe is None else plan_noise, "seed": args.seed,
+            "plan_noise": None if pipe is None else plan_noise,
+            "alignment": None if pipe is None else alignment, "seed": args.seed,
             "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
@@ -390,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2", default="embedded", help="stage-2 file in models/semanticgen, or a Wan2.1 DiT in "
                                                         "models/diffusion_models (default embedded)")
     p.add_argument("--vae", default="embedded", help="VAE file in models/semanticgen or models/vae (default embedded)")
+    p.add_argument("--aligner", help="aligner of stage 1's alignment guidance, a file in models/semanticgen, or none "
+                                     "(default: embedded with the embedded stage 1, else none)")
+    p.add_argument("--alignment", type=float, help="alignment guidance weight (default: the stage-1 model's, 100 for "
+                                                    "the embedded default, none for others: give it; 0: off)")
     p.add_argument("--text-encoder", help=f"text encoder: embedded, or {UMT5_FILE} in models/text_encoders "
                                           "(default: the one the stage-1 model was trained with)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -413,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=4.0, help="clip length (default 4)")
     p.add_argument("--plan-noise", type=float, help="stage 2 renders the plan noised to this level, as it was "
                                                      "trained (default: the model's; 0: the plan as it is)")
+    p.add_argument("--alignment", type=float, help="stage 1's alignment guidance with the embedded aligner "
+                                                    "(default: the model's; 0: off)")
     p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae", "plan"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
                         "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "

@@ -102,13 +102,14 @@ def input_specs(cls) -> list[InputSpec]:
     return specs
 
 
-def widget_slots(cls) -> list[tuple[str | None, str]]:
+def widget_slots(cls, optional: bool = True) -> list[tuple[str | None, str]]:
     """The entries of ``widgets_values`` in order, as (input name, kind): kind "value" for an input's
     widget, "control" for the control_after_generate combo the frontend adds after a seed (input name
-    None), "upload" for the upload button it appends to the required inputs of a file combo."""
+    None), "upload" for the upload button it appends to the required inputs of a file combo.
+    ``optional=False``: the required inputs' entries only (those come first)."""
     specs = input_specs(cls)
     slots: list[tuple[str | None, str]] = []
-    for required in (True, False):
+    for required in (True, False) if optional else (True,):
         for spec in specs:
             if spec.required == required and spec.is_widget:
                 slots.append((spec.name, "value"))
@@ -237,7 +238,9 @@ def to_api(workflow: dict) -> dict[str, dict]:
             inputs.update({k: v for k, v in values.items() if k in layout})
         else:
             values = list(values or [])
-            if len(values) != len(layout):
+            # A workflow saved before the pack gave a node its optional widgets lacks their values: they keep
+            # their defaults, as the frontend loads it.
+            if not len(widget_slots(cls, optional=False)) <= len(values) <= len(layout):
                 names = ", ".join(n or "(control/upload)" for n in layout) or "none"
                 problems.append(f"{where}: has {len(values)} widget values but {node_type} takes {len(layout)} "
                                 f"({names}); the workflow was saved with another version of the pack: re-create the node.")

@@ -11,7 +11,8 @@ from pathlib import Path
 from .errors import CheckpointError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-PARTS = ("semantic_encoder", "vae", "stage2", "stage1", "preview")  # preview: the plan-preview decoder
+# preview: the plan-preview decoder; aligner: stage 1's alignment guidance
+PARTS = ("semantic_encoder", "vae", "stage2", "stage1", "preview", "aligner")
 NAME = "embedded"  # how loaders list it next to files from the model folders
 
 

@@ -5,7 +5,8 @@ trained together), ``semantic_encoder`` and ``vae``; and ``baseline``, the singl
 DiT from text alone, full attention) that long-video and convergence figures compare against. The metadata also carries the preset (plan
 geometry, text encoder, sampling defaults), so a file is self-describing: no config file beside it to
 lose or mismatch. ``preview`` is the plan-preview decoder (``plan_preview.py``): it draws a plan of one
-compressor as low-resolution frames, for the Plan Preview node and the editor's timeline.
+compressor as low-resolution frames, for the Plan Preview node and the editor's timeline; ``aligner`` scores
+plans of one compressor against prompts, for stage 1's alignment guidance (``plan_alignment.py``).
 Files are written atomically; loading checks the kind, the format version and every key.
 """
 
@@ -25,6 +26,7 @@ from .compressor import SemanticCompressor
 from .errors import CheckpointError
 from .formats import MODEL_FILE_FORMAT, MODEL_FILE_VERSION
 from .latent_dit import LatentDiT
+from .plan_alignment import PlanTextAligner
 from .plan_preview import PlanPreviewDecoder
 from .presets import Preset
 from .semantic_dit import SemanticDiT
@@ -54,6 +56,7 @@ BUILDERS: dict[str, Callable[[dict, Preset], dict[str, torch.nn.Module]]] = {
     "vae": lambda c, p: {"vae": VideoVAE.from_config(_clean(c["vae"]))},
     "baseline": lambda c, p: {"baseline": LatentDiT(**_clean(c["baseline"]))},
     "preview": lambda c, p: {"preview": PlanPreviewDecoder(**_clean(c["preview"]))},
+    "aligner": lambda c, p: {"aligner": PlanTextAligner(**_clean(c["aligner"]))},
 }
 
 

@@ -18,6 +18,7 @@ from .compressor import SemanticCompressor
 from .errors import SemanticGenError
 from .latent_dit import LatentDiT, noised_plan
 from .plan import SemanticPlan, Segment
+from .plan_alignment import PlanTextAligner, alignment_steer
 from .presets import Preset
 from .sampling import SamplingOptions, denoise, initial_noise
 from .semantic_dit import SemanticDiT
@@ -50,6 +51,7 @@ class SemanticGenPipeline:
     name: str = "semanticgen"
     baseline: LatentDiT | None = None  # the single-stage model the claims are measured against
     plain_wan: bool = False  # stage 2 is a Wan2.1 DiT whose plan layers were never trained: rendered as Wan
+    aligner: PlanTextAligner | None = None  # stage 1's alignment guidance (opts.alignment), if loaded
 
     def __post_init__(self) -> None:
         for dit in (self.stage1, self.stage2, self.baseline):  # SEMANTICGEN_COMPILE=1: compiled blocks (once)
@@ -59,14 +61,15 @@ class SemanticGenPipeline:
     @classmethod
     def from_files(cls, stage1: str | None, stage2: str | None, vae: str | None, semantic_encoder: str | None = None,
                    text_encoder: TextEncoder | None = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, baseline: str | None = None) -> "SemanticGenPipeline":
+                   dtype: torch.dtype = torch.float32, baseline: str | None = None,
+                   aligner: str | None = None) -> "SemanticGenPipeline":
         """Load SemanticGen part files (``model_files``); any part may be None. The text encoder defaults
         to the one the preset names when it needs no files (MiniLM)."""
         from .model_files import load_model
 
         parts = {kind: load_model(path, kind, dtype, device) for kind, path in
                  (("stage1", stage1), ("stage2", stage2), ("semantic_encoder", semantic_encoder),
-                  ("baseline", baseline)) if path}
+                  ("baseline", baseline), ("aligner", aligner)) if path}
         if not parts:
             raise SemanticGenError("give at least a stage-1, stage-2 or baseline model file")
         preset = next(iter(parts.values())).preset
@@ -77,7 +80,8 @@ class SemanticGenPipeline:
         modules = {name: m for part in parts.values() for name, m in part.modules.items()}
         return cls(preset, text_encoder, modules.get("stage1"), modules.get("compressor"), modules.get("stage2"),
                    VideoVAE.from_pretrained(vae, dtype=dtype, device=device) if vae else None,
-                   modules.get("encoder"), name=preset.name, baseline=modules.get("baseline"))
+                   modules.get("encoder"), name=preset.name, baseline=modules.get("baseline"),
+                   aligner=modules.get("aligner"))
 
     @classmethod
     def embedded(cls, with_encoder: bool = False, stage1=None, stage2=None) -> "SemanticGenPipeline":
@@ -86,7 +90,8 @@ class SemanticGenPipeline:
         from .embedded import weights_path
 
         return cls.from_files(stage1 or weights_path("stage1"), stage2 or weights_path("stage2"), weights_path("vae"),
-                              weights_path("semantic_encoder") if with_encoder else None)
+                              weights_path("semantic_encoder") if with_encoder else None,
+                              aligner=weights_path("aligner"))
 
     @property
     def device(self) -> torch.device:
@@ -139,8 +144,12 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, starts)
 
+        steer = None
+        weight = float(self.preset.defaults.get("alignment", 0.0)) if opts.alignment is None else opts.alignment
+        if self.aligner is not None and weight > 0:
+            steer = alignment_steer(self.aligner, text, weight, starts)
         tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
-                         model_dtype=dtype)
+                         model_dtype=dtype, steer=steer)
         return SemanticPlan(
             tokens=tokens[0].float().cpu(), fps=self.preset.plan_fps(fps), video_fps=fps, num_frames=num_frames,
             height=height, width=width, segments=segments, seed=opts.seed, encoder=f"stage1:{self.name}",

@@ -2,8 +2,10 @@
 
 The models predict the velocity ``v = eps - x0`` of ``x_t = (1 - t) x0 + t eps``; sampling integrates
 from pure noise at t = 1 to data at t = 0. ``shift`` moves the schedule toward high noise (Wan's
-``flow_shift``), classifier-free guidance mixes conditional and unconditional velocities, and the seed
-fixes the starting noise (drawn on the CPU so a seed gives the same video on any device).
+``flow_shift``), classifier-free guidance mixes conditional and unconditional velocities, an optional
+``steer`` adds a correction computed from the predicted clean sample (stage 1's alignment guidance,
+``plan_alignment.py``), and the seed fixes the starting noise (drawn on the CPU so a seed gives the same
+video on any device).
 
 The sampling state is float32 whatever the model's dtype (as in diffusers' Wan pipeline, which keeps the
 latents in float32 while the transformer runs in bf16): the noise, every scheduler step and the guidance
@@ -33,12 +35,15 @@ class SamplingOptions:
     shift: float = 3.0
     guidance: float = 5.0
     seed: int = 0
+    alignment: float | None = None  # stage 1's alignment guidance where an aligner is loaded; None: the model's
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
             raise SemanticGenError(f"unknown sampler {self.sampler!r}: choose one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise SemanticGenError(f"steps must be at least 1, got {self.steps}")
+        if self.alignment is not None and self.alignment < 0:
+            raise SemanticGenError(f"alignment guidance must be at least 0 (0: off), got {self.alignment:g}")
 
 
 def make_scheduler(opts: SamplingOptions):
@@ -63,7 +68,8 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
             opts: SamplingOptions, progress: Callable[[int, int, torch.Tensor], None] | None = None,
             should_stop: Callable[[], bool] | None = None,
             hold: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
-            model_dtype: torch.dtype | None = None) -> torch.Tensor:
+            model_dtype: torch.dtype | None = None,
+            steer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """Integrate the flow from ``noise`` to a float32 sample.
 
     ``text`` / ``uncond_text``: ``[B, L, D]`` conditional and unconditional (empty-prompt) embeddings;
@@ -74,6 +80,8 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
     ``progress(step, total, x)`` is called after each step; ``should_stop()`` before each, raising
     ``Interrupted`` if it returns True. ``hold(x, sigma)`` may overwrite parts of ``x`` after each step
     (e.g. known plan regions re-noised to the current level) and returns the new ``x`` (kept float32).
+    ``steer(x0)`` is added to the (guided) velocity each step, given the clean sample it predicts,
+    ``x0 = x - sigma v``.
     """
     scheduler = make_scheduler(opts)
     guided = uncond_text is not None and opts.guidance != 1.0
@@ -91,6 +99,8 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
             v = v_uncond + opts.guidance * (v_cond - v_uncond)
         else:
             v = velocity(xm, tb, text).float()
+        if steer is not None:
+            v = v + steer(x - float(scheduler.sigmas[i]) * v)
         x = scheduler.step(v, t, x, return_dict=False)[0].to(torch.float32)
         if hold is not None:
             x = hold(x, float(scheduler.sigmas[i + 1])).to(torch.float32)

@@ -4,12 +4,14 @@
     python -m semanticgen_core.trainer stage1   --cache CACHE --out runs/stage1 --stage2 runs/stage2/stage2.safetensors
     python -m semanticgen_core.trainer baseline --cache CACHE --out runs/baseline [--init FILE]
     python -m semanticgen_core.trainer preview  --cache CACHE --out runs/preview --stage2 runs/stage2/stage2.safetensors
+    python -m semanticgen_core.trainer aligner  --cache CACHE --out runs/aligner --stage2 runs/stage2/stage2.safetensors
     torchrun --nproc-per-node 8 -m semanticgen_core.trainer stage2 ... --parallel fsdp --checkpointing
 
 The three tasks are the paper's training order: (a) the compressor with stage 2 (from Wan2.1's DiT, its plan
 layers at their identity start), (b) stage 1 on the frozen compressor's plans, and (c) the single-stage
-baseline the claims are measured against; and (d) the plan-preview decoder (``plan_preview.py``) that draws
-the frozen compressor's plans as small frames for the editor. Each reads a feature cache (``feature_cache.py``), never the
+baseline the claims are measured against; (d) the plan-preview decoder (``plan_preview.py``) that draws
+the frozen compressor's plans as small frames for the editor; and (e) the aligner of stage 1's alignment
+guidance (``plan_alignment.py``), contrastive on the frozen compressor's plans. Each reads a feature cache (``feature_cache.py``), never the
 frozen models.
 
 What makes a run reproducible and scalable:
@@ -62,7 +64,7 @@ from .model_files import load_model, read_metadata, save_states
 from .plan_sources import SOURCES, plan_features, plan_preset
 from .presets import Preset
 from .semantic_dit import SemanticDiT
-from .training import SampleNoise, baseline_loss, stage1_loss, stage2_loss
+from .training import SampleNoise, alignment_loss, baseline_loss, stage1_loss, stage2_loss
 
 Batch = dict[str, torch.Tensor]
 
@@ -211,7 +213,30 @@ def preview_task(args, preset: Preset) -> Task:
                  "init": Path(args.init or "random").name}, [])
 
 
-TASKS = {"stage2": stage2_task, "stage1": stage1_task, "baseline": baseline_task, "preview": preview_task}
+def aligner_task(args, preset: Preset) -> Task:
+    """The aligner of alignment guidance: prompts against plans sampled from a stage-2 file's frozen
+    compressor (as stage 1 sees them) and their time reversals, in groups of ``--align-group`` clips."""
+    from .plan_alignment import PlanTextAligner
+
+    plans, plan_from, preset = frozen_plans(args, preset, "the aligner")
+    if args.init:
+        aligner = load_model(args.init, "aligner").modules["aligner"].float()
+    else:
+        aligner = PlanTextAligner(text_dim=preset.stage1["text_dim"], plan_dim=preset.compressor["out_dim"],
+                                  grid=args.align_grid)
+
+    def loss(batch, noise, step, step_gen):
+        return alignment_loss(aligner, plans(batch, noise), batch["text"], args.align_group)
+
+    return Task("aligner", {"aligner": aligner}, loss, preset,
+                {"objective": "symmetric InfoNCE of prompts against plans sampled from the frozen compressor, the "
+                              "group's plans played backwards as extra negatives", "group": args.align_group,
+                 "stage2": Path(args.stage2).name, "compressor": preset.name, "plan_from": plan_from,
+                 "init": Path(args.init or "random").name}, [], group=args.align_group)
+
+
+TASKS = {"stage2": stage2_task, "stage1": stage1_task, "baseline": baseline_task, "preview": preview_task,
+         "aligner": aligner_task}
 
 
 def string_shots(plan: torch.Tensor, text: torch.Tensor, k: int):
@@ -295,7 +320,8 @@ class Trainer:
         if args.batch % (world * args.accum) or (args.batch // (world * args.accum)) % task.group:
             raise SemanticGenError(
                 f"--batch {args.batch} must split evenly over {world} processes x --accum {args.accum} micro-steps"
-                + (f" into micro-batches that are multiples of {task.group} (--max-shots)" if task.group > 1 else ""))
+                + (f" into micro-batches that are multiples of {task.group} (--max-shots or --align-group)"
+                   if task.group > 1 else ""))
         self.model = torch.nn.ModuleDict(task.trained).to(self.device).train()
         if args.checkpointing:
             for module in task.trained.values():
@@ -613,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--preview-contrast", type=float, default=4.0,
                     help="extra loss weight of pixels far from their frame's median colour (objects), 0: plain")
     pv.add_argument("--preview-scale", type=int, default=4, help="pixels drawn per plan token on each side (a power of 2)")
+    al = p.add_argument_group("aligner (alignment guidance of stage 1; also takes --stage2)")
+    al.add_argument("--align-group", type=int, default=16,
+                    help="clips a contrastive group: each prompt is told its plan apart from the group's others and "
+                         "from their time reversals (the global batch is a multiple of it on each process)")
+    al.add_argument("--align-grid", type=int, nargs=2, default=(4, 4), metavar=("H", "W"),
+                    help="cells the aligner pools a plan to (the embedded default's plans are 4x4)")
     return p
 
 

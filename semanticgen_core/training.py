@@ -6,7 +6,9 @@
 (b) stage 1: the rectified-flow loss of the frozen compressor's plans given the text.
 (c) the single-stage baseline the claims are measured against: the same DiT as stage 2, trained on the
     same latents from the text alone, with full attention.
-All drop the text at a small rate so classifier-free guidance has an unconditional model to use.
+(d) the aligner of alignment guidance (``plan_alignment.py``): contrastive, prompts against the frozen
+    compressor's plans and their time reversals.
+The DiTs' objectives drop the text at a small rate so classifier-free guidance has an unconditional model to use.
 
 Every random draw comes from ``SampleNoise``: each sample has its own key (the trainer uses run seed, step
 and the sample's place in the global batch), so a sample is noised the same whichever rank or micro-batch
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 from .compressor import SemanticCompressor
 from .latent_dit import LatentDiT, noised_plan
+from .plan_alignment import PlanTextAligner
 from .semantic_dit import SemanticDiT
 
 
@@ -110,3 +113,25 @@ def baseline_loss(model: LatentDiT, latents: torch.Tensor, text: torch.Tensor, e
     text = drop_text(text, empty_text, text_drop, noise)
     flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, noise)
     return {"loss": flow, "flow": flow.detach()}
+
+
+def alignment_loss(aligner: PlanTextAligner, plans: torch.Tensor, text: torch.Tensor, group: int) -> dict[str, torch.Tensor]:
+    """Objective (d), symmetric InfoNCE within each group of ``group`` consecutive samples (the trainer keeps a
+    group on one process, so the loss is the same on any number of them). plans ``[B, T, h, w, c]``, text
+    ``[B, L, D]``. A prompt is told its plan apart from the group's other plans and from every plan of the
+    group played backwards: time reversal keeps what is in the plan and reverses how it moves, which is the
+    part of a prompt that flow matching leaves stage 1 slow to learn."""
+    b = plans.shape[0] // group * group
+    plans, text = plans[:b].unflatten(0, (-1, group)), text[:b].unflatten(0, (-1, group))
+    t = aligner.text_embedding(text.flatten(0, 1)).unflatten(0, (-1, group))
+    p = aligner.plan_embedding(torch.cat([plans, plans.flip(2)], 1).flatten(0, 1)).unflatten(0, (-1, 2 * group))
+    logits = t @ p.transpose(1, 2) / aligner.config.temperature  # [G, group, 2 group]: own plans, then reversed
+    target = torch.arange(group, device=logits.device).expand(len(logits), -1)
+    text_to_plan = F.cross_entropy(logits.flatten(0, 1), target.flatten())
+    plan_to_text = F.cross_entropy(logits[:, :, :group].transpose(1, 2).flatten(0, 1), target.flatten())
+    loss = (text_to_plan + plan_to_text) / 2
+    with torch.no_grad():
+        own = logits.diagonal(dim1=1, dim2=2)
+        reversed_ = logits[:, :, group:].diagonal(dim1=1, dim2=2)
+        order = (own > reversed_).float().mean()
+    return {"loss": loss, "order": order}

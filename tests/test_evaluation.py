@@ -319,6 +319,8 @@ def test_eval_command_runs_a_model(pack, tiny_models, tmp_path, monkeypatch, cap
     weights.mkdir()
     for part in ("stage1", "stage2", "vae"):
         shutil.copy(tiny_models["dir"] / "semanticgen" / tiny_models[part], weights / f"{part}.safetensors")
+    # the shipped aligner reads the tiny stages' 384-d text and 8-channel plans
+    shutil.copy(semanticgen_core.embedded.weights_path("aligner"), weights / "aligner.safetensors")
     monkeypatch.setattr(semanticgen_core.embedded, "WEIGHTS_DIR", weights)
     out = tmp_path / "eval.json"
     args = ["eval", "--prompts", "2", "--seconds", "1", "--steps", "1", "--psnr-clips", "1", "--out", str(out), "-q"]

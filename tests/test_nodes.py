@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 CUSTOM_TYPES = {"SEMANTICGEN_TEXT_ENCODER", "SEMANTICGEN_STAGE1", "SEMANTICGEN_STAGE2", "SEMANTICGEN_VAE",
-                "SEMANTICGEN_ENCODER", "SEMANTICGEN_CONDITIONING", "SEMANTIC_PLAN"}
+                "SEMANTICGEN_ENCODER", "SEMANTICGEN_ALIGNER", "SEMANTICGEN_CONDITIONING", "SEMANTIC_PLAN"}
 CORE_TYPES = {"IMAGE", "LATENT"}
 
 
@@ -60,7 +60,7 @@ def test_node_list_and_categories(pack):
     ids = set(pack.NODE_CLASS_MAPPINGS)
     assert ids == {
         "SemanticGenTextEncoderLoader", "SemanticGenStage1Loader", "SemanticGenStage2Loader", "SemanticGenVAELoader",
-        "SemanticGenSemanticEncoderLoader", "SemanticGenTextEncode", "SemanticGenStage1Sample",
+        "SemanticGenSemanticEncoderLoader", "SemanticGenAlignerLoader", "SemanticGenTextEncode", "SemanticGenStage1Sample",
         "SemanticGenStage2Sample", "SemanticGenVAEDecode", "SemanticGenDecodeToVideo", "SemanticGenSemanticEncode",
         "SemanticGenSavePlan", "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo",
         "SemanticGenEditPlan", "SemanticGenPlanPreview"}
@@ -373,3 +373,42 @@ def test_the_library_has_one_import_identity(pack, tiny_models, tiny_sets):
     runner.run("text_to_video", sets=tiny_sets(api, tiny_models))
     assert not [m for m in sys.modules if m.startswith(f"{pack.__name__}.semanticgen_core")]
     assert pack.nodes.text.SemanticGenError is semanticgen_core.errors.SemanticGenError
+
+
+def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_default(pack, tiny_models):
+    import json
+
+    from semanticgen import runner
+    from semanticgen_core.model_files import save_model
+    from semanticgen_core.plan_alignment import PlanTextAligner
+    from semanticgen_core.presets import EMBEDDED
+
+    nodes = pack.NODE_CLASS_MAPPINGS
+    (s1,) = nodes["SemanticGenStage1Loader"]().load("embedded", "auto")
+    (aligner,) = nodes["SemanticGenAlignerLoader"]().load("embedded", "auto")
+    (te,) = nodes["SemanticGenTextEncoderLoader"]().load("embedded", "auto")
+    (cond,) = nodes["SemanticGenTextEncode"]().encode(te, "a red circle moving from left to right over blue stripes", "")
+    stage1 = nodes["SemanticGenStage1Sample"]()
+
+    def plan(**extra):
+        return stage1.sample(s1, cond, 64, 64, 33, 8.0, 3, 6, 2.5, 3.0, "euler", **extra)[0].tokens
+
+    plain, off, steered = plan(), plan(aligner=aligner, alignment=0.0), plan(aligner=aligner, alignment=100.0)
+    assert torch.equal(plain, off) and not torch.allclose(plain, steered, atol=1e-3)
+    text = te["text_encoder"].encode([cond.prompt])[0]
+    with torch.no_grad():  # steered toward its prompt: the aligner scores it higher
+        assert aligner["aligner"].score(text, steered[None]) > aligner["aligner"].score(text, plain[None])
+    other = tiny_models["dir"] / "semanticgen" / "aligner_16.safetensors"
+    save_model(other, "aligner", {"aligner": PlanTextAligner(text_dim=16)}, EMBEDDED)
+    (wrong,) = nodes["SemanticGenAlignerLoader"]().load(other.name, "auto")
+    with pytest.raises(ValueError, match="aligner aligner_16.safetensors reads 16-d text.*connect the aligner trained"):
+        plan(aligner=wrong)
+    # A workflow saved before Stage 1 had the alignment widget loads, with the widget's default.
+    wf = json.loads((ROOT / "workflows" / "text_to_video.json").read_text())
+    node = next(n for n in wf["nodes"] if n["type"] == "SemanticGenStage1Sample")
+    node["widgets_values"] = node["widgets_values"][:-1]
+    inputs = runner.to_api(wf)[str(node["id"])]["inputs"]
+    assert "alignment" not in inputs and inputs["aligner"][0] and inputs["steps"] == 20
+    node["widgets_values"] = node["widgets_values"][:-1]
+    with pytest.raises(runner.WorkflowError, match="has 9 widget values but SemanticGenStage1Sample takes 11"):
+        runner.to_api(wf)

@@ -299,3 +299,27 @@ def test_the_files_users_have_cache_and_stage2_starts_from_wan(videos, tmp_path)
                      "--batch", "2", "--lr", "1e-2", "--warmup", "1",
                      "--init-wan", str(wan_dit)])
     assert load_model(trained, "stage2").modules["stage2"].semantic_gate.abs().sum() > 0  # the gate opens
+
+
+def test_the_aligner_trains_in_contrastive_groups_and_two_processes_give_one_process_weights(cache, tmp_path):
+    s2 = train(stage2_args(cache, tmp_path / "s2", 2))
+
+    def args(out, *extra):
+        return ["aligner", "--cache", str(cache), "--out", str(out), "--steps", "3", "--batch", "4", "--align-group",
+                "2", "--align-grid", "2", "2", "--warmup", "1", "--lr", "1e-2", "--stage2", str(s2), *extra]
+
+    one = train(args(tmp_path / "one"))
+    log = [json.loads(line) for line in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    assert all(0 <= r["order"] <= 1 and r["loss"] > 0 for r in log)
+    model = load_model(one, "aligner")
+    assert model.info["group"] == 2 and model.modules["aligner"].config.grid == [2, 2]
+    done = torchrun(2, args(tmp_path / "two"))  # each process takes one group of 2 clips
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(one), weights(tmp_path / "two" / "aligner.safetensors")
+    for key in a:  # atol 1e-4 (steps move weights by ~1e-2): the pooling's key bias has no gradient in exact
+        # arithmetic (softmax ignores a shift), so Adam steps it on rounding noise, which differs with the sum order
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-4, msg=key)
+    moved = weights(train(args(tmp_path / "moved", "--align-group", "4")))  # other groups, other negatives
+    assert not torch.allclose(moved["aligner.plan_head.0.weight"], a["aligner.plan_head.0.weight"])
+    with pytest.raises(SemanticGenError, match="--align-group"):
+        train(args(tmp_path / "bad", "--align-group", "3"))

@@ -140,9 +140,11 @@ def test_workflow_is_valid_ui_format(pack, path):
             assert specs[(inp.get("widget") or {}).get("name", inp["name"])].type == inp["type"]
         models = node["properties"].get("models", [])
         # The frontend's schema requires name, url and directory; every loader of a part with published
-        # real weights names where they go (stage 1 has none yet: its note and tooltip say where a file goes).
+        # real weights names where they go (stage 1 and the aligner have none yet: their tooltips say where a
+        # file goes).
         assert all(m["name"] and m["url"].startswith("https://") and m["directory"] for m in models)
-        if node["type"].endswith("Loader") and node["type"] != "SemanticGenStage1Loader":
+        if node["type"].endswith("Loader") and node["type"] not in ("SemanticGenStage1Loader",
+                                                                    "SemanticGenAlignerLoader"):
             assert models, node["type"]
     for link_id, src, src_slot, dst, dst_slot, link_type in wf["links"]:
         out, inp = nodes[src]["outputs"][src_slot], nodes[dst]["inputs"][dst_slot]
@@ -272,11 +274,13 @@ def test_reroutes_are_followed_and_muted_nodes_dropped(pack):
     from semanticgen.runner import WorkflowError, to_api, validate
 
     wf = load(ROOT / "workflows" / "text_to_video.json")
-    decode_to_save = wf["links"][-1]  # [id, decode, 0, save, 0, IMAGE]
+    into_save = node_of(wf, "SemanticGenSaveVideo")["inputs"][0]["link"]
+    at = next(i for i, link in enumerate(wf["links"]) if link[0] == into_save)
+    decode_to_save = wf["links"][at]  # [id, decode, 0, save, 0, IMAGE]
     wf["nodes"].append({"id": 20, "type": "Reroute", "pos": [0, 0], "size": [75, 26], "mode": 0,
                         "inputs": [{"name": "", "type": "*", "link": 30}],
                         "outputs": [{"name": "", "type": "IMAGE", "links": [31]}]})
-    wf["links"][-1] = [30, decode_to_save[1], 0, 20, 0, "IMAGE"]
+    wf["links"][at] = [30, decode_to_save[1], 0, 20, 0, "IMAGE"]
     wf["links"].append([31, 20, 0, decode_to_save[3], 0, "IMAGE"])
     node_of(wf, "SemanticGenSaveVideo")["inputs"][0]["link"] = 31
     assert to_api(wf)["11"]["inputs"]["images"] == ["10", 0]

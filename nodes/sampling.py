@@ -101,6 +101,22 @@ def _preset_name(model: LoadedModel) -> str:
     return model.preset.name if model.preset is not None else model.name
 
 
+def usable_aligner(aligner: LoadedModel | None, stage1: LoadedModel):
+    """The aligner's module if it scores this stage 1's plans, else None, with a warning saying why: the example
+    workflows connect the embedded aligner, and with another stage 1 they still run, unguided."""
+    if aligner is None:
+        return None
+    align, dit = aligner["aligner"], stage1["stage1"]
+    if _preset_name(aligner) == _preset_name(stage1) and (align.config.text_dim, align.config.plan_dim) == (
+            dit.config.text_dim, dit.config.in_channels):
+        return align
+    log.warning("SemanticGen: %s: the aligner %s (%s plans, %d-d text) does not fit stage 1 %s (%s plans, %d-d text): "
+                "sampled without alignment guidance. Connect the aligner trained for this stage 1 (python -m "
+                "semanticgen_core.trainer aligner), or none.", STAGE1_NODE, aligner.name, _preset_name(aligner),
+                align.config.text_dim, stage1.name, _preset_name(stage1), dit.config.text_dim)
+    return None
+
+
 class SemanticGenStage1Sample:
     CATEGORY = "SemanticGen/sampling"
     FUNCTION = "sample"
@@ -150,13 +166,7 @@ class SemanticGenStage1Sample:
         ready(stage1, aligner)
         dit = stage1["stage1"]
         conditioning.check(dit.config.text_dim, f"stage 1 ({stage1.name})")
-        align = None if aligner is None else aligner["aligner"]
-        if align is not None and (align.config.text_dim, align.config.plan_dim) != (dit.config.text_dim,
-                                                                                   dit.config.in_channels):
-            raise SemanticGenError(
-                f"{STAGE1_NODE}: the aligner {aligner.name} reads {align.config.text_dim}-d text and "
-                f"{align.config.plan_dim}-channel plans, stage 1 ({stage1.name}) {dit.config.text_dim}-d text and "
-                f"{dit.config.in_channels}-channel plans: connect the aligner trained on this stage 1's plans, or none.")
+        align = usable_aligner(aligner, stage1)
         pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=dit, aligner=align)
         plan = pipe.generate_plan(conditioning.prompt, length, fps, height, width,
                                   _options(seed, steps, guidance, shift, sampler, alignment),

@@ -183,13 +183,14 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                         f"{model.name} reads {model[key].config.text_dim}-d text embeddings but the text encoder "
                         f"{text_name} gives {te.dim}-d ones: pick its text encoder with --text-encoder.")
             loaders.ready(stage1, stage2, vae, aligner)
+            align = sampling.usable_aligner(aligner, stage1)
             plain = stage2.name if stage2.info.get("plain_wan") else None
             pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
                                        compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
                                        name=preset.name, plain_wan=bool(plain),
-                                       aligner=None if aligner is None else aligner["aligner"])
+                                       aligner=align)
             times.append(("load models", time.perf_counter() - t0))
-            alignment = 0.0 if aligner is None else \
+            alignment = 0.0 if align is None else \
                 float(d.get("alignment", 0.0)) if args.alignment is None else args.alignment
             print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
                   f"{guidance:g}" + (f", alignment {alignment:g}" if alignment else ""))

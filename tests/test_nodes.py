@@ -375,8 +375,9 @@ def test_the_library_has_one_import_identity(pack, tiny_models, tiny_sets):
     assert pack.nodes.text.SemanticGenError is semanticgen_core.errors.SemanticGenError
 
 
-def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_default(pack, tiny_models):
+def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_default(pack, tiny_models, caplog):
     import json
+    import logging
 
     from semanticgen import runner
     from semanticgen_core.model_files import save_model
@@ -398,11 +399,20 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     text = te["text_encoder"].encode([cond.prompt])[0]
     with torch.no_grad():  # steered toward its prompt: the aligner scores it higher
         assert aligner["aligner"].score(text, steered[None]) > aligner["aligner"].score(text, plain[None])
+    # An aligner of other plans (another preset, or other widths) is not used: the run goes on unguided.
     other = tiny_models["dir"] / "semanticgen" / "aligner_16.safetensors"
     save_model(other, "aligner", {"aligner": PlanTextAligner(text_dim=16)}, EMBEDDED)
     (wrong,) = nodes["SemanticGenAlignerLoader"]().load(other.name, "auto")
-    with pytest.raises(ValueError, match="aligner aligner_16.safetensors reads 16-d text.*connect the aligner trained"):
-        plan(aligner=wrong)
+    (tiny,) = nodes["SemanticGenStage1Loader"]().load(tiny_models["stage1"], "auto")
+    with caplog.at_level(logging.WARNING, logger="SemanticGen"):
+        assert torch.equal(plan(aligner=wrong), plain)
+        unguided = stage1.sample(tiny, cond, 64, 64, 9, 8.0, 0, 2, 1.0, 3.0, "euler")[0].tokens
+        assert torch.equal(stage1.sample(tiny, cond, 64, 64, 9, 8.0, 0, 2, 1.0, 3.0, "euler", aligner=aligner)[0].tokens,
+                           unguided)
+    assert caplog.text.count("sampled without alignment guidance") == 2
+    assert "the aligner aligner_16.safetensors (embedded plans, 16-d text) does not fit stage 1 embedded" in caplog.text
+    assert "the aligner embedded (embedded plans, 384-d text) does not fit stage 1 tiny_stage1.safetensors " \
+           "(tiny-minilm plans" in caplog.text
     # A workflow saved before Stage 1 had the alignment widget loads, with the widget's default.
     wf = json.loads((ROOT / "workflows" / "text_to_video.json").read_text())
     node = next(n for n in wf["nodes"] if n["type"] == "SemanticGenStage1Sample")

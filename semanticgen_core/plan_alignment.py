@@ -14,6 +14,7 @@ Not in the paper: an addition on top of stage 1 that needs no retraining of it.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
@@ -83,11 +84,17 @@ def alignment_steer(aligner: PlanTextAligner, text: torch.Tensor, weight: float,
     clean plan ``[B, T, h, w, c]``, ``text`` the conditional prompt ``[B, L, D]`` or one per shot ``[B, S, L, D]``;
     each shot's span of the plan is scored against its own prompt."""
     dtype = next(aligner.parameters()).dtype
-    per_shot = (text if text.ndim == 4 else text[:, None]).to(dtype)
+    # ComfyUI runs nodes under inference mode: autograd is off there, and weights loaded there are inference
+    # tensors, which no graph may save for backward. So the score's gradient is taken outside it, through
+    # ordinary copies (the aligner is small).
+    with torch.inference_mode(False):
+        if any(p.is_inference() for p in aligner.parameters()):
+            aligner = copy.deepcopy(aligner)
+        per_shot = (text if text.ndim == 4 else text[:, None]).to(dtype).clone()
 
     def steer(x0: torch.Tensor) -> torch.Tensor:
-        with torch.enable_grad():
-            x0 = x0.detach().to(dtype).requires_grad_(True)
+        with torch.inference_mode(False), torch.enable_grad():
+            x0 = x0.detach().to(dtype).clone().requires_grad_(True)
             spans = shot_spans(x0.shape[1], shot_starts, per_shot.shape[1])
             score = sum(aligner.score(per_shot[:, k], x0[:, span]).sum()
                         for k, span in enumerate(spans) if span.stop > span.start)

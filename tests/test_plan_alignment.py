@@ -77,6 +77,12 @@ def test_the_steer_climbs_the_score_and_scores_each_shot_against_its_own_prompt(
     assert not torch.allclose(w[:, 4:], v[:, 4:])
     with pytest.raises(SemanticGenError, match="alignment guidance must be at least 0"):
         SamplingOptions(alignment=-1)
+    # ComfyUI runs nodes (loading included) under inference mode, where autograd is off: the steer still works.
+    with torch.inference_mode():
+        loaded = tiny_aligner()
+        loaded.load_state_dict({k: v.clone() for k, v in aligner.state_dict().items()}, assign=True)
+        assert next(loaded.parameters()).is_inference()
+        torch.testing.assert_close(alignment_steer(loaded, text.clone(), 10.0, starts)(x0.clone()), v)
 
 
 @pytest.fixture(scope="module")

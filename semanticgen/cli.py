@@ -190,8 +190,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                                        name=preset.name, plain_wan=bool(plain),
                                        aligner=align)
             times.append(("load models", time.perf_counter() - t0))
-            alignment = 0.0 if align is None else \
-                float(d.get("alignment", 0.0)) if args.alignment is None else args.alignment
+            alignment = pipe.alignment(args.alignment)
             print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
                   f"{guidance:g}" + (f", alignment {alignment:g}" if alignment else ""))
             if plain:
@@ -288,8 +287,7 @@ def cmd_eval(args) -> int:
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
         plan_noise = float(d.get("plan_noise", 0.0)) if args.plan_noise is None else args.plan_noise
-        alignment = (float(d.get("alignment", 0.0)) if args.alignment is None else args.alignment) \
-            if pipe.aligner is not None else 0.0
+        alignment = pipe.alignment(args.alignment)
         ground_truth = ev.reference_generator(clips, args.wording)  # prompt -> its clip's frames
 
         def generate(prompt: str, seed: int):

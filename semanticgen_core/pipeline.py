@@ -100,6 +100,13 @@ class SemanticGenPipeline:
                 return next(m.parameters()).device
         return torch.device("cpu")
 
+    def alignment(self, weight: float | None = None) -> float:
+        """The alignment guidance stage 1 samples with: ``weight``, or the preset's default for None; 0 without
+        an aligner."""
+        if self.aligner is None:
+            return 0.0
+        return float(self.preset.defaults.get("alignment", 0.0)) if weight is None else weight
+
     def _need(self, what: str):
         module = getattr(self, what)
         if module is None:
@@ -144,10 +151,8 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, starts)
 
-        steer = None
-        weight = float(self.preset.defaults.get("alignment", 0.0)) if opts.alignment is None else opts.alignment
-        if self.aligner is not None and weight > 0:
-            steer = alignment_steer(self.aligner, text, weight, starts)
+        weight = self.alignment(opts.alignment)
+        steer = alignment_steer(self.aligner, text, weight, starts) if weight > 0 else None
         tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
                          model_dtype=dtype, steer=steer)
         return SemanticPlan(

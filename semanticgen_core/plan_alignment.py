@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
 from .errors import ShapeError
+from .wan_blocks import shot_routing
 
 
 class PlanTextAligner(ModelMixin, ConfigMixin):
@@ -69,13 +70,13 @@ class PlanTextAligner(ModelMixin, ConfigMixin):
         return (self.text_embedding(text) * self.plan_embedding(plan)).sum(-1) / self.config.temperature
 
 
-def shot_spans(num_steps: int, shot_starts: Sequence[float] | None, num_shots: int) -> list[slice]:
-    """The plan steps of each shot (``shot_starts`` as ``SemanticDiT.velocity`` takes them)."""
-    if num_shots == 1:
-        return [slice(0, num_steps)]
-    steps = torch.arange(num_steps, dtype=torch.float64)
-    bounds = [int((steps >= s).nonzero()[0]) if (steps >= s).any() else num_steps for s in shot_starts] + [num_steps]
-    return [slice(bounds[k], bounds[k + 1]) for k in range(num_shots)]
+def shot_spans(num_steps: int, shot_starts: Sequence[float] | None, num_shots: int) -> list[tuple[int, slice]]:
+    """``(shot, its plan steps)`` for each shot that has steps, routed as the DiTs route their cross-attention
+    (``wan_blocks.shot_routing``; ``shot_starts`` as ``SemanticDiT.velocity`` takes them)."""
+    routing = shot_routing(torch.arange(num_steps, dtype=torch.float64), shot_starts, num_shots)
+    if routing is None:
+        return [(0, slice(0, num_steps))]
+    return [(k, slice(int(steps[0]), int(steps[-1]) + 1)) for k, steps in routing]
 
 
 def alignment_steer(aligner: PlanTextAligner, text: torch.Tensor, weight: float,
@@ -95,9 +96,8 @@ def alignment_steer(aligner: PlanTextAligner, text: torch.Tensor, weight: float,
     def steer(x0: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(False), torch.enable_grad():
             x0 = x0.detach().to(dtype).clone().requires_grad_(True)
-            spans = shot_spans(x0.shape[1], shot_starts, per_shot.shape[1])
             score = sum(aligner.score(per_shot[:, k], x0[:, span]).sum()
-                        for k, span in enumerate(spans) if span.stop > span.start)
+                        for k, span in shot_spans(x0.shape[1], shot_starts, per_shot.shape[1]))
             (grad,) = torch.autograd.grad(score, x0)
         return -weight * grad.float()
 

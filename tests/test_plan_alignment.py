@@ -61,7 +61,7 @@ def test_the_steer_climbs_the_score_and_scores_each_shot_against_its_own_prompt(
     x0 = torch.randn(1, 8, 2, 2, 4, generator=g)
     text = torch.randn(1, 2, 6, 16, generator=g)
     starts = [float("-inf"), 3.5]  # shot 2 from plan step 4
-    assert shot_spans(8, starts, 2) == [slice(0, 4), slice(4, 8)]
+    assert shot_spans(8, starts, 2) == [(0, slice(0, 4)), (1, slice(4, 8))]
     steer = alignment_steer(aligner, text, 10.0, starts)
     v = steer(x0)
     # sampling adds the steer to the velocity, so the predicted clean plan x - sigma v moves along -steer

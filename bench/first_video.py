@@ -71,9 +71,12 @@ def warm_runs(extra: list[str], out: Path, runs: int) -> list[dict[str, float]]:
     """Load the models (one untimed run), then time ``runs`` runs of ``generate`` in this process."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
+    import torch
+
     from semanticgen import cli
 
     args = cli.build_parser().parse_args(["generate", PROMPT, "--out", str(out), "-q", *extra])
+    cli.set_threads(args)  # as the command does
     got = []
     for i in range(runs + 1):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -83,6 +86,7 @@ def warm_runs(extra: list[str], out: Path, runs: int) -> list[dict[str, float]]:
         rows = dict(times)
         rows["total"] = sum(rows[s] for s in STAGES[1:])  # stages + decode
         rows["model loads"] = loads
+        rows["threads"] = torch.get_num_threads()
         got.append(rows)
     return got
 
@@ -108,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warm-runs", type=int, default=3, help="in-process runs after the load (default 3)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the model's, as the README's command)")
     parser.add_argument("--seconds", type=float, help="video length (default: generate's 4 s)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: the command's, the CPUs idle at start)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     if args.cold_runs < 1 or args.warm_runs < 1:
         parser.error("--cold-runs and --warm-runs must be at least 1")
     extra = [*(["--steps", str(args.steps)] if args.steps else []),
-             *(["--seconds", str(args.seconds)] if args.seconds else [])]
+             *(["--seconds", str(args.seconds)] if args.seconds else []),
+             *(["--threads", str(args.threads)] if args.threads else [])]
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         cold = [cold_run(extra, Path(tmp) / f"cold{i}.mp4") for i in range(args.cold_runs)]
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{load_before} before, {load_after} after",
              *table(f"cold: fresh process to mp4 written (median of {len(cold)})", c, (START, *STAGES),
                     "total", COLD_TARGET_S),
-             *table(f"warm: models loaded, {w['model loads']:g} loads (median of {len(warm)})", w, STAGES[1:],
+             *table(f"warm: models loaded, {w['model loads']:g} loads, {w['threads']:g} CPU threads (median of {len(warm)})", w, STAGES[1:],
                     "stages + decode", WARM_TARGET_S)]
     print("\n".join(lines))
     if args.json:

@@ -5,7 +5,7 @@ import threading
 
 from .cli import main
 
-code = main()
+code = main(own_process=True)
 # The work is done and its files are closed. A normal interpreter exit would now tear down the thousands of
 # modules torch, diffusers and transformers brought in, over a second on 2 CPU cores: run the exit handlers
 # (logging's flush among them), flush the streams and leave at once. With other non-daemon threads still

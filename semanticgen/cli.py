@@ -122,6 +122,35 @@ def decode_chunk(latent_frames: int, height: int, width: int, dtype, memory) -> 
     return int(max(1, min(latent_frames - 1, fit)))
 
 
+def idle_cpus(samples: int = 3, stat: str = "/proc/stat") -> int | None:
+    """CPUs not busy with other processes right now (Linux: the kernel's count of running processes, the
+    fewest of a few samples), or None where that cannot be read."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        running = []
+        for k in range(samples):
+            with open(stat) as f:
+                running += [int(line.split()[1]) for line in f if line.startswith("procs_running")]
+            if k + 1 < samples:
+                time.sleep(0.005)
+    except (AttributeError, OSError, ValueError, IndexError):
+        return None
+    return max(1, cpus - (min(running) - 1)) if running else None  # procs_running counts this process
+
+
+def set_threads(args) -> None:
+    """CPU threads for torch: --threads, else OMP_NUM_THREADS, else the CPUs idle at start. torch's default
+    (every core) turns into a crawl when another process holds one: its threads wait on each other at every
+    operation (the embedded default took 46 s instead of 2 s beside one busy process on 2 cores)."""
+    if args.threads is not None and args.threads < 1:
+        raise errors.SemanticGenError(f"--threads must be at least 1, got {args.threads}")
+    threads = args.threads or (None if os.environ.get("OMP_NUM_THREADS") else idle_cpus())
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def cmd_generate(args) -> int:
     times, loads, load_seconds, out = generate(args)
     _stage_table(times, loads, load_seconds)
@@ -375,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
         p.add_argument("--input", type=Path, help="input folder (videos for Load Video)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+        p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
 
     p = sub.add_parser("run", help="run a workflow saved from ComfyUI (UI format 0.4, or API format)")
     p.add_argument("workflow", help="a .json file, or the name of a shipped workflow (text_to_video, ...)")
@@ -410,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="semanticgen.mp4", help="the .mp4 to write (default semanticgen.mp4)")
     p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="judge the embedded default on held-out prompts with an independent detector",
@@ -445,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2", type=Path, help="judge this stage-2 file instead of the embedded default's")
     p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("api", help="print a workflow in the API format (what POST /prompt takes)")
@@ -454,10 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, own_process: bool = False) -> int:
+    """The command line. ``own_process``: the process is this command's alone (``python -m semanticgen``), so
+    without --threads it takes the CPUs idle at start; called in-process, only --threads changes torch's."""
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if "threads" in args and (own_process or args.threads is not None):
+            set_threads(args)
         return args.func(args)
     except (runner.WorkflowError, runner.NodeError) as e:
         print(f"error: {e}", file=sys.stderr)

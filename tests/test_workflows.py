@@ -409,3 +409,33 @@ def test_cli_generate_makes_the_workflows_video(pack, tiny_models, tiny_sets, tm
     # lossy codec may turn into a few levels here and there
     diff = np.abs(frames(out) - frames(video))
     assert diff.mean() < 0.1 and diff.max() <= 8, (diff.mean(), diff.max())
+
+
+def test_cli_threads_default_to_the_idle_cpus_and_refuse_zero(tmp_path, monkeypatch, capsys):
+    """On 2 cores beside one busy process, torch's default of 2 threads made the first command 46 s instead
+    of 2: without --threads the command takes the CPUs nobody else is running on."""
+    import torch
+
+    from semanticgen import cli
+
+    stat = tmp_path / "stat"
+    monkeypatch.setattr(cli.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    for running, idle in ((1, 4), (2, 3), (3, 2), (9, 1)):  # procs_running counts this process too
+        stat.write_text(f"cpu  1 2 3\nprocs_running {running}\nprocs_blocked 0\n")
+        assert cli.idle_cpus(stat=str(stat)) == idle
+    assert cli.idle_cpus(stat=str(tmp_path / "missing")) is None  # no /proc: torch's default stays
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(cli, "idle_cpus", lambda: 3)
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        cli.set_threads(cli.build_parser().parse_args(["generate", "x"]))
+        assert torch.get_num_threads() == 3
+        cli.set_threads(cli.build_parser().parse_args(["eval", "--threads", "2"]))
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice wins over the idle CPUs
+        cli.set_threads(cli.build_parser().parse_args(["run", "text_to_video"]))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert cli.main(["generate", "x", "--threads", "0"]) == 2
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err

@@ -45,3 +45,25 @@ def test_prompt_seeds_judges_each_seed_as_the_detector_does(capsys):
     counts = ", ".join(f"{a} {int(bool(first[a]))}" for a in prompt_seeds.ASPECTS)
     assert f"seeds 3..3: {counts} of 1 right" in out
     assert f"3 {prompt_seeds.verdict(judged)}\n" in out  # each seed's line is the contact sheet's verdict
+
+
+def test_wording_probe_reads_the_template_back_and_loses_held_out_wording(tmp_path, capsys):
+    """bench/wording_probe.py, small: a probe on MiniLM's states reads a held-out scene's backdrop kind from
+    its template caption, and much less of it from the paraphrase (held-out backdrop words)."""
+    import json
+
+    import wording_probe
+
+    threads = torch.get_num_threads()
+    out = tmp_path / "probe.json"
+    try:
+        assert wording_probe.main(["--scenes", "200", "--heldout", "60", "--steps", "100", "--json", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    text = capsys.readouterr().out
+    assert "probe on all-MiniLM-L6-v2's token states, trained on 800 captions of 200 training scenes" in text
+    rec = json.loads(out.read_text())
+    template, paraphrase = rec["template"]["accuracy"], rec["paraphrase"]["accuracy"]
+    assert template["backdrop kind"] > 0.9 and paraphrase["backdrop kind"] < template["backdrop kind"] - 0.2
+    assert rec["paraphrase"]["objects"]["synonym"] > 0 and "object colour, held-out synonym" in paraphrase
+    assert rec["template"]["objects"]["synonym"] == 0  # the template names colours plainly

@@ -32,7 +32,7 @@ shows it (``jump_count``; the VAE alone scores about 2 on the first 40 prompts, 
 flicker on small objects).
 
     python bench/plan_following.py --prompts 40 --configs base "noise=0.15" "pcfg=2,pneg=freeze" \
-        [--first 0 --seed 0 --threads 1 --out runs/plan_following.json]
+        [--first 0 --seed 0 --threads 1 --stage2 FILE --out runs/plan_following.json]
 
 ``--plan-travel`` instead asks whether the plans themselves carry the caption's direction, before any
 stage 2: the clip's own plan and stage 1's plan for its caption (seed ``--seed + i``, the preset's
@@ -191,13 +191,14 @@ def main(argv=None) -> int:
     p.add_argument("--plan-travel", action="store_true",
                    help="judge the plans (the clips' own and stage 1's) through the preview decoder instead")
     p.add_argument("--stage1", type=Path, help="with --plan-travel: this stage-1 file instead of the embedded one")
+    p.add_argument("--stage2", type=Path, help="this stage-2 file (and its compressor) instead of the embedded one")
     p.add_argument("--alignment", type=float, default=None,
                    help="with --plan-travel: stage 1's alignment guidance (default: the model's; 0: off)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = {c: parse_config(c) for c in args.configs}
 
-    pipe = SemanticGenPipeline.embedded(with_encoder=True, stage1=args.stage1)
+    pipe = SemanticGenPipeline.embedded(with_encoder=True, stage1=args.stage1, stage2=args.stage2)
     d = pipe.preset.defaults
     fps, size = float(d["fps"]), int(d["height"])
     clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, 33, size, fps)

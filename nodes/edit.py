@@ -49,6 +49,7 @@ from semanticgen_core.errors import SemanticGenError
 from . import comfy
 from .loaders import ready
 from .model_cache import LoadedModel, _file_key
+from .sampling import usable_aligner
 from .text import TextConditioning
 
 EDITS_TOOLTIP = (
@@ -393,6 +394,9 @@ class SemanticGenEditPlan:
                 "text_encoder": ("SEMANTICGEN_TEXT_ENCODER", {"tooltip": "For regenerate edits with a new prompt: "
                                                                          "encodes it (the conditioning holds only "
                                                                          "its own prompt)."}),
+                "aligner": ("SEMANTICGEN_ALIGNER", {"tooltip": "From SemanticGen Load Aligner: regenerate edits "
+                                                               "sample with stage 1's alignment guidance, at the "
+                                                               "model's default weight, as Stage 1 does."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
@@ -411,7 +415,7 @@ class SemanticGenEditPlan:
 
     def edit(self, plan, edits: str = "[]", other=None, stage1: LoadedModel | None = None,
              conditioning: TextConditioning | None = None, text_encoder: LoadedModel | None = None,
-             unique_id: str | None = None, extra_pnginfo: dict | None = None):
+             aligner: LoadedModel | None = None, unique_id: str | None = None, extra_pnginfo: dict | None = None):
         from semanticgen_core.plan_ops import EditContext, apply_edits, parse_edits
 
         comfy.check_interrupt()
@@ -419,14 +423,15 @@ class SemanticGenEditPlan:
         context = EditContext(sources={"other": other}, should_stop=comfy.should_stop)
         regenerates = [k for k, e in enumerate(checked, 1) if e["op"] == "regenerate"]
         if regenerates:
-            context = self._regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder)
+            context = self._regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder,
+                                               aligner)
         result = apply_edits(plan, checked, context)
         if unique_id is not None:
             remember_plan(unique_id, plan, other, context, workflow_id(extra_pnginfo), checked)
         return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]}, "result": (result,)}
 
     @staticmethod
-    def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder):
+    def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder, aligner=None):
         from semanticgen_core.sampling import SamplingOptions
 
         which = f"edit{'s' if len(regenerates) > 1 else ''} {', '.join(map(str, regenerates))}"
@@ -435,7 +440,7 @@ class SemanticGenEditPlan:
                 f"the edit list regenerates a span ({which}): connect SemanticGen Load Stage 1 to the edit node's "
                 "stage1 input, and SemanticGen Text Encode to its conditioning input (plus SemanticGen Load Text "
                 "Encoder to text_encoder for a new prompt).")
-        ready(stage1)
+        ready(stage1, aligner)
         dit = stage1["stage1"]
         family = stage1.preset.name if stage1.preset is not None else stage1.name
         if family != plan.compressor:
@@ -449,13 +454,17 @@ class SemanticGenEditPlan:
         context.stage1 = dit
         context.text_encoder = ConditioningText(conditioning, encoder)
         context.negative_prompt = conditioning.negative_prompt if conditioning is not None else ""
+        context.aligner = usable_aligner(aligner, stage1)
+        alignment = float(defaults.get("alignment", 0.0)) if context.aligner is not None else None
         context.opts = SamplingOptions(steps=int(defaults.get("steps", 20)),
-                                       guidance=float(defaults.get("guidance", 4.0)), seed=int(plan.seed or 0))
+                                       guidance=float(defaults.get("guidance", 4.0)), seed=int(plan.seed or 0),
+                                       alignment=alignment)
         context.progress = comfy.Progress("regenerate", context.opts.steps)
         cond_key = (_tensor_key(conditioning.cond, conditioning.uncond) + conditioning.prompt + "\0" +
                     conditioning.negative_prompt) if conditioning is not None else "-"
         context.cache = _LRU(REGENERATED, REGENERATED_MAX)
-        context.cache_key = f"{_model_key(stage1)}|{cond_key}|{_model_key(text_encoder)}"
+        aligner_key = f"{_model_key(aligner)}@{alignment:g}" if context.aligner is not None else "-"
+        context.cache_key = f"{_model_key(stage1)}|{cond_key}|{_model_key(text_encoder)}|{aligner_key}"
         return context
 
 

@@ -60,7 +60,7 @@ def sampling_inputs(steps: int) -> dict:
                          "tooltip": "Seed of the starting noise (drawn on the CPU: the same seed gives the same "
                                     "result on any device)."}),
         "steps": ("INT", {"default": steps, "min": 1, "max": 1000,
-                          "tooltip": "Denoising steps. The embedded default uses 20; Wan-sized models 30-50."}),
+                          "tooltip": "Denoising steps. The embedded default uses 10; Wan-sized models 30-50."}),
         "guidance": ("FLOAT", {"default": 2.5, "min": 1.0, "max": 30.0, "step": 0.1, "round": 0.01,
                                "tooltip": "Classifier-free guidance scale; 1 turns guidance off (one model call "
                                           "a step instead of two). The embedded default uses 2.5; Wan-sized "
@@ -142,7 +142,7 @@ class SemanticGenStage1Sample:
             "fps": ("FLOAT", {"default": 8.0, "min": 0.1, "max": 120.0, "step": 0.1, "round": 0.01,
                               "tooltip": "Frame rate of the video. The plan samples it at the semantic encoder's "
                                          "low rate (4 fps for the embedded default, 1.6 fps for Qwen2.5-VL)."}),
-            **sampling_inputs(20),
+            **sampling_inputs(10),
         }, "optional": {
             "aligner": ("SEMANTICGEN_ALIGNER", {"tooltip": "From SemanticGen Load Aligner: steers the plan toward the "
                                                            "prompt (above all, which way things move)."}),
@@ -193,7 +193,7 @@ class SemanticGenStage2Sample:
                                                   "Plan. The video's size, length and fps come from the plan."}),
             "conditioning": ("SEMANTICGEN_CONDITIONING", {"tooltip": "From SemanticGen Text Encode: the prompt "
                                                                      "that decides colour and texture."}),
-            **sampling_inputs(20),
+            **sampling_inputs(10),
             "window_frames": ("INT", {"default": -1, "min": -1, "max": 4096,
                                       "tooltip": "Attention window in latent frames (shifted by half on odd layers, "
                                                  "so cost grows linearly with length). -1: the model's own setting; "

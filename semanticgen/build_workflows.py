@@ -184,10 +184,12 @@ def _models(g: Graph, x: float, y: float, parts=("text", "stage1", "stage2", "va
     return out
 
 
-def _aligner(g: Graph, x: float, y: float, stage1: dict) -> None:
-    """The aligner loader, wired to stage 1 (added last, so the other nodes keep their ids)."""
+def _aligner(g: Graph, x: float, y: float, *users: dict) -> None:
+    """The aligner loader, wired to stage 1 (and the edit node's regenerations); added last, so the other nodes
+    keep their ids."""
     aligner = g.node("SemanticGenAlignerLoader", (x, y), (340, 82), title="Aligner (stage 1's alignment guidance)")
-    g.link(aligner, "aligner", stage1, "aligner")
+    for user in users:
+        g.link(aligner, "aligner", user, "aligner")
 
 
 def text_to_video(name: str = "text_to_video", overview: str = OVERVIEW, prompt: dict | None = None,
@@ -391,7 +393,7 @@ def edit_plan_then_render() -> dict:
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
     g.link(decode, "images", save, "images")
-    _aligner(g, 20, 570, stage1)
+    _aligner(g, 20, 570, stage1, edit)
     return g.to_json("edit_plan_then_render", scale=0.6, offset=(60, 340))
 
 
@@ -416,7 +418,7 @@ def write_example_video(path: Path) -> None:
 # -- thumbnails ----------------------------------------------------------------------------------
 
 THUMB_SIZE = 256     # px, square: four frames in a 2x2 grid, 128 px each
-THUMB_STEPS = 8      # sampling steps (the workflows use 20): enough for a thumbnail
+THUMB_STEPS = 8      # sampling steps (the workflows use 10): enough for a thumbnail
 THUMB_SEED = 0
 THUMB_FRAMES = 33    # 4 s at 8 fps, the embedded models' training length
 THUMB_QUALITY = 85   # JPEG

@@ -381,7 +381,7 @@ def shots(prompts: Sequence[str | None]) -> tuple[list[str], list[float]]:
 def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, stage1, text_encoder, opts,
                prompt: str | None = None, negative_prompt: str = "",
                progress: Callable[[int, int, torch.Tensor], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> SemanticPlan:
+               should_stop: Callable[[], bool] | None = None, aligner=None) -> SemanticPlan:
     """Re-sample ``start_s..end_s`` with stage 1 (``SemanticDiT``) while holding the rest of the plan.
 
     After every sampling step the held steps are set to their known tokens re-noised to the current
@@ -389,8 +389,10 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
     the span is sampled in context and the held steps come back exactly. ``prompt`` (optional) becomes
     the span's prompt: each stretch of one prompt is a shot of stage 1's per-shot text (``text_encoder``
     embeds them; ``negative_prompt`` is the unconditional text). ``opts``: ``SamplingOptions`` (its seed
-    draws the noise).
+    draws the noise). ``aligner``: a ``PlanTextAligner`` for stage 1's alignment guidance, at weight
+    ``opts.alignment`` (None or 0: none), as ``SemanticGenPipeline.generate_plan`` samples.
     """
+    from .plan_alignment import alignment_steer
     from .sampling import denoise, initial_noise
 
     if prompt is not None and not isinstance(prompt, str):
@@ -434,12 +436,16 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
         known = (1.0 - sigma) * x0.float() + sigma * noise.float()
         return torch.where(span, x, known.to(x.dtype))
 
-    out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold, model_dtype=dtype)
+    weight = float(opts.alignment or 0.0) if aligner is not None else 0.0
+    steer = alignment_steer(aligner, text, weight, starts if len(texts) > 1 else None) if weight > 0 else None
+    out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold, model_dtype=dtype,
+                  steer=steer)
     tokens = plan.tokens.clone()
     tokens[i0:i1] = out[0, i0:i1].float().to(tokens.device)  # the held steps are the original tokens, bit for bit
     record = {"op": "regenerate", "start_s": start_s, "end_s": end_s, "prompt": prompt,
               "negative_prompt": negative_prompt or None, "seed": opts.seed, "steps": opts.steps,
-              "sampler": opts.sampler, "guidance": opts.guidance, "shift": opts.shift}
+              "sampler": opts.sampler, "guidance": opts.guidance, "shift": opts.shift,
+              **({"alignment": weight} if weight else {})}
     return _rebuild(plan, _steps_of(plan, range(plan.grid[0])), record, tokens=tokens, prompts=prompts)
 
 
@@ -539,9 +545,10 @@ class EditContext:
     """What edits may need beyond the plan.
 
     ``sources``: plans an edit names as its ``source`` (besides ``"self"``, the plan as edited so far).
-    ``stage1`` / ``text_encoder`` / ``opts`` (default ``SamplingOptions``) / ``negative_prompt``: for
-    ``regenerate``; an edit's own seed, steps, guidance, shift and sampler override ``opts``.
-    ``cache``: a mapping that keeps regenerated plans, keyed by ``cache_key`` (say which models and
+    ``stage1`` / ``text_encoder`` / ``opts`` (default ``SamplingOptions``) / ``negative_prompt`` / ``aligner``:
+    for ``regenerate``; an edit's own seed, steps, guidance, shift and sampler override ``opts`` (whose
+    ``alignment`` weighs the aligner's guidance).
+    ``cache``: a mapping that keeps regenerated plans, keyed by ``cache_key`` (say which models, aligner and
     text), the plan before the edit and the edit, so a later run with the same prefix reuses them.
     ``preview``: show the edits without sampling (the editor's instant preview): a ``regenerate`` that is
     not in the cache holds its span as it was (its prompt applied) and its position in the edit list
@@ -553,6 +560,7 @@ class EditContext:
     text_encoder: Any = None
     opts: Any = None
     negative_prompt: str = ""
+    aligner: Any = None
     progress: Callable[[int, int, torch.Tensor], None] | None = None
     should_stop: Callable[[], bool] | None = None
     cache: MutableMapping | None = None
@@ -587,11 +595,11 @@ def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext, position: 
     from .sampling import SamplingOptions
 
     base = context.opts if context.opts is not None else SamplingOptions()
-    opts = SamplingOptions(**{k: edit.get(k, getattr(base, k)) for k in SAMPLING_KEYS})
+    opts = SamplingOptions(**{k: edit.get(k, getattr(base, k)) for k in SAMPLING_KEYS}, alignment=base.alignment)
     key = None
     if context.cache is not None:
         key = (context.cache_key, plan_fingerprint(plan), json.dumps(edit, sort_keys=True),
-               json.dumps([getattr(opts, k) for k in SAMPLING_KEYS]), context.negative_prompt)
+               json.dumps([getattr(opts, k) for k in SAMPLING_KEYS] + [opts.alignment]), context.negative_prompt)
         if key in context.cache:
             return context.cache[key]
     if context.preview:
@@ -602,7 +610,7 @@ def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext, position: 
                                "conditioning (and a text encoder for a new prompt) to the edit node.")
     out = regenerate(plan, edit.get("start_s"), edit.get("end_s"), context.stage1, context.text_encoder, opts,
                      prompt=edit.get("prompt"), negative_prompt=context.negative_prompt, progress=context.progress,
-                     should_stop=context.should_stop)
+                     should_stop=context.should_stop, aligner=context.aligner)
     if key is not None:
         context.cache[key] = out
     return out

@@ -399,6 +399,16 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     text = te["text_encoder"].encode([cond.prompt])[0]
     with torch.no_grad():  # steered toward its prompt: the aligner scores it higher
         assert aligner["aligner"].score(text, steered[None]) > aligner["aligner"].score(text, plain[None])
+    # The edit node's regenerations sample as Stage 1 does: regenerating the whole plan with its seed and steps
+    # gives Stage 1's plan, steered with the aligner connected and plain without.
+    edit = nodes["SemanticGenEditPlan"]()
+    base = stage1.sample(s1, cond, 64, 64, 33, 8.0, 3, 6, 2.5, 3.0, "euler")[0]
+    regen = json.dumps([{"op": "regenerate", "seed": 3, "steps": 6}])
+    (again,) = edit.edit(base, regen, stage1=s1, conditioning=cond)["result"]
+    (again_steered,) = edit.edit(base, regen, stage1=s1, conditioning=cond, aligner=aligner)["result"]
+    torch.testing.assert_close(again.tokens, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again_steered.tokens, steered, rtol=0, atol=1e-4)
+    assert again_steered.history[-1]["alignment"] == 100.0 and "alignment" not in again.history[-1]
     # An aligner of other plans (another preset, or other widths) is not used: the run goes on unguided.
     other = tiny_models["dir"] / "semanticgen" / "aligner_16.safetensors"
     save_model(other, "aligner", {"aligner": PlanTextAligner(text_dim=16)}, EMBEDDED)
@@ -418,7 +428,7 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     node = next(n for n in wf["nodes"] if n["type"] == "SemanticGenStage1Sample")
     node["widgets_values"] = node["widgets_values"][:-1]
     inputs = runner.to_api(wf)[str(node["id"])]["inputs"]
-    assert "alignment" not in inputs and inputs["aligner"][0] and inputs["steps"] == 20
+    assert "alignment" not in inputs and inputs["aligner"][0] and inputs["steps"] == 10
     node["widgets_values"] = node["widgets_values"][:-1]
     with pytest.raises(runner.WorkflowError, match="has 9 widget values but SemanticGenStage1Sample takes 11"):
         runner.to_api(wf)

@@ -297,6 +297,31 @@ def test_regenerate_under_a_new_prompt_makes_it_a_shot(stage1, monkeypatch):
     assert torch.equal(q.tokens[:2], p.tokens[:2]) and torch.equal(q.tokens[4:], p.tokens[4:])
 
 
+def test_regenerate_steers_the_span_toward_its_prompt_with_an_aligner(stage1):
+    """With an aligner and a weight, regenerate samples as stage 1 does with alignment guidance: the new span
+    scores higher against its prompt, the held steps stay bit for bit, and weight 0 is no guidance at all."""
+    from semanticgen_core.plan_alignment import PlanTextAligner
+
+    torch.manual_seed(0)
+    aligner = PlanTextAligner(text_dim=16, plan_dim=4, embed_dim=8, hidden_dim=16, num_heads=2, steps=4, grid=(2, 2))
+    p = make_plan(segments=[Segment(0.0, 4.125, "a red circle")])
+
+    def run(weight, with_aligner=True):
+        return ops.regenerate(p, 1.0, 3.0, stage1, FakeText(16), SamplingOptions(steps=4, guidance=2.0, seed=3,
+                                                                                 alignment=weight),
+                              prompt="a blue star", aligner=aligner if with_aligner else None)
+
+    plain = run(None, with_aligner=False)
+    assert torch.equal(run(0.0).tokens, plain.tokens) and "alignment" not in plain.history[0]
+    steered = run(5.0)  # (this random aligner overshoots by 50)
+    assert torch.equal(steered.tokens[:2], p.tokens[:2]) and torch.equal(steered.tokens[6:], p.tokens[6:])
+    assert steered.history[0]["alignment"] == 5.0
+    text, _ = FakeText(16).encode(["a blue star"])
+    with torch.no_grad():
+        score = [aligner.score(text, q.tokens[None, 2:6]).item() for q in (plain, steered)]
+    assert score[1] > score[0] + 0.5, score
+
+
 def test_regenerate_refuses_what_cannot_work(stage1):
     opts = SamplingOptions(steps=1)
     with pytest.raises(SemanticGenError, match="this stage 1 writes 4-channel plans but the plan has 8 channels"):

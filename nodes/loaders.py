@@ -86,6 +86,10 @@ class _Loader:
     CATEGORY = "SemanticGen/loaders"
     FUNCTION = "load"
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.RETURN_TYPES, cls.RETURN_NAMES = (cls.OUTPUT,), (cls.KIND,)  # what ComfyUI reads
+
     @classmethod
     def choices(cls) -> list[str]:
         try:
@@ -177,8 +181,6 @@ class SemanticGenTextEncoderLoader(_Loader):
     KIND, OUTPUT, WHAT = "text_encoder", "SEMANTICGEN_TEXT_ENCODER", "text encoder"
     FOLDERS = ("text_encoders",)
     FOREIGN = "umT5"
-    RETURN_TYPES = ("SEMANTICGEN_TEXT_ENCODER",)
-    RETURN_NAMES = ("text_encoder",)
     OUTPUT_TOOLTIPS = ("The text encoder, for SemanticGen Text Encode.",)
     DESCRIPTION = "Loads the text encoder the SemanticGen models were trained with."
     CHOICE_TOOLTIP = (
@@ -209,8 +211,6 @@ class SemanticGenTextEncoderLoader(_Loader):
 class SemanticGenStage1Loader(_Loader):
     KIND, OUTPUT, WHAT = "stage1", "SEMANTICGEN_STAGE1", "stage-1 model"
     FOLDERS = (comfy.SEMANTICGEN_FOLDER,)
-    RETURN_TYPES = ("SEMANTICGEN_STAGE1",)
-    RETURN_NAMES = ("stage1",)
     OUTPUT_TOOLTIPS = ("Stage 1: the semantic generator (text -> semantic plan).",)
     DESCRIPTION = "Loads stage 1, the diffusion model that writes a compact semantic plan of the whole video from text."
     CHOICE_TOOLTIP = (
@@ -222,8 +222,6 @@ class SemanticGenStage2Loader(_Loader):
     KIND, OUTPUT, WHAT = "stage2", "SEMANTICGEN_STAGE2", "stage-2 model"
     FOLDERS = (comfy.SEMANTICGEN_FOLDER, "diffusion_models")
     FOREIGN = "Wan2.1 DiT"
-    RETURN_TYPES = ("SEMANTICGEN_STAGE2",)
-    RETURN_NAMES = ("stage2",)
     OUTPUT_TOOLTIPS = ("Stage 2: the semantic compressor and the latent generator (plan -> VAE latents).",)
     DESCRIPTION = ("Loads stage 2: the compressor that maps encoder features into the plan space and the DiT that "
                    "renders VAE latents conditioned in-context on a plan.")
@@ -250,8 +248,6 @@ class SemanticGenVAELoader(_Loader):
     KIND, OUTPUT, WHAT = "vae", "SEMANTICGEN_VAE", "VAE"
     FOLDERS = (comfy.SEMANTICGEN_FOLDER, "vae")
     FOREIGN = "Wan2.1 VAE"
-    RETURN_TYPES = ("SEMANTICGEN_VAE",)
-    RETURN_NAMES = ("vae",)
     OUTPUT_TOOLTIPS = ("The video VAE (Wan2.1 layout: 4x time, 8x space, 16 channels).",)
     DESCRIPTION = "Loads the video VAE that turns stage-2 latents into frames."
     CHOICE_TOOLTIP = (
@@ -294,8 +290,6 @@ class SemanticGenSemanticEncoderLoader(_Loader):
     KIND, OUTPUT, WHAT = "semantic_encoder", "SEMANTICGEN_ENCODER", "semantic encoder"
     FOLDERS = (comfy.SEMANTICGEN_FOLDER, "clip_vision")
     FOREIGN = "Qwen2.5-VL"
-    RETURN_TYPES = ("SEMANTICGEN_ENCODER",)
-    RETURN_NAMES = ("semantic_encoder",)
     OUTPUT_TOOLTIPS = ("The frozen video encoder whose features define the semantic space.",)
     DESCRIPTION = "Loads the frozen video-understanding encoder (Qwen2.5-VL's vision tower) used to take plans from videos."
     CHOICE_TOOLTIP = (
@@ -328,8 +322,6 @@ class SemanticGenSemanticEncoderLoader(_Loader):
 class SemanticGenAlignerLoader(_Loader):
     KIND, OUTPUT, WHAT = "aligner", "SEMANTICGEN_ALIGNER", "aligner"
     FOLDERS = (comfy.SEMANTICGEN_FOLDER,)
-    RETURN_TYPES = ("SEMANTICGEN_ALIGNER",)
-    RETURN_NAMES = ("aligner",)
     OUTPUT_TOOLTIPS = ("Scores plans against prompts; connected to Stage 1, it steers the plan toward its prompt.",)
     DESCRIPTION = ("Loads the aligner of stage 1's alignment guidance: a small contrastive text-plan model that tells "
                    "which way a plan moves, so the plan goes where the prompt says (semanticgen_core/plan_alignment.py).")

@@ -350,7 +350,7 @@ def test_save_and_load_plan_round_trip(pack, tiny_models):
 
 
 def test_stage2_rejects_a_plan_of_another_width(pack, tiny_models):
-    from semanticgen_core.plan import SemanticPlan, Segment
+    from semanticgen_core.plan import SemanticPlan
 
     (stage2,) = pack.NODE_CLASS_MAPPINGS["SemanticGenStage2Loader"]().load(tiny_models["stage2"], "auto")
     (te,) = pack.NODE_CLASS_MAPPINGS["SemanticGenTextEncoderLoader"]().load("embedded", "auto")

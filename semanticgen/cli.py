@@ -398,13 +398,16 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def threads(p):  # read by main() (set_threads)
+        p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
+
     def common(p):
         p.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE",
                        help="override an input (NODE: node id or title); repeatable")
         p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
         p.add_argument("--input", type=Path, help="input folder (videos for Load Video)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-        p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
+        threads(p)
 
     p = sub.add_parser("run", help="run a workflow saved from ComfyUI (UI format 0.4, or API format)")
     p.add_argument("workflow", help="a .json file, or the name of a shipped workflow (text_to_video, ...)")
@@ -440,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="semanticgen.mp4", help="the .mp4 to write (default semanticgen.mp4)")
     p.add_argument("--models", type=Path, help="ComfyUI-style models folder (models/semanticgen, models/vae, ...)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
+    threads(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="judge the embedded default on held-out prompts with an independent detector",
@@ -476,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stage2", type=Path, help="judge this stage-2 file instead of the embedded default's")
     p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
-    p.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the CPUs idle at start)")
+    threads(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("api", help="print a workflow in the API format (what POST /prompt takes)")

@@ -151,8 +151,7 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, starts)
 
-        weight = self.alignment(opts.alignment)
-        steer = alignment_steer(self.aligner, text, weight, starts) if weight > 0 else None
+        steer = alignment_steer(self.aligner, text, self.alignment(opts.alignment), starts)
         tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
                          model_dtype=dtype, steer=steer)
         return SemanticPlan(

@@ -79,11 +79,14 @@ def shot_spans(num_steps: int, shot_starts: Sequence[float] | None, num_shots: i
     return [(k, slice(int(steps[0]), int(steps[-1]) + 1)) for k, steps in routing]
 
 
-def alignment_steer(aligner: PlanTextAligner, text: torch.Tensor, weight: float,
+def alignment_steer(aligner: PlanTextAligner | None, text: torch.Tensor, weight: float,
                     shot_starts: Sequence[float] | None = None):
     """The velocity correction ``steer(x0) = -weight * d score / d x0`` of ``denoise``: ``x0`` is the predicted
     clean plan ``[B, T, h, w, c]``, ``text`` the conditional prompt ``[B, L, D]`` or one per shot ``[B, S, L, D]``;
-    each shot's span of the plan is scored against its own prompt."""
+    each shot's span of the plan is scored against its own prompt. None (no steer) without an aligner or at
+    weight 0."""
+    if aligner is None or not weight > 0:
+        return None
     dtype = next(aligner.parameters()).dtype
     # ComfyUI runs nodes under inference mode: autograd is off there, and weights loaded there are inference
     # tensors, which no graph may save for backward. So the score's gradient is taken outside it, through

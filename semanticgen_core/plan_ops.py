@@ -437,7 +437,7 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
         return torch.where(span, x, known.to(x.dtype))
 
     weight = float(opts.alignment or 0.0) if aligner is not None else 0.0
-    steer = alignment_steer(aligner, text, weight, starts if len(texts) > 1 else None) if weight > 0 else None
+    steer = alignment_steer(aligner, text, weight, starts)
     out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold, model_dtype=dtype,
                   steer=steer)
     tokens = plan.tokens.clone()

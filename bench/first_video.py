@@ -57,7 +57,8 @@ def cold_run(extra: list[str], out: Path) -> dict[str, float]:
     """One fresh ``python -m semanticgen generate``: wall seconds to the mp4, split into its parts."""
     cmd = [sys.executable, "-m", "semanticgen", "generate", PROMPT, "--out", str(out), "-q", *extra]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    # a child that hangs ends the bench (and its test) with TimeoutExpired, naming the command
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     wall = time.perf_counter() - t0
     if done.returncode != 0 or not out.is_file():
         raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")

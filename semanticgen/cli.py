@@ -141,7 +141,8 @@ def idle_cpus(samples: int = 3, stat: str = "/proc/stat") -> int | None:
 def set_threads(args) -> None:
     """CPU threads for torch: --threads, else OMP_NUM_THREADS, else the CPUs idle at start. torch's default
     (every core) turns into a crawl when another process holds one: its threads wait on each other at every
-    operation (the embedded default took 46 s instead of 2 s beside one busy process on 2 cores)."""
+    operation (beside one busy process on 2 cores, the first command took 16.7 s with 2 threads and 6.5 s with
+    1: ``python bench/first_video.py --threads 2``, and without)."""
     if args.threads is not None and args.threads < 1:
         raise errors.SemanticGenError(f"--threads must be at least 1, got {args.threads}")
     threads = args.threads or (None if os.environ.get("OMP_NUM_THREADS") else idle_cpus())

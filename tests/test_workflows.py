@@ -412,8 +412,8 @@ def test_cli_generate_makes_the_workflows_video(pack, tiny_models, tiny_sets, tm
 
 
 def test_cli_threads_default_to_the_idle_cpus_and_refuse_zero(tmp_path, monkeypatch, capsys):
-    """On 2 cores beside one busy process, torch's default of 2 threads made the first command 46 s instead
-    of 2: without --threads the command takes the CPUs nobody else is running on."""
+    """On 2 cores beside one busy process, torch's default of 2 threads made the first command 16.7 s instead
+    of 6.5 s (bench/first_video.py): without --threads the command takes the CPUs nobody else is running on."""
     import torch
 
     from semanticgen import cli

@@ -130,6 +130,21 @@ def _move_cache(cache: list, device: torch.device | str) -> None:
             cache[i] = entry.to(device)
 
 
+def _set_conv_layout(module: torch.nn.Module, device: torch.device) -> None:
+    """Conv weights channels-last on the CPU, contiguous elsewhere. On the CPU oneDNN then runs every conv
+    channels-last, and Wan's RMS norm, which reduces over channels, reads them contiguously: the embedded
+    VAE decodes a 4 s clip 1.6x faster, to the same values within 1e-6 (``bench/first_video.py``). GPUs
+    keep diffusers' layout: unmeasured there."""
+    for conv in module.modules():
+        if isinstance(conv, (torch.nn.Conv2d, torch.nn.Conv3d)):
+            w = conv.weight
+            layout = (torch.channels_last if w.ndim == 4 else torch.channels_last_3d) if device.type == "cpu" \
+                else torch.contiguous_format
+            if not w.is_contiguous(memory_format=layout):
+                with torch.inference_mode(False), torch.no_grad():  # a plain tensor even under ComfyUI's mode
+                    w.data = w.data.contiguous(memory_format=layout)
+
+
 def _interruptible(chunks: Iterator[torch.Tensor], should_stop: ShouldStop | None,
                    what: str) -> Iterator[torch.Tensor]:
     """Pass chunks through, checking ``should_stop`` before each one is computed."""
@@ -190,6 +205,7 @@ class VideoVAE(torch.nn.Module):
         the first frame, then ``4*chunk`` frames (``chunk`` latent frames) at a time. Each chunk moves to
         the VAE's device and dtype only when its turn comes."""
         param = next(self.wan.parameters())
+        _set_conv_layout(self.wan, param.device)
         cache: list = [None] * _count_causal_convs(self.wan.encoder)
         for start, end in _chunks(x.shape[2], TIME_STRIDE * chunk):
             out = self.wan.encoder(x[:, :, start:end].to(param.device, param.dtype), feat_cache=cache, feat_idx=[0])
@@ -207,6 +223,7 @@ class VideoVAE(torch.nn.Module):
         their borders, as diffusers' ``tiled_decode`` does (which decodes each tile's whole video at once).
         ``cache_device`` (e.g. "cpu") keeps the tiles' caches there between their turns.
         """
+        _set_conv_layout(self.wan, z.device)
         rows = _tiles(z.shape[3], tile, overlap)
         cols = _tiles(z.shape[4], tile, overlap)
         if len(rows) == 1 and len(cols) == 1:

@@ -19,7 +19,7 @@ from semanticgen_core.checkpoints import init_empty_weights
 from semanticgen_core.errors import CheckpointError, Interrupted, SemanticGenError, ShapeError
 from semanticgen_core.model_files import read_metadata
 from semanticgen_world.recipes import train_vae
-from semanticgen_core.vae import VideoVAE, valid_frame_counts, wan21_vae_config
+from semanticgen_core.vae import VideoVAE, _set_conv_layout, valid_frame_counts, wan21_vae_config
 
 # Wan2.1's layout (two res blocks, four levels) at toy width, so the original-key test covers every block.
 CONFIG = dict(base_dim=4, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
@@ -91,6 +91,23 @@ def test_streamed_decode_equals_one_shot(vae):
     # chunked encode equals diffusers' too
     assert torch.allclose(vae.denormalize(vae.encode(frames(17), chunk=3)[0]),
                           reference_moments(vae, frames(17)), atol=1e-5)
+
+
+def test_cpu_decode_runs_channels_last_to_the_same_frames():
+    torch.manual_seed(0)
+    fresh = VideoVAE.from_config(CONFIG).eval()
+    conv = fresh.wan.decoder.conv_in.weight
+    assert conv.is_contiguous()  # diffusers' layout until the first pass
+    latents = torch.randn(1, 16, 3, 2, 3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():  # diffusers' one-shot decode in its own layout
+        reference = (fresh.wan.decode(fresh.denormalize(latents)).sample[0].permute(1, 2, 3, 0) + 1) / 2
+    with torch.inference_mode():  # as ComfyUI runs nodes: the weights must stay plain tensors
+        decoded = fresh.decode(latents, chunk=2)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_inference()
+    assert fresh.wan.decoder.up_blocks[0].upsamplers[0].resample[1].weight.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(decoded, reference.clamp(0, 1), atol=1e-5)
+    _set_conv_layout(fresh.wan, torch.device("cuda"))  # another device type: back to diffusers' layout
+    assert conv.is_contiguous() and torch.allclose(fresh.decode(latents), decoded, atol=1e-5)
 
 
 def test_should_stop_interrupts_between_chunks(vae):

@@ -141,7 +141,9 @@ def _set_conv_layout(module: torch.nn.Module, device: torch.device) -> None:
             layout = (torch.channels_last if w.ndim == 4 else torch.channels_last_3d) if device.type == "cpu" \
                 else torch.contiguous_format
             if not w.is_contiguous(memory_format=layout):
-                with torch.inference_mode(False), torch.no_grad():  # a plain tensor even under ComfyUI's mode
+                # in the weights' own mode: plain weights stay plain under ComfyUI's inference mode, and weights
+                # loaded under it (inference tensors) can only be replaced there
+                with torch.inference_mode(w.is_inference()), torch.no_grad():
                     w.data = w.data.contiguous(memory_format=layout)
 
 

@@ -108,6 +108,11 @@ def test_cpu_decode_runs_channels_last_to_the_same_frames():
     assert torch.allclose(decoded, reference.clamp(0, 1), atol=1e-5)
     _set_conv_layout(fresh.wan, torch.device("cuda"))  # another device type: back to diffusers' layout
     assert conv.is_contiguous() and torch.allclose(fresh.decode(latents), decoded, atol=1e-5)
+    with torch.inference_mode():  # a VAE loaded under inference mode, as ComfyUI loads it, decodes there too
+        torch.manual_seed(0)
+        loaded = VideoVAE.from_config(CONFIG).eval()
+        assert torch.allclose(loaded.decode(latents), decoded, atol=1e-5)
+        assert loaded.wan.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_should_stop_interrupts_between_chunks(vae):

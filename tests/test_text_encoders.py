@@ -86,6 +86,27 @@ def test_encode_rejects_a_bare_string_and_stays_frozen(minilm: MiniLMTextEncoder
     assert not any(p.requires_grad for p in minilm.parameters())
 
 
+def test_minilm_gives_what_transformers_from_pretrained_gives(minilm: MiniLMTextEncoder) -> None:
+    from transformers import AutoModel
+
+    reference = AutoModel.from_pretrained(get_model_path(), local_files_only=True).eval()
+    ids = minilm.tokenizer(PROMPTS + [""], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(minilm.model(**ids).last_hidden_state, reference(**ids).last_hidden_state)
+
+
+def test_a_minilm_folder_with_a_missing_weight_names_it(tmp_path: Path) -> None:
+    folder = tmp_path / "minilm"
+    shutil.copytree(get_model_path(), folder)
+    from safetensors.torch import load_file
+
+    state = load_file(folder / "model.safetensors")
+    del state["encoder.layer.3.output.dense.weight"]
+    save_file(state, folder / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"Missing keys \(1\): encoder.layer.3.output.dense.weight.*Reinstall"):
+        MiniLMTextEncoder.from_pretrained(folder)
+
+
 # --- umT5 -------------------------------------------------------------------------------------------
 
 

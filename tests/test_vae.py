@@ -93,7 +93,7 @@ def test_streamed_decode_equals_one_shot(vae):
                           reference_moments(vae, frames(17)), atol=1e-5)
 
 
-def test_cpu_decode_runs_channels_last_to_the_same_frames():
+def test_cpu_decode_runs_channels_last_to_the_same_frames(tmp_path):
     torch.manual_seed(0)
     fresh = VideoVAE.from_config(CONFIG).eval()
     conv = fresh.wan.decoder.conv_in.weight
@@ -106,6 +106,8 @@ def test_cpu_decode_runs_channels_last_to_the_same_frames():
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_inference()
     assert fresh.wan.decoder.up_blocks[0].upsamplers[0].resample[1].weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.allclose(decoded, reference.clamp(0, 1), atol=1e-5)
+    fresh.save(tmp_path / "vae.safetensors")  # safetensors stores contiguous tensors only: saving packs them
+    assert torch.equal(VideoVAE.from_pretrained(tmp_path / "vae.safetensors").decode(latents, chunk=2), decoded)
     _set_conv_layout(fresh.wan, torch.device("cuda"))  # another device type: back to diffusers' layout
     assert conv.is_contiguous() and torch.allclose(fresh.decode(latents), decoded, atol=1e-5)
     with torch.inference_mode():  # a VAE loaded under inference mode, as ComfyUI loads it, decodes there too

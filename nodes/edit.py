@@ -98,19 +98,32 @@ class _LRU:
 
 class ConditioningText:
     """The text-encoder interface (``encode(prompts) -> (embeddings, mask)``) over a conditioning wire:
-    its prompt and negative prompt come from the wire; other prompts need a real text encoder."""
+    its prompt (each shot's, for a timed prompt) and negative prompt come from the wire; other prompts need a
+    real text encoder."""
 
     def __init__(self, conditioning: TextConditioning | None, encoder=None):
         self.conditioning, self.encoder = conditioning, encoder
         self.name = encoder.name if encoder is not None else (conditioning.encoder if conditioning else "none")
+        self.known: dict[str, torch.Tensor] = {}  # prompt -> its row [1, L, D] on the wire
+        if conditioning is not None:
+            from semanticgen_core.shots import split_shots
+
+            c = conditioning
+            if c.cond.ndim == 4:  # one row per shot
+                self.known.update({text: c.cond[:, k] for k, (_, _, text) in enumerate(split_shots(c.prompt))})
+                self.known.setdefault(c.negative_prompt, c.uncond[:, 0])
+            else:
+                self.known.update({c.prompt: c.cond})
+                self.known.setdefault(c.negative_prompt, c.uncond)
+
+    def can_encode(self, prompts: list[str]) -> bool:
+        return self.encoder is not None or all(p in self.known for p in prompts)
 
     def encode(self, prompts: list[str]):
         rows, c = [], self.conditioning
         for p in prompts:
-            if c is not None and p == c.prompt:
-                rows.append(c.cond.float().cpu())
-            elif c is not None and p == c.negative_prompt:
-                rows.append(c.uncond.float().cpu())
+            if p in self.known:
+                rows.append(self.known[p].float().cpu())
             elif self.encoder is not None:
                 rows.append(self.encoder.encode([p])[0].float().cpu())
             else:
@@ -121,6 +134,42 @@ class ConditioningText:
         length = max(r.shape[1] for r in rows)
         rows = [torch.nn.functional.pad(r, (0, 0, 0, length - r.shape[1])) for r in rows]  # zero past the tokens
         return torch.cat(rows), None
+
+
+def edited_conditioning(plan, conditioning: TextConditioning | None, text_encoder: LoadedModel | None,
+                        text: ConditioningText | None = None) -> TextConditioning | None:
+    """Stage 2's conditioning for an edited plan: ``conditioning`` itself while the plan's shots are its
+    prompt's; otherwise one shot per segment of the plan, each embedded from the wire where the conditioning
+    holds that prompt and by the text encoder where an edit brought a new one (a regenerated span's prompt, or
+    another plan's). None without a conditioning; the input conditioning, with a warning, when a new prompt
+    needs a text encoder and none is connected. ``text``: the regenerations' encoder, when they made one."""
+    from semanticgen_core.shots import format_shots, parse_shots
+
+    if conditioning is None:
+        return None
+    try:
+        if parse_shots(conditioning.prompt, plan.duration_s) == plan.segments:
+            return conditioning
+    except SemanticGenError:  # the conditioning's shots do not fit the edited plan's length
+        pass
+    prompts = [seg.prompt for seg in plan.segments]
+    text = text or ConditioningText(conditioning)
+    if not text.can_encode(prompts) and text_encoder is not None:  # loaded only when a prompt is new
+        text = ConditioningText(conditioning, text_encoder.ready()["text_encoder"])
+    if not text.can_encode(prompts):
+        log.warning("SemanticGen Edit Plan: the edited plan's shots have prompts the conditioning does not hold "
+                    "(%s): connect SemanticGen Load Text Encoder to the edit node's text_encoder input so that its "
+                    "conditioning output carries them; until then it passes the conditioning through",
+                    ", ".join(repr(p) for p in prompts if p not in text.known))
+        return conditioning
+    cond, _ = text.encode(prompts)
+    uncond, _ = text.encode([conditioning.negative_prompt] * len(prompts))
+    length = max(cond.shape[1], uncond.shape[1])  # guidance batches the two: one length
+    cond, uncond = (torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in (cond, uncond))
+    if len(prompts) > 1:
+        cond, uncond = cond[None], uncond[None]  # [1, S, L, D]: a row per shot
+    return TextConditioning(cond=cond, uncond=uncond, prompt=format_shots(plan.segments),
+                            negative_prompt=conditioning.negative_prompt, encoder=text.name)
 
 
 def _tensor_key(*tensors: torch.Tensor) -> str:
@@ -367,9 +416,11 @@ def format_edits(edits: list[dict]) -> str:
 class SemanticGenEditPlan:
     CATEGORY = "SemanticGen/plan"
     FUNCTION = "edit"
-    RETURN_TYPES = ("SEMANTIC_PLAN",)
-    RETURN_NAMES = ("plan",)
-    OUTPUT_TOOLTIPS = ("The edited plan (its history lists the edits); render it with stage 2.",)
+    RETURN_TYPES = ("SEMANTIC_PLAN", "SEMANTICGEN_CONDITIONING")
+    RETURN_NAMES = ("plan", "conditioning")
+    OUTPUT_TOOLTIPS = ("The edited plan (its history lists the edits); render it with stage 2.",
+                       "The edited plan's prompts, for Stage 2: the conditioning input as it is, or, where an edit "
+                       "gave a span a new prompt, a shot per prompt (new ones encoded by the text encoder).")
     DESCRIPTION = ("Edits a semantic plan before anything is rendered: cut, move, reverse, repeat, interpolate or "
                    "regenerate time ranges (with stage 1, optionally under a new prompt), or splice, concatenate and "
                    "blend another plan. The timeline shows the plan as thumbnails over time; select steps with the "
@@ -428,7 +479,9 @@ class SemanticGenEditPlan:
         result = apply_edits(plan, checked, context)
         if unique_id is not None:
             remember_plan(unique_id, plan, other, context, workflow_id(extra_pnginfo), checked)
-        return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]}, "result": (result,)}
+        return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]},
+                "result": (result, edited_conditioning(result, conditioning, text_encoder,
+                                                       context.text_encoder if regenerates else None))}
 
     @staticmethod
     def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder, aligner=None):

@@ -203,6 +203,9 @@ class SemanticGenStage2Sample:
 
     def sample(self, stage2: LoadedModel, plan, conditioning: TextConditioning, seed: int, steps: int,
                guidance: float, shift: float, sampler: str, window_frames: int):
+        if conditioning is None:  # an Edit Plan node without a conditioning input passes none on
+            raise SemanticGenError(f"{STAGE2_NODE}: no conditioning arrived: connect SemanticGen Text Encode to this "
+                                   "node, or to the conditioning input of the SemanticGen Edit Plan node it comes from.")
         ready(stage2, memory_required=dit_memory(plan, stage2.dtype))
         dit = stage2["stage2"]
         conditioning.check(dit.config.text_dim, f"stage 2 ({stage2.name})")

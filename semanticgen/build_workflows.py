@@ -348,8 +348,9 @@ is written to the node's edit list (saved with the workflow); undo and redo work
 plan of the last run: run the workflow once first.
 
 Here the edits **play the planned motion backwards** and **re-plan the first second** under another prompt
-with stage 1 (the rest of the plan is held). **Plan Preview** shows the edited plan; stage 2 renders it.
-Changing the edits re-runs only the edit node and what follows it; regenerated spans are cached."""
+with stage 1 (the rest of the plan is held). **Plan Preview** shows the edited plan; stage 2 renders it
+with the edit node's conditioning, which gives the re-planned second its own prompt. Changing the edits
+re-runs only the edit node and what follows it; regenerated spans are cached."""
 
 EXAMPLE_EDITS = [{"op": "reverse"},
                  {"op": "regenerate", "start_s": 0, "end_s": 1, "prompt": "a blue star growing on a grey background",
@@ -389,7 +390,7 @@ def edit_plan_then_render() -> dict:
     g.link(edit, "plan", preview, "plan")
     g.link(m["stage2"], "stage2", stage2, "stage2")
     g.link(edit, "plan", stage2, "plan")
-    g.link(prompt, "conditioning", stage2, "conditioning")
+    g.link(edit, "conditioning", stage2, "conditioning")  # the edited plan's prompts, the new shot's among them
     g.link(m["vae"], "vae", decode, "vae")
     g.link(stage2, "latent", decode, "latent")
     g.link(decode, "images", save, "images")

@@ -404,8 +404,9 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     edit = nodes["SemanticGenEditPlan"]()
     base = stage1.sample(s1, cond, 64, 64, 33, 8.0, 3, 6, 2.5, 3.0, "euler")[0]
     regen = json.dumps([{"op": "regenerate", "seed": 3, "steps": 6}])
-    (again,) = edit.edit(base, regen, stage1=s1, conditioning=cond)["result"]
-    (again_steered,) = edit.edit(base, regen, stage1=s1, conditioning=cond, aligner=aligner)["result"]
+    again, same = edit.edit(base, regen, stage1=s1, conditioning=cond)["result"]
+    again_steered, _ = edit.edit(base, regen, stage1=s1, conditioning=cond, aligner=aligner)["result"]
+    assert same is cond  # the plan keeps its prompt: stage 2 gets the conditioning as it came
     torch.testing.assert_close(again.tokens, plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(again_steered.tokens, steered, rtol=0, atol=1e-4)
     assert again_steered.history[-1]["alignment"] == 100.0 and "alignment" not in again.history[-1]

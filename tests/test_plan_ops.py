@@ -455,7 +455,8 @@ def test_edit_node_applies_its_widget_and_sends_thumbnails(pack, tiny_models):
     p = plan_mod.SemanticPlan(tokens=make_plan().tokens, fps=2.0, video_fps=8.0, num_frames=33, height=16, width=24,
                               segments=[plan_mod.Segment(0.0, 4.125, "x")], encoder="e", compressor="c8")
     out = edit.SemanticGenEditPlan().edit(p, '[{"op":"cut","start_s":0,"end_s":1}]')
-    (result,) = out["result"]
+    result, conditioning = out["result"]
+    assert conditioning is None  # none came in: none goes on to stage 2
     assert result.grid[0] == 7 and result.history == [{"op": "cut", "start_s": 0, "end_s": 1}]
     (payload,) = out["ui"]["semanticgen_plan"]
     assert payload["edits"] == [{"op": "cut", "start_s": 0, "end_s": 1}]
@@ -500,16 +501,26 @@ def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack
     node = edit.SemanticGenEditPlan()
     regen = {"op": "regenerate", "start_s": 1, "end_s": 3, "prompt": "a blue star", "seed": 4, "steps": 2}
     edit.REGENERATED.clear()
-    (out,) = node.edit(plan, json.dumps([regen]), stage1=stage1, conditioning=cond, text_encoder=text_encoder)["result"]
+    out, shots = node.edit(plan, json.dumps([regen]), stage1=stage1, conditioning=cond,
+                           text_encoder=text_encoder)["result"]
     assert torch.equal(out.tokens[:1], plan.tokens[:1]) and torch.equal(out.tokens[3:], plan.tokens[3:])
     assert not torch.allclose(out.tokens[1:3], plan.tokens[1:3])
     assert [s.prompt for s in out.segments] == ["a red circle moving right", "a blue star", "a red circle moving right"]
+    # Stage 2 gets the edited plan's shots: the new prompt's embedding for the regenerated span, the wire's elsewhere
+    assert shots.prompt == "0-1 s: a red circle moving right; 1-3 s: a blue star; 3-4.125 s: a red circle moving right"
+    assert shots.cond.shape == (1, 3, *cond.cond.shape[1:]) and shots.uncond.shape == shots.cond.shape
+    assert torch.equal(shots.cond[:, 0], cond.cond) and torch.equal(shots.cond[:, 2], cond.cond)
+    assert torch.equal(shots.cond[:, 1], text_encoder["text_encoder"].encode(["a blue star"])[0])
+    assert all(torch.equal(shots.uncond[:, k], cond.uncond) for k in range(3))
+    from semanticgen_core.shots import parse_shots
+
+    assert parse_shots(shots.prompt, out.duration_s) == out.segments
     assert len(edit.REGENERATED) == 1
     calls = []
     dit = stage1["stage1"]
     velocity = dit.velocity
     monkeypatch.setattr(dit, "velocity", lambda *a, **k: (calls.append(1), velocity(*a, **k))[1])
-    (more,) = node.edit(plan, json.dumps([regen, {"op": "cut", "start_s": 3, "end_s": 4}]), stage1=stage1,
+    more, _ = node.edit(plan, json.dumps([regen, {"op": "cut", "start_s": 3, "end_s": 4}]), stage1=stage1,
                         conditioning=cond, text_encoder=text_encoder)["result"]
     assert not calls and len(edit.REGENERATED) == 1  # the regenerated span came from the cache
     assert torch.equal(more.tokens[:3], out.tokens[:3])
@@ -519,6 +530,25 @@ def test_edit_node_regenerates_with_the_loaded_models_and_reuses_the_result(pack
     foreign = dataclasses.replace(plan, compressor="wan2.1-1.3b")
     with pytest.raises(ValueError, match=r"this plan lives in the space of compressor 'wan2.1-1.3b' but stage 1 "):
         node.edit(foreign, json.dumps([regen]), stage1=stage1, conditioning=cond)
+
+
+def test_edit_nodes_conditioning_carries_another_plans_prompt_when_it_can_encode_it(pack, sampled, caplog):
+    import logging
+
+    edit, plan_mod = _node_modules(pack)
+    stage1, text_encoder, cond, plan = sampled
+    other = dataclasses.replace(plan, segments=[plan_mod.Segment(0.0, plan.duration_s, "a green square")])
+    joined = json.dumps([{"op": "concatenate", "source": "other"}])
+    with caplog.at_level(logging.WARNING):
+        out, passed = edit.SemanticGenEditPlan().edit(plan, joined, other=other, conditioning=cond)["result"]
+    assert [s.prompt for s in out.segments] == ["a red circle moving right", "a green square"]
+    assert passed is cond and "prompts the conditioning does not hold ('a green square')" in caplog.text
+    _, shots = edit.SemanticGenEditPlan().edit(plan, joined, other=other, conditioning=cond,
+                                               text_encoder=text_encoder)["result"]
+    from semanticgen_core.shots import parse_shots
+
+    assert shots.prompt.endswith(" s: a green square") and parse_shots(shots.prompt, out.duration_s) == out.segments
+    assert torch.equal(shots.cond[:, 1], text_encoder["text_encoder"].encode(["a green square"])[0])
 
 
 def test_the_preview_route_applies_edits_to_the_nodes_last_plan_without_sampling(pack, sampled):

@@ -136,13 +136,13 @@ class ConditioningText:
         return torch.cat(rows), None
 
 
-def edited_conditioning(plan, conditioning: TextConditioning | None, text_encoder: LoadedModel | None,
-                        text: ConditioningText | None = None) -> TextConditioning | None:
+def edited_conditioning(plan, conditioning: TextConditioning | None,
+                        text_encoder: LoadedModel | None) -> TextConditioning | None:
     """Stage 2's conditioning for an edited plan: ``conditioning`` itself while the plan's shots are its
     prompt's; otherwise one shot per segment of the plan, each embedded from the wire where the conditioning
     holds that prompt and by the text encoder where an edit brought a new one (a regenerated span's prompt, or
     another plan's). None without a conditioning; the input conditioning, with a warning, when a new prompt
-    needs a text encoder and none is connected. ``text``: the regenerations' encoder, when they made one."""
+    needs a text encoder and none is connected."""
     from semanticgen_core.shots import format_shots, parse_shots
 
     if conditioning is None:
@@ -153,7 +153,7 @@ def edited_conditioning(plan, conditioning: TextConditioning | None, text_encode
     except SemanticGenError:  # the conditioning's shots do not fit the edited plan's length
         pass
     prompts = [seg.prompt for seg in plan.segments]
-    text = text or ConditioningText(conditioning)
+    text = ConditioningText(conditioning)
     if not text.can_encode(prompts) and text_encoder is not None:  # loaded only when a prompt is new
         text = ConditioningText(conditioning, text_encoder.ready()["text_encoder"])
     if not text.can_encode(prompts):
@@ -162,10 +162,8 @@ def edited_conditioning(plan, conditioning: TextConditioning | None, text_encode
                     "conditioning output carries them; until then it passes the conditioning through",
                     ", ".join(repr(p) for p in prompts if p not in text.known))
         return conditioning
-    cond, _ = text.encode(prompts)
-    uncond, _ = text.encode([conditioning.negative_prompt] * len(prompts))
-    length = max(cond.shape[1], uncond.shape[1])  # guidance batches the two: one length
-    cond, uncond = (torch.nn.functional.pad(t, (0, 0, 0, length - t.shape[1])) for t in (cond, uncond))
+    rows, _ = text.encode(prompts + [conditioning.negative_prompt] * len(prompts))  # one length: guidance batches them
+    cond, uncond = rows[:len(prompts)], rows[len(prompts):]
     if len(prompts) > 1:
         cond, uncond = cond[None], uncond[None]  # [1, S, L, D]: a row per shot
     return TextConditioning(cond=cond, uncond=uncond, prompt=format_shots(plan.segments),
@@ -480,8 +478,7 @@ class SemanticGenEditPlan:
         if unique_id is not None:
             remember_plan(unique_id, plan, other, context, workflow_id(extra_pnginfo), checked)
         return {"ui": {UI_KEY: [editor_payload(plan, result, checked, other)]},
-                "result": (result, edited_conditioning(result, conditioning, text_encoder,
-                                                       context.text_encoder if regenerates else None))}
+                "result": (result, edited_conditioning(result, conditioning, text_encoder))}
 
     @staticmethod
     def _regenerate_context(context, plan, regenerates, stage1, conditioning, text_encoder, aligner=None):

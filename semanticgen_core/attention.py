@@ -15,6 +15,9 @@ conditioning). Two things are added on top of Wan's self-attention:
   initialised at zero (IP-Adapter style decoupling). With the gate at zero the model is exactly the
   pretrained Wan DiT, so fine-tuning starts from the base model's output instead of a perturbed one;
   the gate opens as training finds the plan useful.
+  A stage 2 trained from scratch (the embedded default) has no base model to start from exactly, and may
+  instead attend jointly: one softmax over the window's video and semantic keys (no gate), as the
+  paper's in-context conditioning reads.
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
     Full attention (one window over everything) uses the tensors as they are, without copies.
 
     Returns the attention outputs for both (the semantic side as given when it has no tokens).
-    ``gate`` is ``[heads]``: the weight of the semantic softmax branch.
+    ``gate`` is ``[heads]``: the weight of the semantic softmax branch; None attends jointly (one softmax
+    over the video and semantic keys).
     """
 
     def qkv(x, rope):
@@ -173,15 +177,20 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
     has_sem = xs is not None and xs.shape[1] > 0
     if has_sem:
         qs, ks, vs = qkv(xs, rope_s)
-        g = gate.to(qv.dtype).view(1, -1, 1, 1)
+        g = gate.to(qv.dtype).view(1, -1, 1, 1) if gate is not None else None
     n_video, n_sem = qv.shape[2], (qs.shape[2] if has_sem else 0)
+
+    def attend(q, k_v, v_v, k_s, v_s):
+        if k_s is None:
+            return F.scaled_dot_product_attention(q, k_v, v_v)
+        if g is None:
+            return F.scaled_dot_product_attention(q, torch.cat([k_v, k_s], 2), torch.cat([v_v, v_s], 2))
+        return F.scaled_dot_product_attention(q, k_v, v_v) + g * F.scaled_dot_product_attention(q, k_s, v_s)
 
     if len(windows) == 1 and windows[0].video == slice(0, n_video) and \
             (windows[0].semantic.stop - windows[0].semantic.start) == n_sem:  # full attention: no copies
         q = torch.cat([qv, qs], 2) if has_sem else qv
-        out = F.scaled_dot_product_attention(q, kv, vv)
-        if has_sem:
-            out = out + g * F.scaled_dot_product_attention(q, ks, vs)
+        out = attend(q, kv, vv, *((ks, vs) if has_sem else (None, None)))
         ov, os_ = (out[:, :, :n_video], out[:, :, n_video:]) if has_sem else (out, None)
     else:
         ov, os_ = torch.empty_like(qv), (torch.empty_like(qs) if has_sem else None)
@@ -191,9 +200,8 @@ def windowed_self_attention(attn, xv: torch.Tensor, xs: torch.Tensor | None, rop
             q = _stacked(qv, vid)
             if n_s:
                 q = torch.cat([q, _stacked(qs, sem)], 2)
-            out = F.scaled_dot_product_attention(q, _stacked(kv, vid), _stacked(vv, vid))
-            if n_s:
-                out = out + g * F.scaled_dot_product_attention(q, _stacked(ks, sem), _stacked(vs, sem))
+            out = attend(q, _stacked(kv, vid), _stacked(vv, vid),
+                         *((_stacked(ks, sem), _stacked(vs, sem)) if n_s else (None, None)))
             if n_v:
                 _scatter(ov, vid, out[:, :, :n_v])
             if n_s:

@@ -247,38 +247,62 @@ class FeatureCache:
     ``latents``, ``features`` and the ``text`` of the row's caption ``k`` of ``captions(i)`` (padded back
     to the text encoder's length with zeros, as at generation time), and the uint8 ``thumbs`` of a cache
     that has them (version 2 on; ``has_thumbnails``). Version-1 caches still train every task but the
-    plan-preview decoder's; caches before version 3 hold one caption per clip."""
+    plan-preview decoder's; caches before version 3 hold one caption per clip.
+
+    Several caches built alike (the same preset, models and clip length: data built apart, on other
+    machines or from other folders) read as one: ``FeatureCache(a, b)`` has a's rows, then b's."""
 
     OPEN_SHARDS = 8  # memory-mapped shard handles kept open
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
-        manifest = self.folder / "cache.json"
-        if not manifest.is_file():
-            raise SemanticGenError(f"{self.folder} is not a feature cache (no cache.json): build one with "
-                                   "`python -m semanticgen_core.feature_cache --videos DIR --out "
-                                   f"{self.folder} ...`")
-        self.record = json.loads(manifest.read_text())
-        if self.record.get("format") != CACHE_FORMAT or self.record.get("version", 0) > CACHE_VERSION:
-            raise SemanticGenError(f"{manifest} is not a feature cache this code reads "
-                                   f"(format {self.record.get('format')!r}, version {self.record.get('version')})")
-        shards = [_shard_path(self.folder, i) for i in range(self.record["shards"])]
-        missing = [p.name for p in shards if not p.is_file()]
-        if missing:
-            raise SemanticGenError(f"the cache {self.folder} is incomplete: {len(missing)} of {len(shards)} shards "
-                                   f"are missing ({', '.join(missing[:5])}...). Run the cache command again with "
-                                   "the same arguments: it encodes only what is missing.")
+    def __init__(self, folder: str | os.PathLike, *more: str | os.PathLike):
+        self.folders = [Path(f) for f in (folder, *more)]
+        self.folder = self.folders[0]
         self.rows: list[tuple[Path, int]] = []
         self.sources: list[str] = []  # each row's clip: file and time, or world seed
+        self.records = [self._read(f) for f in self.folders]
+        self.record = self.records[0]
+        for other, record in zip(self.folders[1:], self.records[1:]):  # caches built apart (other data, machines)
+            diffs = [key for key in ("version", "preset", "made_by", "clip", "text_max_length")
+                     if record.get(key) != self.record.get(key)]
+            if diffs:
+                raise SemanticGenError(f"the caches {self.folder} and {other} cannot train together: their "
+                                       f"{', '.join(diffs)} differ. Build them with the same preset, models and "
+                                       "clip length (the record is in each cache.json)")
+        with safe_open(str(self.folder / "empty_text.safetensors"), "pt") as f:
+            self.empty_text = self._pad(f.get_tensor("text").float())
+        self._open: OrderedDict[Path, object] = OrderedDict()
+
+    def _read(self, folder: Path) -> dict:
+        """Check one cache folder and add its rows; returns its record."""
+        manifest = folder / "cache.json"
+        if not manifest.is_file():
+            raise SemanticGenError(f"{folder} is not a feature cache (no cache.json): build one with "
+                                   "`python -m semanticgen_core.feature_cache --videos DIR --out "
+                                   f"{folder} ...`")
+        record = json.loads(manifest.read_text())
+        if record.get("format") != CACHE_FORMAT or record.get("version", 0) > CACHE_VERSION:
+            raise SemanticGenError(f"{manifest} is not a feature cache this code reads "
+                                   f"(format {record.get('format')!r}, version {record.get('version')})")
+        shards = [_shard_path(folder, i) for i in range(record["shards"])]
+        missing = [p.name for p in shards if not p.is_file()]
+        if missing:
+            raise SemanticGenError(f"the cache {folder} is incomplete: {len(missing)} of {len(shards)} shards "
+                                   f"are missing ({', '.join(missing[:5])}...). Run the cache command again with "
+                                   "the same arguments: it encodes only what is missing.")
+        rows = len(self.rows)
         for path in shards:
             with safe_open(str(path), "pt") as f:
                 self.rows += [(path, r) for r in range(int(f.metadata()["clips"]))]
                 self.sources += json.loads(f.metadata()["sources"])
-        if not self.rows:
-            raise SemanticGenError(f"the cache {self.folder} holds no clips: every file of its data was skipped")
-        with safe_open(str(self.folder / "empty_text.safetensors"), "pt") as f:
-            self.empty_text = self._pad(f.get_tensor("text").float())
-        self._open: OrderedDict[Path, object] = OrderedDict()
+        if len(self.rows) == rows:
+            raise SemanticGenError(f"the cache {folder} holds no clips: every file of its data was skipped")
+        return record
+
+    @property
+    def source(self) -> dict | list[dict]:
+        """What the rows were made from: the record's source, or one per cache."""
+        sources = [r["source"] for r in self.records]
+        return sources[0] if len(sources) == 1 else sources
 
     @property
     def preset(self) -> Preset:

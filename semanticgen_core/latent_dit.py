@@ -10,7 +10,9 @@ The sequence is ``[z_t ; z_sem]``: video tokens (Wan's patch embedding) followed
   plan, ``1000 * a`` for a plan noised to level ``a`` (training-time augmentation, as in RAE), so the
   model knows how far to trust it.
 * **Exact start from Wan.** The video <- semantic attention branch has a zero-initialised gate
-  (``attention.py``), so before training the output equals the base Wan model's output.
+  (``attention.py``), so before training the output equals the base Wan model's output. A stage 2
+  trained from scratch, with no base model to match, may attend jointly instead (``plan_attention="joint"``:
+  one softmax over video and plan keys, no gate).
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         pos_embed_seq_len: int | None = None,
         semantic_dim: int = 8,
         window_frames: int | None = None,
+        plan_attention: str = "gated",
     ) -> None:
         super().__init__(patch_size, num_attention_heads, attention_head_dim, in_channels, out_channels, text_dim,
                          freq_dim, ffn_dim, num_layers, cross_attn_norm, qk_norm, eps, image_dim, added_kv_proj_dim,
@@ -72,7 +75,11 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         self.use_semanticgen_blocks()
         inner_dim = num_attention_heads * attention_head_dim
         self.semantic_proj = nn.Linear(semantic_dim, inner_dim)
-        self.semantic_gate = nn.Parameter(torch.zeros(num_layers, num_attention_heads))
+        if plan_attention not in ("gated", "joint"):
+            raise ValueError(f"plan_attention must be 'gated' or 'joint', got {plan_attention!r}")
+        # joint attention has no gate: the plan's keys share the video's softmax
+        self.semantic_gate = nn.Parameter(torch.zeros(num_layers, num_attention_heads)) \
+            if plan_attention == "gated" else None
 
     def forward(
         self,
@@ -157,8 +164,11 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         else:
             state = wan_original_to_diffusers(load_state_dict(path))
             config = infer_wan_config(state)
-        for key in ("semantic_dim", "window_frames"):
+        for key in ("semantic_dim", "window_frames", "plan_attention"):
             config.pop(key, None)
+        if semantic_config.get("plan_attention", "gated") != "gated":
+            raise ValueError("a stage 2 from Wan keeps the gated plan attention: its closed gate is what makes "
+                             "the start exactly Wan's")
         with init_empty_weights():
             model = cls(**config, **semantic_config)
         fresh = {k: v for k, v in model.state_dict().items() if k.startswith(("semantic_proj.", "semantic_gate"))}
@@ -170,7 +180,8 @@ class LatentDiT(WanRunner, WanTransformer3DModel):
         """Fresh in-context layers: a scaled Linear for the plan tokens and a closed gate."""
         nn.init.normal_(self.semantic_proj.weight, std=self.config.semantic_dim ** -0.5)
         nn.init.zeros_(self.semantic_proj.bias)
-        nn.init.zeros_(self.semantic_gate)
+        if self.semantic_gate is not None:
+            nn.init.zeros_(self.semantic_gate)
 
 
 

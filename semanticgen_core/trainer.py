@@ -86,14 +86,37 @@ class Task:
     group: int = 1                 # samples that make one training example (stage 1 strings clips into shots)
 
 
+def fresh_size(config: dict, args, what: str) -> dict:
+    """A preset's DiT config at ``--width`` / ``--layers`` when given: heads of the preset's head size, the
+    feed-forward at the preset's ratio to the width."""
+    config = dict(config)
+    if args.width:
+        head = config["attention_head_dim"]
+        if args.width % head:
+            raise SemanticGenError(f"--width {args.width} must be a multiple of {what}'s attention head size, {head}")
+        ratio = config["ffn_dim"] / (config["num_attention_heads"] * head)
+        config.update(num_attention_heads=args.width // head, ffn_dim=round(ratio * args.width))
+    if args.layers:
+        config["num_layers"] = args.layers
+    return config
+
+
 def stage2_task(args, preset: Preset) -> Task:
-    preset = plan_preset(preset, args.plan_dim)
-    compressor = SemanticCompressor(**preset.compressor)
+    plan_from = args.plan_from
+    if args.compressor:  # an existing stage 2's compressor, so the plans (and a stage 1 made for them) stay
+        start = load_model(args.compressor, "stage2")
+        compressor = start.modules["compressor"].float()
+        plan_from = start.info.get("plan_from", "encoder")
+        preset = plan_preset(preset, compressor.config.out_dim)
+    else:
+        preset = plan_preset(preset, args.plan_dim)
+        compressor = SemanticCompressor(**preset.compressor)
     window = stage2_window(preset)
     if args.init_wan:
         stage2 = LatentDiT.from_wan(args.init_wan, semantic_dim=args.plan_dim, window_frames=window)
     else:
-        stage2 = LatentDiT(**{**preset.stage2, "window_frames": window})
+        stage2 = LatentDiT(**{**fresh_size(preset.stage2, args, "stage 2"), "window_frames": window,
+                              "plan_attention": args.plan_attention})
     if args.init:
         start = load_model(args.init, "stage2").modules
         compressor, stage2 = start["compressor"].float(), start["stage2"].float()
@@ -103,14 +126,15 @@ def stage2_task(args, preset: Preset) -> Task:
     def loss(batch, noise, step, step_gen):
         window = stage2.config.window_frames  # borders anywhere, as sampling moves them
         offset = float(torch.randint(int(window), (1,), generator=step_gen)) if window else 0.0
-        return stage2_loss(compressor, stage2, batch["latents"], plan_features(batch, args.plan_from), batch["text"],
+        return stage2_loss(compressor, stage2, batch["latents"], plan_features(batch, plan_from), batch["text"],
                            batch["empty_text"], noise, kl_weight=args.kl * min(1.0, step / max(1, args.kl_warmup)),
                            plan_noise=args.plan_noise, window_offset=offset)
 
     return Task("stage2", {"compressor": compressor, "stage2": stage2}, loss, preset,
                 {"objective": "rectified flow on VAE latents given the plan (noised) + text; KL on the compressor",
                  "kl_weight": args.kl, "kl_warmup": args.kl_warmup, "plan_noise": args.plan_noise,
-                 "plan_from": args.plan_from, "init": Path(args.init_wan or args.init or "random").name},
+                 "plan_from": plan_from, "init": Path(args.init_wan or args.init or "random").name,
+                 **({"compressor": Path(args.compressor).name} if args.compressor else {})},
                 list(stage2.blocks))
 
 
@@ -139,7 +163,8 @@ def stage2_window(preset: Preset) -> int | None:
 
 def stage1_task(args, preset: Preset) -> Task:
     plans, plan_from, preset = frozen_plans(args, preset, "stage 1")
-    stage1 = load_model(args.init, "stage1").modules["stage1"].float() if args.init else SemanticDiT(**preset.stage1)
+    stage1 = load_model(args.init, "stage1").modules["stage1"].float() if args.init else \
+        SemanticDiT(**fresh_size(preset.stage1, args, "stage 1"))
     shots = [2 ** i for i in range(args.max_shots.bit_length()) if 2 ** i <= args.max_shots]
 
     def loss(batch, noise, step, step_gen):
@@ -156,7 +181,7 @@ def stage1_task(args, preset: Preset) -> Task:
 
 
 def baseline_task(args, preset: Preset) -> Task:
-    model = LatentDiT(**{**preset.stage2, "window_frames": None})
+    model = LatentDiT(**{**fresh_size(preset.stage2, args, "the baseline"), "window_frames": None})
     if args.init:  # a stage-2 file's DiT (its plan layers unused), or a baseline to continue
         kind = read_metadata(args.init).get("kind")
         if kind not in ("stage2", "baseline"):
@@ -420,8 +445,8 @@ class Trainer:
                     "ema": self.args.ema, "world_size": dist.world_size(), "device": self.device.type,
                     f"{'gpu' if self.device.type == 'cuda' else 'cpu'}_hours": round(hours, 4),
                     "wall_minutes": round(self.elapsed / 60, 2), "clips": len(self.cache),
-                    "data": {"cache": self.cache.folder.name, "preset": self.cache.preset.name,
-                             **{k: self.cache.record[k] for k in ("made_by", "clip", "source")}}}
+                    "data": {"cache": ", ".join(f.name for f in self.cache.folders), "preset": self.cache.preset.name,
+                             **{k: self.cache.record[k] for k in ("made_by", "clip")}, "source": self.cache.source}}
             if self.args.init:  # a continued model keeps the record of what it was continued from
                 info["init_record"] = json.loads(read_metadata(self.args.init).get("info", "{}"))
             configs = {n: dict(m.config) for n, m in self.task.trained.items()}
@@ -593,7 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=sorted(TASKS))
-    p.add_argument("--cache", type=Path, required=True, help="a feature cache (python -m semanticgen_core.feature_cache)")
+    p.add_argument("--cache", type=Path, nargs="+", required=True,
+                   help="a feature cache (python -m semanticgen_core.feature_cache), or several built alike")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, log.jsonl, the exported model")
     p.add_argument("--steps", type=int, default=None, help="optimiser steps in all (a rerun continues up to it)")
     p.add_argument("--minutes", type=float, default=None, help="stop (with a checkpoint) after this much wall time")
@@ -620,6 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "stage-2 file)")
     start.add_argument("--init-wan", type=Path, help="stage 2 / baseline: start from Wan2.1-T2V weights (diffusers "
                                                      "folder or the single file in ComfyUI's models/diffusion_models)")
+    size = p.add_argument_group("a fresh DiT's size (stage 1, stage 2, the baseline; default: the preset's)")
+    size.add_argument("--width", type=int, help="model width: attention heads of the preset's head size")
+    size.add_argument("--layers", type=int, help="transformer blocks")
     s2 = p.add_argument_group("stage 2")
     s2.add_argument("--kl", type=float, default=1e-4, help="KL weight of the compressor")
     s2.add_argument("--kl-warmup", type=int, default=1000,
@@ -631,6 +660,12 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--plan-dim", type=int, default=8, help="channels of the plan (the compressor's output)")
     s2.add_argument("--freeze-compressor", action="store_true",
                     help="train the DiT alone, so a stage 1 trained on the compressor's plans stays valid")
+    s2.add_argument("--compressor", type=Path,
+                    help="start from this stage-2 file's compressor and a fresh DiT (with --freeze-compressor: a "
+                         "new stage 2, of another size or attention, for the plans an existing stage 1 makes)")
+    s2.add_argument("--plan-attention", choices=("gated", "joint"), default="gated",
+                    help="a fresh DiT's attention to the plan: its own softmax times a gate that starts closed "
+                         "(the exact start from Wan), or one softmax over video and plan keys (from scratch)")
     s1 = p.add_argument_group("stage 1")
     s1.add_argument("--stage2", type=Path, help="the trained stage-2 file whose compressor makes the plans")
     s1.add_argument("--max-shots", type=int, default=8, help="longest training plan, in cached clips (a power of 2)")
@@ -654,6 +689,14 @@ def main(argv: list[str] | None = None) -> Path:
         raise SemanticGenError("--decay-steps needs --steps: the cool-down ends at that step")
     if args.max_shots & (args.max_shots - 1):
         raise SemanticGenError(f"--max-shots must be a power of 2, got {args.max_shots}")
+    fresh = [name for name, given in (("--width", args.width), ("--layers", args.layers),
+                                      ("--compressor", args.compressor),
+                                      ("--plan-attention joint", args.plan_attention != "gated")) if given]
+    if fresh and (args.init or args.init_wan):
+        raise SemanticGenError(f"{', '.join(fresh)} shape a fresh model; --init and --init-wan start from a file "
+                               "that has its own (drop one or the other)")
+    if (args.compressor or args.plan_attention != "gated") and args.task != "stage2":
+        raise SemanticGenError("--compressor and --plan-attention are stage 2's options")
     if args.keep < 1:
         raise SemanticGenError(f"--keep must be at least 1 (the checkpoint a rerun resumes from), got {args.keep}")
     if args.threads:
@@ -665,10 +708,10 @@ def main(argv: list[str] | None = None) -> Path:
             # model's output in place, which is all FSDP2's view warning is about
             warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-            cache = FeatureCache(args.cache)
+            cache = FeatureCache(*args.cache)
             if args.task == "preview" and not cache.has_thumbnails:
                 raise SemanticGenError(
-                    f"the preview task learns to draw the cache's thumbnails, but {args.cache} is a version-"
+                    f"the preview task learns to draw the cache's thumbnails, but {cache.folder} is a version-"
                     f"{cache.record.get('version', 1)} cache without them: build the cache again (in a new folder) "
                     "with this version of `python -m semanticgen_core.feature_cache` or `semanticgen_world.cache`")
             torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed

@@ -14,7 +14,8 @@ CFG = dict(patch_size=(1, 2, 2), num_attention_heads=3, attention_head_dim=8, in
 
 
 def reference_windowed_self_attention(attn, xv, xs, rope_v, rope_s, windows, gate):
-    """The implementation before windows were batched: one pair of SDPA calls per window, in a loop."""
+    """The implementation before windows were batched: one pair of SDPA calls per window, in a loop (one call
+    over the window's video and plan keys together when ``gate`` is None: joint attention)."""
 
     def qkv(x, rope):
         q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
@@ -27,13 +28,17 @@ def reference_windowed_self_attention(attn, xv, xs, rope_v, rope_s, windows, gat
     has_sem = xs is not None and xs.shape[1] > 0
     if has_sem:
         qs, ks, vs = qkv(xs, rope_s)
-        g = gate.to(qv.dtype).view(1, -1, 1, 1)
     ov, os_ = torch.empty_like(qv), (torch.empty_like(qs) if has_sem else None)
     for win in windows:
         v, s = win.video, win.semantic
         q = torch.cat([qv[:, :, v], qs[:, :, s]], 2) if has_sem else qv[:, :, v]
-        out = F.scaled_dot_product_attention(q, kv[:, :, v], vv[:, :, v])
-        if has_sem and s.stop > s.start:
+        if has_sem and gate is None:
+            out = F.scaled_dot_product_attention(q, torch.cat([kv[:, :, v], ks[:, :, s]], 2),
+                                                 torch.cat([vv[:, :, v], vs[:, :, s]], 2))
+        else:
+            out = F.scaled_dot_product_attention(q, kv[:, :, v], vv[:, :, v])
+        if has_sem and gate is not None and s.stop > s.start:
+            g = gate.to(qv.dtype).view(1, -1, 1, 1)
             out = out + g * F.scaled_dot_product_attention(q, ks[:, :, s], vs[:, :, s])
         n_v = v.stop - v.start
         ov[:, :, v] = out[:, :, :n_v]
@@ -78,9 +83,11 @@ CASES = [  # (window, shifted, offset, plan steps)
 
 @pytest.mark.parametrize("window, shifted, offset, steps", CASES)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("joint", [False, True])
 @torch.no_grad()
-def test_batched_windows_equal_the_loop(window, shifted, offset, steps, dtype, tol):
+def test_batched_windows_equal_the_loop(window, shifted, offset, steps, dtype, tol, joint):
     attn, xv, xs, tv, ts, rope_v, rope_s, gate = layout(steps=steps, dtype=dtype)
+    gate = None if joint else gate
     windows = time_windows(tv, ts, window, shifted, offset)
     if window == 2 and steps == 3:
         assert any(w.semantic.stop == w.semantic.start for w in windows)  # the case is what it claims

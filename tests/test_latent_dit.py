@@ -143,6 +143,8 @@ def test_loads_wan_single_file_and_diffusers_folder_with_no_missing_keys(tmp_pat
         out = model(x, t, text, semantic_tokens=torch.randn(1, 2, 2, 2, 3)).sample
         torch.testing.assert_close(out, expected)
         assert torch.equal(model.semantic_gate, torch.zeros_like(model.semantic_gate))
+    with pytest.raises(ValueError, match="a stage 2 from Wan keeps the gated plan attention"):
+        LatentDiT.from_wan(tmp_path / "wan.safetensors", semantic_dim=3, plan_attention="joint")
 
     del original["model.diffusion_model.blocks.1.cross_attn.k.weight"]
     save_file({k: v.contiguous() for k, v in original.items()}, tmp_path / "broken.safetensors")

@@ -119,3 +119,62 @@ def test_dataloader_workers_read_the_same_batches(tiny_world_cache, tmp_path):
     a = load_file(train(["stage2", *common(cache, tmp_path / "w0", 2)]))
     b = load_file(train(["stage2", *common(cache, tmp_path / "w2", 2, "--workers", "2")]))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_fresh_stage2_of_another_size_and_joint_attention_on_an_existing_compressor_over_two_caches(
+        tiny_world_cache, tmp_path):
+    """What a longer run on a GPU trains: a wider, deeper stage 2 attending jointly to the plan, for the plans
+    of an existing compressor (kept bit for bit, so the stage 1 made for them stays valid), on two caches built
+    apart and read as one."""
+    from semanticgen_world import cache as world_cache
+
+    first = tiny_world_cache["cache"]
+    second = tmp_path / "second"
+    world_cache.main(["--out", str(second), "--clips", "2", "--first-seed", "10", "--items-per-shard", "2",
+                      "--vae", str(tiny_world_cache["vae"]), "--encoder", str(first.parent / "enc.safetensors")])
+    both = FeatureCache(first, second)
+    assert len(both) == len(FeatureCache(first)) + 2
+    assert both.sources[-2:] == ["world seed 10", "world seed 11"]
+    assert torch.equal(both[len(both) - 1]["latents"], FeatureCache(second)[1]["latents"])
+
+    old = train(["stage2", *common(first, tmp_path / "old", 1)])
+    new = train(["stage2", "--cache", str(first), str(second), "--out", str(tmp_path / "new"), "--batch", "2",
+                 "--warmup", "1", "--steps", "2", "--lr", "1e-2", "--compressor", str(old), "--freeze-compressor",
+                 "--width", "64", "--layers", "3", "--plan-attention", "joint"])
+    was, now = load_model(old, "stage2"), load_model(new, "stage2")
+    for name, tensor in was.modules["compressor"].state_dict().items():
+        assert torch.equal(tensor, now.modules["compressor"].state_dict()[name]), name
+    dit, preset = now.modules["stage2"], EMBEDDED.stage2
+    assert (dit.config.num_attention_heads, dit.config.num_layers) == (64 // preset["attention_head_dim"], 3)
+    assert dit.config.ffn_dim == 64 * preset["ffn_dim"] // (preset["num_attention_heads"] * preset["attention_head_dim"])
+    assert dit.config.plan_attention == "joint" and dit.semantic_gate is None
+    assert now.info["compressor"] == "stage2.safetensors" and len(now.info["data"]["source"]) == 2
+    assert now.info["data"]["cache"] == f"{first.name}, {second.name}"
+    x, t, text = torch.randn(1, 16, 3, 8, 8), torch.tensor([500.0]), torch.randn(1, 5, 384)
+    with torch.no_grad():  # no gate to open: the plan reaches the video from the first step
+        a, b = (dit(x, t, text, semantic_tokens=torch.randn(1, 2, 4, 4, 8, generator=torch.Generator().manual_seed(s)))
+                .sample for s in (0, 1))
+    assert (a - b).abs().max() > 1e-3
+
+
+def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_world_cache, tmp_path):
+    from semanticgen_core.model_files import save_model as save_semanticgen
+    from semanticgen_core.presets import TINY
+    from semanticgen_world import cache as world_cache
+
+    first = tiny_world_cache["cache"]
+    torch.manual_seed(1)
+    other_encoder = tmp_path / "other_enc.safetensors"
+    save_semanticgen(other_encoder, "semantic_encoder", {"encoder": TINY.build()["encoder"]}, EMBEDDED)
+    other = tmp_path / "other"
+    world_cache.main(["--out", str(other), "--clips", "2", "--first-seed", "10", "--items-per-shard", "2",
+                      "--vae", str(tiny_world_cache["vae"]), "--encoder", str(other_encoder)])
+    with pytest.raises(SemanticGenError, match=rf"the caches {first} and {other} cannot train together: their made_by"):
+        FeatureCache(first, other)
+    old = train(["stage2", *common(first, tmp_path / "old", 1)])
+    with pytest.raises(SemanticGenError, match="--width, --layers shape a fresh model; --init and --init-wan start"):
+        train(["stage2", *common(first, tmp_path / "x", 1, "--init", str(old), "--width", "64", "--layers", "2")])
+    with pytest.raises(SemanticGenError, match="--width 48 must be a multiple of stage 1's attention head size, 32"):
+        train(["stage1", *common(first, tmp_path / "y", 1, "--stage2", str(old), "--width", "48")])
+    with pytest.raises(SemanticGenError, match="--compressor and --plan-attention are stage 2's options"):
+        train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])

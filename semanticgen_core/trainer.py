@@ -121,6 +121,13 @@ def stage2_task(args, preset: Preset) -> Task:
         start = load_model(args.init, "stage2").modules
         compressor, stage2 = start["compressor"].float(), start["stage2"].float()
         preset = plan_preset(preset, compressor.config.out_dim)  # the file's plan width, whatever --plan-dim says
+        if args.plan_attention == "joint" and stage2.config.plan_attention == "gated":
+            # a gated stage 2 continued with joint attention: every weight kept but the gate
+            joint = LatentDiT(**{**{k: v for k, v in stage2.config.items() if not k.startswith("_")},
+                                 "plan_attention": "joint"})
+            load_into(joint, {k: v for k, v in stage2.state_dict().items() if k != "semantic_gate"},
+                      f"stage 2 from {args.init}")
+            stage2 = joint
     compressor.requires_grad_(not args.freeze_compressor)
 
     def loss(batch, noise, step, step_gen):
@@ -664,8 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start from this stage-2 file's compressor and a fresh DiT (with --freeze-compressor: a "
                          "new stage 2, of another size or attention, for the plans an existing stage 1 makes)")
     s2.add_argument("--plan-attention", choices=("gated", "joint"), default="gated",
-                    help="a fresh DiT's attention to the plan: its own softmax times a gate that starts closed "
-                         "(the exact start from Wan), or one softmax over video and plan keys (from scratch)")
+                    help="attention to the plan: its own softmax times a gate that starts closed (the exact start "
+                         "from Wan), or one softmax over video and plan keys (a stage 2 from scratch; with --init, "
+                         "a gated file continued without its gate)")
     s1 = p.add_argument_group("stage 1")
     s1.add_argument("--stage2", type=Path, help="the trained stage-2 file whose compressor makes the plans")
     s1.add_argument("--max-shots", type=int, default=8, help="longest training plan, in cached clips (a power of 2)")
@@ -690,11 +698,13 @@ def main(argv: list[str] | None = None) -> Path:
     if args.max_shots & (args.max_shots - 1):
         raise SemanticGenError(f"--max-shots must be a power of 2, got {args.max_shots}")
     fresh = [name for name, given in (("--width", args.width), ("--layers", args.layers),
-                                      ("--compressor", args.compressor),
-                                      ("--plan-attention joint", args.plan_attention != "gated")) if given]
+                                      ("--compressor", args.compressor)) if given]
     if fresh and (args.init or args.init_wan):
         raise SemanticGenError(f"{', '.join(fresh)} shape a fresh model; --init and --init-wan start from a file "
                                "that has its own (drop one or the other)")
+    if args.init_wan and args.plan_attention != "gated":
+        raise SemanticGenError("--init-wan keeps the gated plan attention: its closed gate is what makes the start "
+                               "exactly Wan's (--plan-attention joint is for a stage 2 from scratch or --init)")
     if (args.compressor or args.plan_attention != "gated") and args.task != "stage2":
         raise SemanticGenError("--compressor and --plan-attention are stage 2's options")
     if args.keep < 1:

@@ -176,5 +176,10 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
         train(["stage2", *common(first, tmp_path / "x", 1, "--init", str(old), "--width", "64", "--layers", "2")])
     with pytest.raises(SemanticGenError, match="--width 48 must be a multiple of stage 1's attention head size, 32"):
         train(["stage1", *common(first, tmp_path / "y", 1, "--stage2", str(old), "--width", "48")])
+    joint = train(["stage2", *common(first, tmp_path / "joint", 1, "--init", str(old), "--plan-attention", "joint",
+                                     "--lr", "0")])  # the gated file continued without its gate, unchanged
+    was, now = load_model(old, "stage2").modules, load_model(joint, "stage2").modules
+    assert now["stage2"].config.plan_attention == "joint" and now["stage2"].semantic_gate is None
+    assert all(torch.equal(v, was["stage2"].state_dict()[k]) for k, v in now["stage2"].state_dict().items())
     with pytest.raises(SemanticGenError, match="--compressor and --plan-attention are stage 2's options"):
         train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])

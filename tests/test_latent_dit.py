@@ -170,14 +170,17 @@ def test_stage2_per_shot_prompts_route_by_latent_time():
     assert (out[:, :, 3:] - out2[:, :, 3:]).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("window, chunk, offset", [(4, 4, 0), (4, 3, 1), (2, 5, 0), (3, 1, 2), (4, 100, 3)])
+@pytest.mark.parametrize("window, chunk, offset, attention", [(4, 4, 0, "gated"), (4, 3, 1, "gated"),
+                                                               (2, 5, 0, "gated"), (3, 1, 2, "gated"),
+                                                               (4, 100, 3, "gated"), (4, 3, 1, "joint")])
 @torch.no_grad()
-def test_streamed_windows_equal_one_pass(window, chunk, offset):
+def test_streamed_windows_equal_one_pass(window, chunk, offset, attention):
     """Running the blocks as a pipeline over time (bounded memory) gives the one-pass output: every
     layer's windows, shifted or not, see exactly the tokens they see in one pass."""
     torch.manual_seed(4)
-    model = LatentDiT(**{**CFG, "num_layers": 4}, semantic_dim=3).eval()
-    model.semantic_gate.data.uniform_(0.5, 1.5)
+    model = LatentDiT(**{**CFG, "num_layers": 4}, semantic_dim=3, plan_attention=attention).eval()
+    if attention == "gated":
+        model.semantic_gate.data.uniform_(0.5, 1.5)
     g = torch.Generator().manual_seed(5)
     x, t = torch.randn(2, 4, 13, 8, 8, generator=g), torch.tensor([500.0, 100.0])
     sem, shots = torch.randn(2, 7, 2, 2, 3, generator=g), torch.randn(2, 3, 7, 16, generator=g)

@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.runs:
         print(f"{name}: {results.get(name)}", flush=True)
     print(f"done in {(time.monotonic() - start) / 60:.2f} min", flush=True)
-    os.sync()
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ RUNS = {
     "s1-continued": ["stage1", "--init", "{W}/stage1.safetensors", "--stage2", "{W}/stage2.safetensors",
                      "--batch", "256", "--lr", "2e-4", "--warmup", "100"],
 }
+SLACK_MINUTES = 3  # a trainer part's start-up, final checkpoint and export beyond its --minutes
 COMMON = ["--ema", "0.999", "--workers", "3", "--threads", "1", "--save-every", "1000000000", "--log-every", "25",
           "--export-dtype", "float16"]
 
@@ -88,27 +89,35 @@ def trained_so_far(run: Path, wall_minutes: float) -> tuple[int, float]:
 
 def train(name: str, args: list[str], caches: list[Path], out: Path, probe: float, until: float,
           results: dict) -> None:
-    """One run: ``probe`` minutes at a constant rate, then a cool-down sized to end by ``until`` (monotonic)."""
+    """One run: ``probe`` minutes at a constant rate, then a cool-down sized to end by ``until`` (monotonic).
+    Each part is killed past its minutes plus ``SLACK_MINUTES`` (a hung trainer never holds the recipe)."""
     run = out / name
-    base = [sys.executable, "-m", "semanticgen_core.trainer", *[a.format(W=os.path.relpath(WEIGHTS)) for a in args], "--cache",
-            *map(str, caches), "--out", str(run), *COMMON]
+    base = [sys.executable, "-m", "semanticgen_core.trainer", *[a.format(W=os.path.relpath(WEIGHTS)) for a in args],
+            "--cache", *map(str, caches), "--out", str(run), *COMMON]
     with open(out / f"{name}.log", "w") as log:
-        began = time.monotonic()
-        first = subprocess.run([*base, "--minutes", str(probe)], stdout=log, stderr=subprocess.STDOUT)
-        if first.returncode:
-            results[name] = f"failed (exit {first.returncode}) in its first part"
+        def part(extra: list[str], minutes: float) -> tuple[int | None, float]:
+            """(exit code, None if killed; wall minutes) of one trainer command stopping after ``minutes``."""
+            began = time.monotonic()
+            try:
+                code = subprocess.run([*base, *extra, "--minutes", str(minutes)], stdout=log, stderr=subprocess.STDOUT,
+                                      timeout=60 * (minutes + SLACK_MINUTES)).returncode
+            except subprocess.TimeoutExpired:
+                code = None
+            return code, (time.monotonic() - began) / 60
+
+        code, wall = part([], probe)
+        if code != 0:
+            results[name] = f"failed ({'killed, hung' if code is None else f'exit {code}'}) in its first part"
             return
-        step, per_minute = trained_so_far(run, (time.monotonic() - began) / 60)
+        step, per_minute = trained_so_far(run, wall)
         left = (until - time.monotonic()) / 60 - 0.4  # start-up, the final checkpoint and export
         decay = max(1, int(per_minute * left * 0.9))
         schedule = ["--steps", str(step + decay), "--decay-steps", str(decay)]
         (run / "command.txt").write_text(" ".join(["python -m semanticgen_core.trainer", *base[3:], *schedule]) + "\n")
-        began = time.monotonic()
-        second = subprocess.run([*base, *schedule, "--minutes", str(max(0.2, left + 0.2))], stdout=log,
-                                stderr=subprocess.STDOUT)
-    step_end, per_minute = trained_so_far(run, (time.monotonic() - began) / 60)
-    results[name] = (f"exit {second.returncode}: {step_end} of {step + decay} steps, {per_minute:.0f} a minute "
-                     f"(constant to {step}, cool-down over {decay})")
+        code, wall = part(schedule, max(0.2, left + 0.2))
+    step_end, per_minute = trained_so_far(run, wall)
+    results[name] = (f"{'killed, hung' if code is None else f'exit {code}'}: {step_end} of {step + decay} steps, "
+                     f"{per_minute:.0f} a minute (constant to {step}, cool-down over {decay})")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -242,6 +242,18 @@ _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torc
 # -- reading -------------------------------------------------------------------------------------------
 
 
+SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")  # a preset's, that no training reads
+
+
+def _as_data(key: str, value):
+    """A cache record's entry as far as the training data goes: a preset without its sampling defaults (caches
+    built before and after a default changed train together)."""
+    if key != "preset" or not isinstance(value, dict):
+        return value
+    defaults = {k: v for k, v in value.get("defaults", {}).items() if k not in SAMPLING_DEFAULTS}
+    return {**value, "defaults": defaults}
+
+
 class FeatureCache:
     """A built cache, read a row at a time: ``cache.get(i, k)`` (``cache[i]``: ``k = 0``) -> float32
     ``latents``, ``features`` and the ``text`` of the row's caption ``k`` of ``captions(i)`` (padded back
@@ -263,7 +275,7 @@ class FeatureCache:
         self.record = self.records[0]
         for other, record in zip(self.folders[1:], self.records[1:]):  # caches built apart (other data, machines)
             diffs = [key for key in ("version", "preset", "made_by", "clip", "text_max_length")
-                     if record.get(key) != self.record.get(key)]
+                     if _as_data(key, record.get(key)) != _as_data(key, self.record.get(key))]
             if diffs:
                 raise SemanticGenError(f"the caches {self.folder} and {other} cannot train together: their "
                                        f"{', '.join(diffs)} differ. Build them with the same preset, models and "

@@ -1,6 +1,8 @@
 """The trainer's options on a world feature cache: a frozen compressor with a cool-down, long multi-shot plans,
 the plan's source and width (the paper's ablations), and errors from the command line."""
 
+import json
+import shutil
 import subprocess
 import sys
 
@@ -171,6 +173,16 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
                       "--vae", str(tiny_world_cache["vae"]), "--encoder", str(other_encoder)])
     with pytest.raises(SemanticGenError, match=rf"the caches {first} and {other} cannot train together: their made_by"):
         FeatureCache(first, other)
+    later = tmp_path / "later"  # the same data under a preset whose sampling defaults changed: one cache
+    shutil.copytree(first, later)
+    record = json.loads((later / "cache.json").read_text())
+    record["preset"]["defaults"].update(steps=7, guidance=9.0, alignment=50.0)
+    (later / "cache.json").write_text(json.dumps(record))
+    assert len(FeatureCache(first, later)) == 2 * len(FeatureCache(first))
+    record["preset"]["defaults"]["window_frames"] = 2  # stage 2 trains in the preset's window: not the same data
+    (later / "cache.json").write_text(json.dumps(record))
+    with pytest.raises(SemanticGenError, match=rf"the caches {first} and {later} cannot train together: their preset"):
+        FeatureCache(first, later)
     old = train(["stage2", *common(first, tmp_path / "old", 1)])
     with pytest.raises(SemanticGenError, match="--width, --layers shape a fresh model; --init and --init-wan start"):
         train(["stage2", *common(first, tmp_path / "x", 1, "--init", str(old), "--width", "64", "--layers", "2")])
@@ -183,3 +195,4 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
     assert all(torch.equal(v, was["stage2"].state_dict()[k]) for k, v in now["stage2"].state_dict().items())
     with pytest.raises(SemanticGenError, match="--compressor and --plan-attention are stage 2's options"):
         train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])
+

@@ -194,11 +194,12 @@ def main(argv=None) -> int:
     p.add_argument("--stage2", type=Path, help="this stage-2 file (and its compressor) instead of the embedded one")
     p.add_argument("--alignment", type=float, default=None,
                    help="with --plan-travel: stage 1's alignment guidance (default: the model's; 0: off)")
+    p.add_argument("--aligner", type=Path, help="with --plan-travel: this aligner file instead of the embedded one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     configs = {c: parse_config(c) for c in args.configs}
 
-    pipe = SemanticGenPipeline.embedded(with_encoder=True, stage1=args.stage1, stage2=args.stage2)
+    pipe = SemanticGenPipeline.embedded(with_encoder=True, stage1=args.stage1, stage2=args.stage2, aligner=args.aligner)
     d = pipe.preset.defaults
     fps, size = float(d["fps"]), int(d["height"])
     clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, 33, size, fps)

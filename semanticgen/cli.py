@@ -5,7 +5,7 @@
                                    [--width W --height H --fps F] [--stage1 F --stage2 F --vae F --text-encoder F]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
     python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json]
-                               [--reference [vae|plan]] [--wording paraphrase] [--stage1 FILE --stage2 FILE]
+                               [--reference [vae|plan]] [--wording paraphrase] [--stage1 FILE --stage2 FILE --aligner FILE]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
 $SEMANTICGEN_MODELS_DIR, else $COMFYUI_DIR/models, else ./models): models/semanticgen, models/vae, ...
@@ -288,12 +288,12 @@ def cmd_eval(args) -> int:
         raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
     started = time.time()
     pipe = None
-    if (args.stage1 or args.stage2) and args.reference in ("clips", "vae"):
+    if (args.stage1 or args.stage2 or args.aligner) and args.reference in ("clips", "vae"):
         raise errors.SemanticGenError(f"--reference {args.reference} judges ground-truth clips: it takes no "
-                                      "--stage1/--stage2 files")
+                                      "--stage1/--stage2/--aligner files")
     if args.reference in (None, "plan"):  # names the missing file if weights are absent
         pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan", stage1=args.stage1,
-                                                     stage2=args.stage2)
+                                                     stage2=args.stage2, aligner=args.aligner)
         d = pipe.preset.defaults
         fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
     else:
@@ -478,6 +478,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "shapes: semanticgen_world/wording.py)")
     p.add_argument("--stage1", type=Path, help="judge this stage-1 file instead of the embedded default's")
     p.add_argument("--stage2", type=Path, help="judge this stage-2 file instead of the embedded default's")
+    p.add_argument("--aligner", type=Path, help="stage 1's alignment guidance with this aligner file instead of the "
+                                                 "embedded default's")
     p.add_argument("--out", help="write the figures, every judgement and the command line to this .json")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     threads(p)

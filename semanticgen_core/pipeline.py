@@ -84,14 +84,14 @@ class SemanticGenPipeline:
                    aligner=modules.get("aligner"))
 
     @classmethod
-    def embedded(cls, with_encoder: bool = False, stage1=None, stage2=None) -> "SemanticGenPipeline":
+    def embedded(cls, with_encoder: bool = False, stage1=None, stage2=None, aligner=None) -> "SemanticGenPipeline":
         """The embedded default, from the weights shipped in ``semanticgen_core/weights``; ``stage1`` /
-        ``stage2``: other files of those stages to use in their place (candidates, before they ship)."""
+        ``stage2`` / ``aligner``: other files of those parts to use in their place (candidates, before they ship)."""
         from .embedded import weights_path
 
         return cls.from_files(stage1 or weights_path("stage1"), stage2 or weights_path("stage2"), weights_path("vae"),
                               weights_path("semantic_encoder") if with_encoder else None,
-                              aligner=weights_path("aligner"))
+                              aligner=aligner or weights_path("aligner"))
 
     @property
     def device(self) -> torch.device:

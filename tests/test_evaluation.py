@@ -301,7 +301,9 @@ def test_eval_command_reference_mode_and_missing_weights(pack, tmp_path, monkeyp
     assert [j["prompt"] for j in record["per_prompt"]] == ev.heldout_prompts(3, wording="paraphrase")
     assert "paraphrase wording" in capsys.readouterr().out
     assert main(["eval", "--reference", "--stage1", "s1.safetensors", "-q"]) == 2
-    assert "takes no --stage1/--stage2 files" in capsys.readouterr().err
+    assert "takes no --stage1/--stage2/--aligner files" in capsys.readouterr().err
+    assert main(["eval", "--reference", "vae", "--aligner", "aligner.safetensors", "-q"]) == 2
+    assert "takes no --stage1/--stage2/--aligner files" in capsys.readouterr().err
     # Without the embedded default's weights the command names the missing file.
     monkeypatch.setattr(semanticgen_core.embedded, "WEIGHTS_DIR", tmp_path / "no-weights")
     assert main(["eval", "--prompts", "1", "-q"]) == 2

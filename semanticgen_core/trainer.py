@@ -111,7 +111,7 @@ def stage2_task(args, preset: Preset) -> Task:
     else:
         preset = plan_preset(preset, args.plan_dim)
         compressor = SemanticCompressor(**preset.compressor)
-    window = stage2_window(preset)
+    window = stage2_window(preset) if args.window_frames is None else args.window_frames or None
     if args.init_wan:
         stage2 = LatentDiT.from_wan(args.init_wan, semantic_dim=args.plan_dim, window_frames=window)
     else:
@@ -128,6 +128,8 @@ def stage2_task(args, preset: Preset) -> Task:
             load_into(joint, {k: v for k, v in stage2.state_dict().items() if k != "semantic_gate"},
                       f"stage 2 from {args.init}")
             stage2 = joint
+        if args.window_frames is not None:  # no weight depends on the window: the same model, trained in others
+            stage2.register_to_config(window_frames=window)
     compressor.requires_grad_(not args.freeze_compressor)
 
     def loss(batch, noise, step, step_gen):
@@ -670,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--compressor", type=Path,
                     help="start from this stage-2 file's compressor and a fresh DiT (with --freeze-compressor: a "
                          "new stage 2, of another size or attention, for the plans an existing stage 1 makes)")
+    s2.add_argument("--window-frames", type=int,
+                    help="attention window in latent frames that stage 2 trains and then samples in (0: full "
+                         "attention; default: the preset's, or the --init file's)")
     s2.add_argument("--plan-attention", choices=("gated", "joint"), default="gated",
                     help="attention to the plan: its own softmax times a gate that starts closed (the exact start "
                          "from Wan), or one softmax over video and plan keys (a stage 2 from scratch; with --init, "
@@ -705,8 +710,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.init_wan and args.plan_attention != "gated":
         raise SemanticGenError("--init-wan keeps the gated plan attention: its closed gate is what makes the start "
                                "exactly Wan's (--plan-attention joint is for a stage 2 from scratch or --init)")
-    if (args.compressor or args.plan_attention != "gated") and args.task != "stage2":
-        raise SemanticGenError("--compressor and --plan-attention are stage 2's options")
+    if (args.compressor or args.plan_attention != "gated" or args.window_frames is not None) and args.task != "stage2":
+        raise SemanticGenError("--compressor, --plan-attention and --window-frames are stage 2's options")
     if args.keep < 1:
         raise SemanticGenError(f"--keep must be at least 1 (the checkpoint a rerun resumes from), got {args.keep}")
     if args.threads:

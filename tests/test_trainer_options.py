@@ -193,6 +193,11 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
     was, now = load_model(old, "stage2").modules, load_model(joint, "stage2").modules
     assert now["stage2"].config.plan_attention == "joint" and now["stage2"].semantic_gate is None
     assert all(torch.equal(v, was["stage2"].state_dict()[k]) for k, v in now["stage2"].state_dict().items())
-    with pytest.raises(SemanticGenError, match="--compressor and --plan-attention are stage 2's options"):
+    full = train(["stage2", *common(first, tmp_path / "full", 1, "--init", str(old), "--window-frames", "0",
+                                    "--lr", "0")])  # the same weights, trained and sampled with full attention
+    now = load_model(full, "stage2").modules["stage2"]
+    assert now.config.window_frames is None and was["stage2"].config.window_frames == 4
+    assert all(torch.equal(v, was["stage2"].state_dict()[k]) for k, v in now.state_dict().items())
+    with pytest.raises(SemanticGenError, match="--compressor, --plan-attention and --window-frames are stage 2's options"):
         train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])
 

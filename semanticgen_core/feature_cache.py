@@ -165,6 +165,18 @@ def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSo
             "shards": -(-len(source.items) // items_per_shard), "thumbnail_scale": THUMBNAIL_SCALE}
 
 
+SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")  # a preset's, that no training reads
+
+
+def _as_data(key: str, value):
+    """A cache record's entry as far as the training data goes: a preset without its sampling defaults (caches
+    built before and after a default changed train together, and a build interrupted before it resumes after)."""
+    if key != "preset" or not isinstance(value, dict):
+        return value
+    defaults = {k: v for k, v in value.get("defaults", {}).items() if k not in SAMPLING_DEFAULTS}
+    return {**value, "defaults": defaults}
+
+
 def _check_same(cache: Path, old: dict, new: dict) -> None:
     """Refuse to add to a cache made differently, naming each difference."""
     if old.get("version", 1) != new["version"]:
@@ -174,7 +186,7 @@ def _check_same(cache: Path, old: dict, new: dict) -> None:
                                "(the old cache still trains as it is)")
     diffs = []
     for key in ("preset", "clip", "text_max_length", "source", "items", "items_per_shard"):
-        if old.get(key) != new.get(key):
+        if _as_data(key, old.get(key)) != _as_data(key, new.get(key)):
             diffs.append(f"{key}: the cache has {old.get(key)}, this run {new.get(key)}")
     for model, made in new["made_by"].items():
         had = old.get("made_by", {}).get(model)
@@ -240,18 +252,6 @@ _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torc
 
 
 # -- reading -------------------------------------------------------------------------------------------
-
-
-SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")  # a preset's, that no training reads
-
-
-def _as_data(key: str, value):
-    """A cache record's entry as far as the training data goes: a preset without its sampling defaults (caches
-    built before and after a default changed train together)."""
-    if key != "preset" or not isinstance(value, dict):
-        return value
-    defaults = {k: v for k, v in value.get("defaults", {}).items() if k not in SAMPLING_DEFAULTS}
-    return {**value, "defaults": defaults}
 
 
 class FeatureCache:

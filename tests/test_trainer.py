@@ -122,6 +122,14 @@ def test_a_cache_resumes_splits_over_ranks_and_refuses_other_models(cache, video
     VideoVAE.from_config(tiny_vae_config()).save(other)
     with pytest.raises(SemanticGenError, match=r"vae: the cache was made by vae\.safetensors.*other_vae\.safetensors"):
         feature_cache.main(cache_args(videos, {**frozen, "vae": other}, cache))
+    # A preset whose sampling defaults changed since makes the same data: the build resumes; a window does not.
+    record = json.loads((cache / "cache.json").read_text())
+    later = json.loads(json.dumps(record))
+    later["preset"]["defaults"].update(steps=7, guidance=9.0)
+    feature_cache._check_same(cache, record, later)
+    later["preset"]["defaults"]["window_frames"] = 3
+    with pytest.raises(SemanticGenError, match="was made differently: preset: the cache has"):
+        feature_cache._check_same(cache, record, later)
 
 
 def test_bad_datasets_and_caches_get_clear_errors(frozen, tmp_path):

@@ -712,6 +712,8 @@ def main(argv: list[str] | None = None) -> Path:
                                "exactly Wan's (--plan-attention joint is for a stage 2 from scratch or --init)")
     if (args.compressor or args.plan_attention != "gated" or args.window_frames is not None) and args.task != "stage2":
         raise SemanticGenError("--compressor, --plan-attention and --window-frames are stage 2's options")
+    if args.window_frames is not None and args.window_frames < 0:
+        raise SemanticGenError(f"--window-frames must be 0 (full attention) or more, got {args.window_frames}")
     if args.keep < 1:
         raise SemanticGenError(f"--keep must be at least 1 (the checkpoint a rerun resumes from), got {args.keep}")
     if args.threads:

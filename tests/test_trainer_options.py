@@ -198,6 +198,7 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
     now = load_model(full, "stage2").modules["stage2"]
     assert now.config.window_frames is None and was["stage2"].config.window_frames == 4
     assert all(torch.equal(v, was["stage2"].state_dict()[k]) for k, v in now.state_dict().items())
+    with pytest.raises(SemanticGenError, match="--window-frames must be 0 .full attention. or more, got -2"):
+        train(["stage2", *common(first, tmp_path / "w", 1, "--window-frames", "-2")])
     with pytest.raises(SemanticGenError, match="--compressor, --plan-attention and --window-frames are stage 2's options"):
         train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])
-

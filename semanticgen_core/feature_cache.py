@@ -45,7 +45,7 @@ from safetensors import safe_open
 from . import distributed as dist
 from .checkpoints import save_file_atomic, write_atomic
 from .errors import SemanticGenError, run_command
-from .presets import PRESETS, Preset
+from .presets import PRESETS, SAMPLING_DEFAULTS, Preset
 from .video_data import Clip, ClipSpec, VideoFolder, VideoReadError
 
 CACHE_FORMAT, CACHE_VERSION = "semanticgen-feature-cache", 3
@@ -163,9 +163,6 @@ def _record(preset: Preset, models: FrozenModels, spec: ClipSpec, source: DataSo
             "clip": asdict(spec), "text_max_length": models.text.max_length, "source": source.describe(),
             "items": len(source.items), "items_per_shard": items_per_shard,
             "shards": -(-len(source.items) // items_per_shard), "thumbnail_scale": THUMBNAIL_SCALE}
-
-
-SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")  # a preset's, that no training reads
 
 
 def _as_data(key: str, value):

@@ -53,6 +53,11 @@ class Preset:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def sampling_from(self, other: "Preset") -> "Preset":
+        """This preset with ``other``'s sampling defaults (``SAMPLING_DEFAULTS``), where ``other`` has them."""
+        chosen = {k: other.defaults[k] for k in SAMPLING_DEFAULTS if k in other.defaults}
+        return replace(self, defaults={**self.defaults, **chosen})
+
     @classmethod
     def from_dict(cls, data: dict) -> "Preset":
         """The preset a model file (or cache) records. Sampling defaults added to this code's preset of the
@@ -133,5 +138,9 @@ EMBEDDED = Preset(
 # Sampling defaults that model files written before them lack: ``Preset.from_dict`` fills them in from
 # the preset of the same name here.
 LATER_DEFAULTS = ("plan_noise", "alignment")
+
+# The defaults only sampling reads: caches that differ in them hold the same data, and a trained file takes
+# them from the model it continues (``Preset.sampling_from``), not from the cache.
+SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")
 
 PRESETS = {p.name: p for p in (TINY, EMBEDDED, WAN)}

@@ -45,7 +45,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -62,7 +62,7 @@ from .feature_cache import FeatureCache
 from .latent_dit import LatentDiT
 from .model_files import load_model, read_metadata, save_states
 from .plan_sources import SOURCES, plan_features, plan_preset
-from .presets import Preset
+from .presets import PRESETS, Preset
 from .semantic_dit import SemanticDiT
 from .training import SampleNoise, alignment_loss, baseline_loss, stage1_loss, stage2_loss
 
@@ -99,6 +99,15 @@ def fresh_size(config: dict, args, what: str) -> dict:
     if args.layers:
         config["num_layers"] = args.layers
     return config
+
+
+def sampling_source(args, preset: Preset) -> Preset:
+    """Whose sampling defaults (steps, guidance, ...) the trained file carries: the file it continues (they were
+    chosen for that model), else this code's preset of the cache's name. A cache's own are whatever they were
+    when it was built (a continuation of the 10-step embedded default on an older cache came out with 20)."""
+    if args.init:
+        return Preset.from_dict(json.loads(read_metadata(args.init)["preset"]))
+    return PRESETS.get(preset.name, preset)
 
 
 def stage2_task(args, preset: Preset) -> Task:
@@ -733,6 +742,7 @@ def main(argv: list[str] | None = None) -> Path:
                     "with this version of `python -m semanticgen_core.feature_cache` or `semanticgen_world.cache`")
             torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
             task = TASKS[args.task](args, cache.preset)
+            task = replace(task, preset=task.preset.sampling_from(sampling_source(args, cache.preset)))
             args.out.mkdir(parents=True, exist_ok=True)
             trainer = Trainer(args, task, cache)
             path = trainer.run()

@@ -202,3 +202,29 @@ def test_caches_that_differ_and_size_options_on_a_loaded_model_are_refused(tiny_
         train(["stage2", *common(first, tmp_path / "w", 1, "--window-frames", "-2")])
     with pytest.raises(SemanticGenError, match="--compressor, --plan-attention and --window-frames are stage 2's options"):
         train(["stage1", *common(first, tmp_path / "z", 1, "--stage2", str(old), "--plan-attention", "joint")])
+
+
+def test_a_trained_file_samples_as_the_model_it_continues_not_as_an_older_cache(tiny_world_cache, tmp_path):
+    """Sampling defaults are not data: a continued file keeps the ones chosen for the model it continues, a fresh
+    one gets this code's preset's, whatever the (older) cache recorded."""
+    from dataclasses import replace
+
+    from semanticgen_core.model_files import save_model
+    from semanticgen_core.presets import PRESETS
+
+    older = tmp_path / "older"  # a cache built while the preset sampled with other defaults
+    shutil.copytree(tiny_world_cache["cache"], older)
+    record = json.loads((older / "cache.json").read_text())
+    record["preset"]["defaults"].update(steps=20, alignment=0.0)
+    (older / "cache.json").write_text(json.dumps(record))
+    now = PRESETS[record["preset"]["name"]].defaults
+    fresh = load_model(train(["stage2", *common(older, tmp_path / "fresh", 1)]), "stage2")
+    assert (fresh.preset.defaults["steps"], fresh.preset.defaults["alignment"]) == (now["steps"], now["alignment"])
+    assert now["steps"] != 20 and now["alignment"] != 0.0
+    tuned = tmp_path / "tuned.safetensors"
+    save_model(tuned, "stage2", fresh.modules,
+               replace(fresh.preset, defaults={**fresh.preset.defaults, "steps": 6, "guidance": 3.5}), fresh.info)
+    continued = load_model(train(["stage2", *common(older, tmp_path / "continued", 1, "--init", str(tuned))]),
+                           "stage2")
+    assert (continued.preset.defaults["steps"], continued.preset.defaults["guidance"]) == (6, 3.5)
+    assert continued.preset.defaults["window_frames"] == record["preset"]["defaults"]["window_frames"]

@@ -13,7 +13,9 @@ sharded safetensors files:
                            zeros; since version 3, before which ``text`` is one caption's [L, D]),
                            ``thumbs`` [T_s, 4h, 4w, 3] (uint8 RGB: the frame at the middle of each plan step,
                            at 4x the plan grid, what the plan-preview decoder learns to draw; since version
-                           2); metadata: the clips' sources and the skipped files
+                           2), ``coverage`` [T', H/8, W/8] (float16, where the source marks its objects, as
+                           the world does: the share of each latent token's pixels on an object, which stage 2's
+                           ``--object-weight`` weighs up); metadata: the clips' sources and the skipped files
 
 Shard ``i`` holds the clips of items ``[i*V, (i+1)*V)`` of the source (an item is a video file, which may
 give several clips), so a shard is a fixed piece of work: shards are written atomically, a rerun skips
@@ -135,6 +137,10 @@ class FrozenModels:
         """Clips -> the tensors one shard stores for them (see the module docstring)."""
         from .plan_preview import thumbnails
 
+        masked = [clip.object_mask is not None for clip in clips]
+        if any(masked) and not all(masked):
+            raise SemanticGenError("a data source must mark the objects of all its clips or of none: "
+                                   f"{', '.join(c.source for c in clips if c.object_mask is None)} have no object mask")
         latents, features, thumbs = [], [], []
         for clip in clips:
             frames = torch.from_numpy(clip.frames).float() / 255  # [T, H, W, 3]
@@ -147,8 +153,23 @@ class FrozenModels:
         text = flat.new_zeros(len(clips), int(counts.max()), width, flat.shape[-1])
         for i, rows in enumerate(flat[:, :width].split(counts.tolist())):
             text[i, :len(rows)] = rows
-        return {"latents": torch.stack(latents), "features": torch.stack(features),
-                "text": text.to(torch.bfloat16).cpu(), "captions": counts, "thumbs": torch.stack(thumbs)}
+        out = {"latents": torch.stack(latents), "features": torch.stack(features),
+               "text": text.to(torch.bfloat16).cpu(), "captions": counts, "thumbs": torch.stack(thumbs)}
+        if all(masked):
+            out["coverage"] = torch.stack([token_coverage(torch.from_numpy(c.object_mask), z.shape[-3:])
+                                           for c, z in zip(clips, latents)]).half()
+        return out
+
+
+def token_coverage(mask: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+    """The share of each latent token's pixels that ``mask`` ``[T, H, W]`` marks, on the latent ``grid``
+    ``(T', H', W')``: the causal VAE's first latent frame is frame 0 alone, each later one the next
+    ``(T - 1) / (T' - 1)`` frames."""
+    t, h, w = grid
+    mask = mask.float()
+    stride = (mask.shape[0] - 1) // (t - 1) if t > 1 else 1
+    frames = torch.cat([mask[:1], mask[1:1 + stride * (t - 1)].reshape(t - 1, stride, *mask.shape[1:]).mean(1)])
+    return torch.nn.functional.adaptive_avg_pool2d(frames[:, None], (h, w))[:, 0]
 
 
 # -- building ------------------------------------------------------------------------------------------
@@ -254,8 +275,9 @@ _EMPTY_SHARD = {"latents": torch.zeros(0, dtype=torch.float16), "features": torc
 class FeatureCache:
     """A built cache, read a row at a time: ``cache.get(i, k)`` (``cache[i]``: ``k = 0``) -> float32
     ``latents``, ``features`` and the ``text`` of the row's caption ``k`` of ``captions(i)`` (padded back
-    to the text encoder's length with zeros, as at generation time), and the uint8 ``thumbs`` of a cache
-    that has them (version 2 on; ``has_thumbnails``). Version-1 caches still train every task but the
+    to the text encoder's length with zeros, as at generation time), the uint8 ``thumbs`` of a cache
+    that has them (version 2 on; ``has_thumbnails``) and the float32 ``coverage`` of one whose source marked
+    its objects (``has_coverage``). Version-1 caches still train every task but the
     plan-preview decoder's; caches before version 3 hold one caption per clip.
 
     Several caches built alike (the same preset, models and clip length: data built apart, on other
@@ -268,6 +290,7 @@ class FeatureCache:
         self.folder = self.folders[0]
         self.rows: list[tuple[Path, int]] = []
         self.sources: list[str] = []  # each row's clip: file and time, or world seed
+        self.without_coverage: list[Path] = []  # cache folders with rows that have no object coverage
         self.records = [self._read(f) for f in self.folders]
         self.record = self.records[0]
         for other, record in zip(self.folders[1:], self.records[1:]):  # caches built apart (other data, machines)
@@ -301,8 +324,11 @@ class FeatureCache:
         rows = len(self.rows)
         for path in shards:
             with safe_open(str(path), "pt") as f:
-                self.rows += [(path, r) for r in range(int(f.metadata()["clips"]))]
+                clips = int(f.metadata()["clips"])
+                self.rows += [(path, r) for r in range(clips)]
                 self.sources += json.loads(f.metadata()["sources"])
+                if clips and "coverage" not in f.keys() and folder not in self.without_coverage:
+                    self.without_coverage.append(folder)
         if len(self.rows) == rows:
             raise SemanticGenError(f"the cache {folder} holds no clips: every file of its data was skipped")
         return record
@@ -322,6 +348,11 @@ class FeatureCache:
     def has_thumbnails(self) -> bool:
         """Whether the rows hold the plan steps' thumbnails (caches built by version 2 on)."""
         return self.record.get("version", 1) >= 2
+
+    @property
+    def has_coverage(self) -> bool:
+        """Whether every row holds its latent tokens' object coverage (built from a source that marks objects)."""
+        return not self.without_coverage
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -357,6 +388,8 @@ class FeatureCache:
         sample["text"] = self._pad(sample["text"][caption] if self.record.get("version", 1) >= 3 else sample["text"])
         if self.has_thumbnails:
             sample["thumbs"] = f.get_slice("thumbs")[row:row + 1][0]
+        if self.has_coverage:
+            sample["coverage"] = f.get_slice("coverage")[row:row + 1][0].float()
         return sample
 
     def __getstate__(self):  # DataLoader workers open their own handles

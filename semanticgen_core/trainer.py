@@ -146,11 +146,13 @@ def stage2_task(args, preset: Preset) -> Task:
         offset = float(torch.randint(int(window), (1,), generator=step_gen)) if window else 0.0
         return stage2_loss(compressor, stage2, batch["latents"], plan_features(batch, plan_from), batch["text"],
                            batch["empty_text"], noise, kl_weight=args.kl * min(1.0, step / max(1, args.kl_warmup)),
-                           plan_noise=args.plan_noise, window_offset=offset)
+                           plan_noise=args.plan_noise, window_offset=offset, coverage=batch.get("coverage"),
+                           object_weight=args.object_weight)
 
     return Task("stage2", {"compressor": compressor, "stage2": stage2}, loss, preset,
                 {"objective": "rectified flow on VAE latents given the plan (noised) + text; KL on the compressor",
                  "kl_weight": args.kl, "kl_warmup": args.kl_warmup, "plan_noise": args.plan_noise,
+                 **({"object_weight": args.object_weight} if args.object_weight != 1 else {}),
                  "plan_from": plan_from, "init": Path(args.init_wan or args.init or "random").name,
                  **({"compressor": Path(args.compressor).name} if args.compressor else {})},
                 list(stage2.blocks))
@@ -684,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--window-frames", type=int,
                     help="attention window in latent frames that stage 2 trains and then samples in (0: full "
                          "attention; default: the preset's, or the --init file's)")
+    s2.add_argument("--object-weight", type=float, default=1.0,
+                    help="weigh the flow error of latent tokens on objects up to this many times a background "
+                         "token's (needs a cache whose source marks objects, as the world does)")
     s2.add_argument("--plan-attention", choices=("gated", "joint"), default="gated",
                     help="attention to the plan: its own softmax times a gate that starts closed (the exact start "
                          "from Wan), or one softmax over video and plan keys (a stage 2 from scratch; with --init, "
@@ -721,6 +726,10 @@ def main(argv: list[str] | None = None) -> Path:
                                "exactly Wan's (--plan-attention joint is for a stage 2 from scratch or --init)")
     if (args.compressor or args.plan_attention != "gated" or args.window_frames is not None) and args.task != "stage2":
         raise SemanticGenError("--compressor, --plan-attention and --window-frames are stage 2's options")
+    if args.object_weight != 1 and args.task != "stage2":
+        raise SemanticGenError("--object-weight is stage 2's option")
+    if args.object_weight < 1:
+        raise SemanticGenError(f"--object-weight must be 1 (no weighting) or more, got {args.object_weight}")
     if args.window_frames is not None and args.window_frames < 0:
         raise SemanticGenError(f"--window-frames must be 0 (full attention) or more, got {args.window_frames}")
     if args.keep < 1:
@@ -740,6 +749,11 @@ def main(argv: list[str] | None = None) -> Path:
                     f"the preview task learns to draw the cache's thumbnails, but {cache.folder} is a version-"
                     f"{cache.record.get('version', 1)} cache without them: build the cache again (in a new folder) "
                     "with this version of `python -m semanticgen_core.feature_cache` or `semanticgen_world.cache`")
+            if args.object_weight != 1 and not cache.has_coverage:
+                raise SemanticGenError(
+                    f"--object-weight needs each clip's object coverage, which {', '.join(map(str, cache.without_coverage))} "
+                    "does not hold: its data source does not mark objects (a folder of videos), or it was built before "
+                    "the cache stored them (build it again in a new folder). Drop --object-weight to train on it")
             torch.manual_seed(args.seed)  # fresh weights: the same on every rank, and in every run of a seed
             task = TASKS[args.task](args, cache.preset)
             task = replace(task, preset=task.preset.sampling_from(sampling_source(args, cache.preset)))

@@ -61,14 +61,19 @@ class SampleNoise:
 
 
 def flow_matching_loss(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                       noise: SampleNoise) -> torch.Tensor:
+                       noise: SampleNoise, token_weight: torch.Tensor | None = None) -> torch.Tensor:
     """``|v(x_t, 1000 t) - (eps - x0)|^2`` with ``x_t = (1 - t) x0 + t eps`` (the paper's objective); ``t``
-    from a logit-normal, which favours the middle of the path (SD3)."""
+    from a logit-normal, which favours the middle of the path (SD3). ``token_weight`` (``x0``'s shape without
+    the channels): each sample's error a weighted mean over its tokens instead of the plain one (per sample, so
+    that the loss is the same however the batch is split over processes)."""
     t = torch.sigmoid(noise.normal("flow_t")).to(x0)
     eps = noise.normal("flow_eps", x0.shape[1:]).to(x0)
     tt = t.view(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - tt) * x0 + tt * eps
-    return F.mse_loss(predict(x_t, 1000 * t).float(), (eps - x0).float())
+    error = (predict(x_t, 1000 * t).float() - (eps - x0).float()).pow(2)
+    if token_weight is None:
+        return error.mean()
+    return ((error.mean(1) * token_weight).flatten(1).sum(1) / token_weight.flatten(1).sum(1)).mean()
 
 
 def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, noise: SampleNoise) -> torch.Tensor:
@@ -80,10 +85,14 @@ def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, noise: SampleNo
 
 def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torch.Tensor, features: torch.Tensor,
                 text: torch.Tensor, empty_text: torch.Tensor, noise: SampleNoise, *, kl_weight: float = 1e-4,
-                plan_noise: float = 0.3, text_drop: float = 0.1, window_offset: float = 0.0) -> dict[str, torch.Tensor]:
+                plan_noise: float = 0.3, text_drop: float = 0.1, window_offset: float = 0.0,
+                coverage: torch.Tensor | None = None, object_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """Objective (a). latents ``[B, 16, T, H, W]``; features ``[B, T_s, h, w, d]`` from the frozen encoder;
     ``window_offset``: where stage 2's window grid starts (the trainer draws it once a step, so that borders
-    fall anywhere, as sampling moves them: ``attention.time_windows``)."""
+    fall anywhere, as sampling moves them: ``attention.time_windows``). ``coverage`` ``[B, T, H, W]``: each
+    latent token's share of object pixels, whose error weighs up to ``object_weight`` times a background
+    token's (objects are a few percent of the tokens and most of what the plan says; the VAE's objects
+    appeared only once its loss weighed their pixels up)."""
     mean, logvar = compressor(features)
     z_sem = compressor.sample(mean, logvar, eps=noise.normal("plan_sample", mean.shape[1:]).to(mean))
     a = plan_noise * noise.uniform("plan_noise_level").to(z_sem)
@@ -92,7 +101,7 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
     flow = flow_matching_loss(
         lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=z_t,
                             window_offset=window_offset).sample,
-        latents, noise)
+        latents, noise, None if object_weight == 1 else 1 + (object_weight - 1) * coverage)
     kl = compressor.kl(mean, logvar)
     return {"loss": flow + kl_weight * kl, "flow": flow.detach(), "kl": kl.detach()}
 

@@ -120,6 +120,7 @@ class Clip:
     caption: str
     source: str  # where it came from, for messages: "cat.mp4@4.00s", "world seed 7"
     more_captions: tuple[str, ...] = ()  # other wordings of the same clip: training draws one per sample
+    object_mask: np.ndarray | None = None  # bool [T, H, W]: the pixels on an object, where the source knows them
 
     @property
     def captions(self) -> tuple[str, ...]:

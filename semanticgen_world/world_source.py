@@ -59,7 +59,9 @@ class WorldSource:
         s = self.spec
         clip = world.sample_clip(seed, s.num_frames, s.height, s.width, s.fps)
         caption, *more = wording.captions(clip, self.captions)
-        return [Clip(frames=clip.frames, caption=caption, source=f"world seed {seed}", more_captions=tuple(more))]
+        objects = world.label_maps(clip.shots, s.height, s.width)["object"] >= 0
+        return [Clip(frames=clip.frames, caption=caption, source=f"world seed {seed}", more_captions=tuple(more),
+                     object_mask=objects)]
 
     def describe(self) -> dict:
         return {"kind": "world", "first_seed": self.first_seed, "clips": len(self.items), "captions": self.captions}

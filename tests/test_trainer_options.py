@@ -228,3 +228,69 @@ def test_a_trained_file_samples_as_the_model_it_continues_not_as_an_older_cache(
                            "stage2")
     assert (continued.preset.defaults["steps"], continued.preset.defaults["guidance"]) == (6, 3.5)
     assert continued.preset.defaults["window_frames"] == record["preset"]["defaults"]["window_frames"]
+
+
+def test_token_coverage_pools_object_pixels_onto_the_causal_vae_latent_grid():
+    from semanticgen_core.feature_cache import token_coverage
+
+    mask = torch.zeros(9, 16, 16, dtype=torch.bool)  # 9 frames -> latent frames {0}, {1-4}, {5-8}; 8x8 pixels a token
+    mask[0, :8, :8] = True  # frame 0 alone is latent frame 0
+    mask[1:5, 8:, :8] = True  # the next four frames: latent frame 1, the token at row 1, column 0, fully covered
+    mask[5:7, :4, 8:] = True  # half of frames 5-8, a half of the token's rows: a quarter covered
+    cov = token_coverage(mask, (3, 2, 2))
+    expected = torch.zeros(3, 2, 2)
+    expected[0, 0, 0], expected[1, 1, 0], expected[2, 0, 1] = 1.0, 1.0, 0.25
+    assert torch.equal(cov, expected)
+
+
+def test_object_weight_weighs_the_flow_error_of_object_tokens_from_the_worlds_own_labels(tiny_world_cache, tmp_path):
+    """Stage 2's flow error on the latent tokens the world marks as object weighs ``--object-weight`` times more:
+    the cache holds each row's coverage (its own clip's labels), the loss weighs each sample's tokens, and a
+    cache whose source marks no objects is refused with what to do."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from semanticgen_core.feature_cache import token_coverage
+    from semanticgen_core.training import SampleNoise, flow_matching_loss
+    from semanticgen_world import world
+
+    cache = FeatureCache(tiny_world_cache["cache"])
+    assert cache.has_coverage
+    for row in range(len(cache)):  # each row holds the coverage of its own clip
+        shots = world.sample_clip_shots(int(cache.sources[row].split()[-1]), 33)
+        labels = torch.from_numpy(world.label_maps(shots, 64, 64)["object"] >= 0)
+        got = cache[row]["coverage"]
+        torch.testing.assert_close(got, token_coverage(labels, got.shape), atol=1e-3, rtol=0)
+        assert 0 < got.mean() < 0.5
+
+    x0 = torch.zeros(2, 3, 2, 2, 2)
+    noise = SampleNoise.seeded(0, 2)
+    perfect = flow_matching_loss(lambda x, t: torch.zeros_like(x), x0, noise)  # predicts 0: error is eps^2
+    weight = torch.ones(2, 2, 2, 2)
+    assert torch.allclose(flow_matching_loss(lambda x, t: torch.zeros_like(x), x0, noise, weight), perfect)
+    eps = noise.normal("flow_eps", x0.shape[1:])
+    weight[:, 0, 0, 0] = 5.0  # each sample's first token weighs 5: a weighted mean of the tokens' errors per sample
+    error = eps.pow(2).mean(1)
+    expected = ((error * weight).flatten(1).sum(1) / weight.flatten(1).sum(1)).mean()
+    torch.testing.assert_close(flow_matching_loss(lambda x, t: torch.zeros_like(x), x0, noise, weight), expected)
+
+    folder = tiny_world_cache["cache"]
+    plain = train(["stage2", *common(folder, tmp_path / "plain", 2)])
+    weighted = train(["stage2", *common(folder, tmp_path / "weighted", 2, "--object-weight", "8")])
+    a, b = load_model(plain, "stage2"), load_model(weighted, "stage2")
+    assert b.info["object_weight"] == 8.0 and "object_weight" not in a.info
+    assert not torch.equal(a.modules["stage2"].proj_out.weight, b.modules["stage2"].proj_out.weight)
+
+    unmarked = tmp_path / "unmarked"  # a cache whose source marks no objects (a folder of videos)
+    shutil.copytree(folder, unmarked)
+    for shard in unmarked.glob("shard_*.safetensors"):
+        with safe_open(str(shard), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k != "coverage"}
+            meta = f.metadata()
+        save_file(tensors, str(shard), meta)
+    assert not FeatureCache(unmarked).has_coverage and "coverage" not in FeatureCache(unmarked)[0]
+    with pytest.raises(SemanticGenError, match=rf"--object-weight needs each clip's object coverage, which {unmarked} "
+                                               "does not hold"):
+        train(["stage2", *common(unmarked, tmp_path / "x", 1, "--object-weight", "8")])
+    with pytest.raises(SemanticGenError, match="--object-weight is stage 2's option"):
+        train(["stage1", *common(folder, tmp_path / "y", 1, "--stage2", str(plain), "--object-weight", "8")])

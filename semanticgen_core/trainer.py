@@ -147,7 +147,7 @@ def stage2_task(args, preset: Preset) -> Task:
         return stage2_loss(compressor, stage2, batch["latents"], plan_features(batch, plan_from), batch["text"],
                            batch["empty_text"], noise, kl_weight=args.kl * min(1.0, step / max(1, args.kl_warmup)),
                            plan_noise=args.plan_noise, window_offset=offset, coverage=batch.get("coverage"),
-                           object_weight=args.object_weight)
+                           object_weight=args.object_weight, flow_shift=args.flow_shift)
 
     return Task("stage2", {"compressor": compressor, "stage2": stage2}, loss, preset,
                 {"objective": "rectified flow on VAE latents given the plan (noised) + text; KL on the compressor",
@@ -191,7 +191,8 @@ def stage1_task(args, preset: Preset) -> Task:
         plan = plans(batch, noise)
         k = shots[int(torch.randint(len(shots), (1,), generator=step_gen))]
         plan, text, starts = string_shots(plan, batch["text"], k)
-        return stage1_loss(stage1, plan, text, batch["empty_text"], noise.grouped(k), shot_starts=starts)
+        return stage1_loss(stage1, plan, text, batch["empty_text"], noise.grouped(k), shot_starts=starts,
+                           flow_shift=args.flow_shift)
 
     return Task("stage1", {"stage1": stage1}, loss, preset,
                 {"objective": "rectified flow on compressed plans (sampled) given text; clips strung into plans of "
@@ -214,7 +215,8 @@ def baseline_task(args, preset: Preset) -> Task:
     model.semantic_gate.requires_grad_(False)
 
     def loss(batch, noise, step, step_gen):
-        return baseline_loss(model, batch["latents"], batch["text"], batch["empty_text"], noise)
+        return baseline_loss(model, batch["latents"], batch["text"], batch["empty_text"], noise,
+                             flow_shift=args.flow_shift)
 
     return Task("baseline", {"baseline": model}, loss, preset,
                 {"objective": "rectified flow on VAE latents given the text only (single-stage baseline)",
@@ -462,7 +464,8 @@ class Trainer:
             states = {n: {k[len(n) + 1:]: v for k, v in state.items() if k.startswith(n + ".")} for n in self.task.trained}
             hours = self.elapsed / 3600 * dist.world_size()
             info = {**self.task.info, "steps": self.step, "batch": self.args.batch, "lr": self.args.lr,
-                    "ema": self.args.ema, "world_size": dist.world_size(), "device": self.device.type,
+                    "ema": self.args.ema, **({"flow_shift": self.args.flow_shift} if self.args.flow_shift != 1 else {}),
+                    "world_size": dist.world_size(), "device": self.device.type,
                     f"{'gpu' if self.device.type == 'cuda' else 'cpu'}_hours": round(hours, 4),
                     "wall_minutes": round(self.elapsed / 60, 2), "clips": len(self.cache),
                     "data": {"cache": ", ".join(f.name for f in self.cache.folders), "preset": self.cache.preset.name,
@@ -651,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the exported weights (0: the raw weights)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--flow-shift", type=float, default=1.0,
+                   help="stage 1, stage 2, the baseline: training timesteps moved toward noise as sampling's schedule "
+                        "of that shift moves them (1: the logit-normal as it is)")
     p.add_argument("--parallel", choices=("ddp", "fsdp"), default="ddp",
                    help="under torchrun: replicate (DDP) or shard per block (FSDP2)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16", help="autocast on GPUs (fp32 on CPUs)")
@@ -728,6 +734,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SemanticGenError("--compressor, --plan-attention and --window-frames are stage 2's options")
     if args.object_weight != 1 and args.task != "stage2":
         raise SemanticGenError("--object-weight is stage 2's option")
+    if args.flow_shift <= 0:
+        raise SemanticGenError(f"--flow-shift must be above 0 (1 leaves the timesteps as they are), got {args.flow_shift}")
     if args.object_weight < 1:
         raise SemanticGenError(f"--object-weight must be 1 (no weighting) or more, got {args.object_weight}")
     if args.window_frames is not None and args.window_frames < 0:

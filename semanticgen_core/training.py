@@ -61,12 +61,15 @@ class SampleNoise:
 
 
 def flow_matching_loss(predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
-                       noise: SampleNoise, token_weight: torch.Tensor | None = None) -> torch.Tensor:
+                       noise: SampleNoise, token_weight: torch.Tensor | None = None, shift: float = 1.0) -> torch.Tensor:
     """``|v(x_t, 1000 t) - (eps - x0)|^2`` with ``x_t = (1 - t) x0 + t eps`` (the paper's objective); ``t``
-    from a logit-normal, which favours the middle of the path (SD3). ``token_weight`` (``x0``'s shape without
+    from a logit-normal, which favours the middle of the path (SD3), moved toward noise by ``shift`` as
+    sampling's schedule is (``shift t / (1 + (shift - 1) t)``: what decides where things are and how they move
+    is made at high noise, where sampling with shift 3 spends most of its steps). ``token_weight`` (``x0``'s shape without
     the channels): each sample's error a weighted mean over its tokens instead of the plain one (per sample, so
     that the loss is the same however the batch is split over processes)."""
     t = torch.sigmoid(noise.normal("flow_t")).to(x0)
+    t = shift * t / (1 + (shift - 1) * t)
     eps = noise.normal("flow_eps", x0.shape[1:]).to(x0)
     tt = t.view(-1, *([1] * (x0.ndim - 1)))
     x_t = (1 - tt) * x0 + tt * eps
@@ -86,7 +89,8 @@ def drop_text(text: torch.Tensor, empty: torch.Tensor, p: float, noise: SampleNo
 def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torch.Tensor, features: torch.Tensor,
                 text: torch.Tensor, empty_text: torch.Tensor, noise: SampleNoise, *, kl_weight: float = 1e-4,
                 plan_noise: float = 0.3, text_drop: float = 0.1, window_offset: float = 0.0,
-                coverage: torch.Tensor | None = None, object_weight: float = 1.0) -> dict[str, torch.Tensor]:
+                coverage: torch.Tensor | None = None, object_weight: float = 1.0,
+                flow_shift: float = 1.0) -> dict[str, torch.Tensor]:
     """Objective (a). latents ``[B, 16, T, H, W]``; features ``[B, T_s, h, w, d]`` from the frozen encoder;
     ``window_offset``: where stage 2's window grid starts (the trainer draws it once a step, so that borders
     fall anywhere, as sampling moves them: ``attention.time_windows``). ``coverage`` ``[B, T, H, W]``: each
@@ -101,26 +105,28 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
     flow = flow_matching_loss(
         lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=z_t,
                             window_offset=window_offset).sample,
-        latents, noise, None if object_weight == 1 else 1 + (object_weight - 1) * coverage)
+        latents, noise, None if object_weight == 1 else 1 + (object_weight - 1) * coverage, flow_shift)
     kl = compressor.kl(mean, logvar)
     return {"loss": flow + kl_weight * kl, "flow": flow.detach(), "kl": kl.detach()}
 
 
 def stage1_loss(stage1: SemanticDiT, plan_tokens: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor,
                 noise: SampleNoise, *, shot_starts: list[float] | None = None,
-                text_drop: float = 0.1) -> dict[str, torch.Tensor]:
+                text_drop: float = 0.1, flow_shift: float = 1.0) -> dict[str, torch.Tensor]:
     """Objective (b). plan_tokens ``[B, T_s, h, w, c]`` from the frozen compressor; text ``[B, L, D]``, or
     per shot ``[B, S, L, D]`` with ``shot_starts`` (as ``SemanticDiT.velocity`` takes them)."""
     text = drop_text(text, empty_text, text_drop, noise)
-    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text, shot_starts), plan_tokens, noise)
+    flow = flow_matching_loss(lambda x, t: stage1.velocity(x, t, text, shot_starts), plan_tokens, noise,
+                              shift=flow_shift)
     return {"loss": flow, "flow": flow.detach()}
 
 
 def baseline_loss(model: LatentDiT, latents: torch.Tensor, text: torch.Tensor, empty_text: torch.Tensor,
-                  noise: SampleNoise, *, text_drop: float = 0.1) -> dict[str, torch.Tensor]:
+                  noise: SampleNoise, *, text_drop: float = 0.1, flow_shift: float = 1.0) -> dict[str, torch.Tensor]:
     """Objective (c). latents ``[B, 16, T, H, W]``; no plan, one window over the whole clip."""
     text = drop_text(text, empty_text, text_drop, noise)
-    flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, noise)
+    flow = flow_matching_loss(lambda x, t: model(x, t, text, window_frames=None).sample, latents, noise,
+                              shift=flow_shift)
     return {"loss": flow, "flow": flow.detach()}
 
 

@@ -243,7 +243,7 @@ def test_token_coverage_pools_object_pixels_onto_the_causal_vae_latent_grid():
     assert torch.equal(cov, expected)
 
 
-def test_object_weight_weighs_the_flow_error_of_object_tokens_from_the_worlds_own_labels(tiny_world_cache, tmp_path):
+def test_object_weight_weighs_the_flow_error_of_object_tokens_and_flow_shift_moves_timesteps_toward_noise(tiny_world_cache, tmp_path):
     """Stage 2's flow error on the latent tokens the world marks as object weighs ``--object-weight`` times more:
     the cache holds each row's coverage (its own clip's labels), the loss weighs each sample's tokens, and a
     cache whose source marks no objects is refused with what to do."""
@@ -265,6 +265,12 @@ def test_object_weight_weighs_the_flow_error_of_object_tokens_from_the_worlds_ow
 
     x0 = torch.zeros(2, 3, 2, 2, 2)
     noise = SampleNoise.seeded(0, 2)
+    times = []
+    flow_matching_loss(lambda x, t: times.append(t) or torch.zeros_like(x), x0, noise)
+    flow_matching_loss(lambda x, t: times.append(t) or torch.zeros_like(x), x0, noise, shift=3.0)
+    plain = times[0] / 1000  # shifted toward noise as sampling's schedule of shift 3: 3t / (1 + 2t)
+    torch.testing.assert_close(times[1] / 1000, 3 * plain / (1 + 2 * plain))
+    assert (times[1] > times[0]).all()
     perfect = flow_matching_loss(lambda x, t: torch.zeros_like(x), x0, noise)  # predicts 0: error is eps^2
     weight = torch.ones(2, 2, 2, 2)
     assert torch.allclose(flow_matching_loss(lambda x, t: torch.zeros_like(x), x0, noise, weight), perfect)
@@ -280,6 +286,9 @@ def test_object_weight_weighs_the_flow_error_of_object_tokens_from_the_worlds_ow
     a, b = load_model(plain, "stage2"), load_model(weighted, "stage2")
     assert b.info["object_weight"] == 8.0 and "object_weight" not in a.info
     assert not torch.equal(a.modules["stage2"].proj_out.weight, b.modules["stage2"].proj_out.weight)
+    shifted = load_model(train(["stage2", *common(folder, tmp_path / "shifted", 2, "--flow-shift", "3")]), "stage2")
+    assert shifted.info["flow_shift"] == 3.0 and "flow_shift" not in a.info
+    assert not torch.equal(a.modules["stage2"].proj_out.weight, shifted.modules["stage2"].proj_out.weight)
 
     unmarked = tmp_path / "unmarked"  # a cache whose source marks no objects (a folder of videos)
     shutil.copytree(folder, unmarked)
@@ -292,5 +301,7 @@ def test_object_weight_weighs_the_flow_error_of_object_tokens_from_the_worlds_ow
     with pytest.raises(SemanticGenError, match=rf"--object-weight needs each clip's object coverage, which {unmarked} "
                                                "does not hold"):
         train(["stage2", *common(unmarked, tmp_path / "x", 1, "--object-weight", "8")])
+    with pytest.raises(SemanticGenError, match="--flow-shift must be above 0"):
+        train(["stage2", *common(folder, tmp_path / "z", 1, "--flow-shift", "0")])
     with pytest.raises(SemanticGenError, match="--object-weight is stage 2's option"):
         train(["stage1", *common(folder, tmp_path / "y", 1, "--stage2", str(plain), "--object-weight", "8")])

@@ -29,13 +29,14 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "semanticgen_core" / "weights"
 
 # name -> trainer arguments (the cache, --out and the schedule are added). Stage 2 candidates are fresh DiTs on
 # the shipped compressor, frozen, so the shipped stage 1, aligner and preview decoder stay valid for them.
+OBJECTS = ["--object-weight", "8", "--flow-shift", "3"]  # stage 2's objects weighed up (MODEL_CARD.md, session 15)
 RUNS = {
     "s2-joint-256": ["stage2", "--compressor", "{W}/stage2.safetensors", "--freeze-compressor", "--width", "256",
-                     "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300"],
+                     "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300", *OBJECTS],
     "s2-gated-256": ["stage2", "--compressor", "{W}/stage2.safetensors", "--freeze-compressor", "--width", "256",
-                     "--batch", "128", "--lr", "5e-4", "--warmup", "300"],
+                     "--batch", "128", "--lr", "5e-4", "--warmup", "300", *OBJECTS],
     "s2-joint-192": ["stage2", "--compressor", "{W}/stage2.safetensors", "--freeze-compressor", "--width", "192",
-                     "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300"],
+                     "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300", *OBJECTS],
     "s1-continued": ["stage1", "--init", "{W}/stage1.safetensors", "--stage2", "{W}/stage2.safetensors",
                      "--batch", "256", "--lr", "2e-4", "--warmup", "100"],
 }

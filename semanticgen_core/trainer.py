@@ -734,6 +734,8 @@ def main(argv: list[str] | None = None) -> Path:
         raise SemanticGenError("--compressor, --plan-attention and --window-frames are stage 2's options")
     if args.object_weight != 1 and args.task != "stage2":
         raise SemanticGenError("--object-weight is stage 2's option")
+    if args.flow_shift != 1 and args.task not in ("stage1", "stage2", "baseline"):
+        raise SemanticGenError("--flow-shift is an option of the flow tasks: stage1, stage2 and baseline")
     if args.flow_shift <= 0:
         raise SemanticGenError(f"--flow-shift must be above 0 (1 leaves the timesteps as they are), got {args.flow_shift}")
     if args.object_weight < 1:

@@ -303,5 +303,7 @@ def test_object_weight_weighs_the_flow_error_of_object_tokens_and_flow_shift_mov
         train(["stage2", *common(unmarked, tmp_path / "x", 1, "--object-weight", "8")])
     with pytest.raises(SemanticGenError, match="--flow-shift must be above 0"):
         train(["stage2", *common(folder, tmp_path / "z", 1, "--flow-shift", "0")])
+    with pytest.raises(SemanticGenError, match="--flow-shift is an option of the flow tasks"):
+        train(["preview", *common(folder, tmp_path / "v", 1, "--stage2", str(plain), "--flow-shift", "3")])
     with pytest.raises(SemanticGenError, match="--object-weight is stage 2's option"):
         train(["stage1", *common(folder, tmp_path / "y", 1, "--stage2", str(plain), "--object-weight", "8")])

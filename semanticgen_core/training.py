@@ -105,7 +105,7 @@ def stage2_loss(compressor: SemanticCompressor, stage2: LatentDiT, latents: torc
     flow = flow_matching_loss(
         lambda x, t: stage2(x, t, text, semantic_tokens=z_aug, semantic_timestep=z_t,
                             window_offset=window_offset).sample,
-        latents, noise, None if object_weight == 1 else 1 + (object_weight - 1) * coverage, flow_shift)
+        latents, noise, None if object_weight == 1 else 1 + (object_weight - 1) * coverage, shift=flow_shift)
     kl = compressor.kl(mean, logvar)
     return {"loss": flow + kl_weight * kl, "flow": flow.detach(), "kl": kl.detach()}
 

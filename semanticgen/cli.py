@@ -268,9 +268,12 @@ def _eval_table(results: dict, out=None) -> None:
             return "-"
         return f"{rate['accuracy']:6.1%} ({rate['correct']}/{rate['total']})"
 
-    print(f"  {'':<20}  {'all prompt objects':<22}  first object", file=out)
+    counts = results.get("by_object_count", {})
+    print(f"  {'':<20}  {'all prompt objects':<22}  {'first object':<22}"
+          + "".join(f"  {f'{n}-object prompts':<22}" for n in counts), file=out)
     for title, key in rows:
-        print(f"  {title:<20}  {cell(results['objects'][key]):<22}  {cell(results['first_object'][key])}", file=out)
+        print(f"  {title:<20}  {cell(results['objects'][key]):<22}  {cell(results['first_object'][key]):<22}"
+              + "".join(f"  {cell(by[key]):<22}" for by in counts.values()), file=out)
     print(f"  {'all three right':<20}  {cell(results['all_correct'])} prompts", file=out)
     print(f"  {'consistency':<20}  {results['consistency']:.3f}  (1 = smooth; shuffled frames ~0.1)", file=out)
     print(f"  {'stability':<20}  {results['stability']:.3f}  (main object's colour/shape agreement over frames)",

@@ -452,10 +452,19 @@ def _rate(values: list[bool]) -> dict:
 
 
 def aggregate(judgements: list[dict]) -> dict:
-    """Accuracies with counts: over every judged prompt object, and over the first object of each prompt."""
+    """Accuracies with counts: over every judged prompt object, over the first object of each prompt, and
+    (``by_object_count``, keyed "1", "2", ...) over the objects of the prompts that name that many objects:
+    scenes of two objects fare far worse than scenes of one, and hold nearly half of the objects."""
     out = {"prompts": len(judgements)}
+
+    def rates(chosen, pick):
+        return {a: _rate([o[a] for j in chosen for o in pick(j) if o[a] is not None]) for a in ATTRIBUTES}
+
     for scope, pick in (("objects", lambda j: j["objects"]), ("first_object", lambda j: j["objects"][:1])):
-        out[scope] = {a: _rate([o[a] for j in judgements for o in pick(j) if o[a] is not None]) for a in ATTRIBUTES}
+        out[scope] = rates(judgements, pick)
+    counts = sorted({len(j["objects"]) for j in judgements})
+    out["by_object_count"] = {str(n): rates([j for j in judgements if len(j["objects"]) == n], lambda j: j["objects"])
+                              for n in counts}
     out["all_correct"] = _rate([all(o[a] is not False for o in j["objects"] for a in ("color", "shape", "motion"))
                                 for j in judgements])
     for key in ("consistency", "stability"):

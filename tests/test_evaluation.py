@@ -78,6 +78,10 @@ def test_detector_is_near_perfect_on_ground_truth_clips(reference):
     assert objects["motion"]["accuracy"] >= 0.95
     assert objects["motion_exact"]["accuracy"] >= 0.95
     assert report["first_object"]["color"]["total"] == 40
+    by_count = report["by_object_count"]
+    assert sum(by["color"]["total"] for by in by_count.values()) == objects["color"]["total"]
+    assert by_count["1"]["color"]["total"] == sum(len(j["objects"]) == 1 for j in report["per_prompt"])
+    assert by_count["2"]["color"]["total"] == 2 * sum(len(j["objects"]) == 2 for j in report["per_prompt"]) > 0
     assert report["all_correct"]["accuracy"] >= 0.9
     # Measured: consistency 0.79 (bouncing clips ~0.4-0.55, static ones 1.0), stability 0.99.
     assert report["consistency"] >= 0.7

@@ -2,10 +2,13 @@
 clip), each with the independent detector's verdict, so anyone can look at what the model draws.
 
     python bench/prompt_sheet.py --out docs/img/text_to_video.png
+    python bench/prompt_sheet.py --no-fixed --heldout 8 --wording both --steps 10 --out docs/img/wording_sheet.png
 
-The prompts are ``evaluation.FIXED_PROMPTS`` (also judged by ``tests/test_embedded.py``) and a few
-held-out world captions; each row is labelled with the prompt and what the detector judged right
-(colour, shape, motion).
+The prompts are ``evaluation.FIXED_PROMPTS`` (also judged by ``tests/test_embedded.py``; ``--no-fixed``
+leaves them out) and a few held-out world scenes, worded as the caption template, as the paraphrase set
+kept out of training (``--wording paraphrase``), or both, one row under the other at the same seed
+(``--wording both``); each row is labelled with the prompt and what the detector judged right (colour,
+shape, motion).
 """
 
 from __future__ import annotations
@@ -51,15 +54,23 @@ def labelled_row(frames: np.ndarray, text: str) -> np.ndarray:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("docs/img/text_to_video.png"))
-    p.add_argument("--heldout", type=int, default=6, help="held-out world captions after the fixed prompts")
+    p.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
+                   help="start with evaluation.FIXED_PROMPTS")
+    p.add_argument("--heldout", type=int, default=6, help="held-out world scenes after the fixed prompts")
+    p.add_argument("--wording", choices=[*evaluation.WORDINGS, "both"], default="template",
+                   help="how the held-out scenes are worded (both: each scene's template, then its paraphrase)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps of each stage")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     pipe = SemanticGenPipeline.embedded()
     d = pipe.preset.defaults
+    wordings = evaluation.WORDINGS if a.wording == "both" else (a.wording,)
+    scenes = evaluation.heldout_clips(a.heldout, size=16)
+    prompts = [(seed, prompt) for seed, prompt in enumerate(evaluation.FIXED_PROMPTS if a.fixed else [])]
+    prompts += [(len(prompts) + i, evaluation.prompt_of(clip, w)) for i, clip in enumerate(scenes) for w in wordings]
     rows = []
-    for seed, prompt in enumerate([*evaluation.FIXED_PROMPTS, *evaluation.heldout_prompts(a.heldout)]):
+    for seed, prompt in prompts:
         opts = SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)
         video = evaluation.as_uint8_frames(pipe(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts))
         text = f"{prompt}  [seed {seed}: {verdict(evaluation.judge(video, prompt))}]"

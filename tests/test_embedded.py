@@ -48,6 +48,44 @@ def test_shipped_model_draws_the_prompted_colour_in_most_prompts():
     assert sum(right) > len(right) / 2, right
 
 
+def _one_object_scenes_judged(wording: str, n: int = 12) -> list[tuple[bool, bool]]:
+    """(colour right, motion right) for the first ``n`` one-object scenes of the evaluation's held-out prompts,
+    each made as ``python -m semanticgen eval --prompts 100 --seed 0 [--wording paraphrase]`` makes it (the
+    scene's index in that list is its seed), so the figures are that command's per-prompt judgements."""
+    from semanticgen_world.evaluation import heldout_clips, judge, prompt_of
+
+    pipe = SemanticGenPipeline.embedded()
+    d = pipe.preset.defaults
+    scenes = [(seed, clip) for seed, clip in enumerate(heldout_clips(40, size=16)) if len(clip.shots[0].objects) == 1]
+    out = []
+    for seed, clip in scenes[:n]:
+        prompt = prompt_of(clip, wording)
+        frames = pipe(prompt, opts=SamplingOptions(steps=d["steps"], guidance=d["guidance"], seed=seed))
+        first = judge(frames, prompt)["objects"][0]
+        out.append((bool(first["color"]), bool(first["motion"])))
+    return out
+
+
+def test_shipped_model_gets_colour_and_motion_of_one_object_scenes_in_most_clips():
+    """Held-out scenes of one object in the caption template's words: the detector finds the colour and the
+    motion (direction, growing, bouncing...) both right in most clips. Scenes of two objects are left out:
+    there the shipped model mostly loses the motion (MODEL_CARD.md, "By the number of objects")."""
+    judged = _one_object_scenes_judged("template")
+    print("template (colour, motion):", judged)  # measured: colour 11 of 12, motion 9, both 8
+    assert sum(c for c, _ in judged) >= 9, judged
+    assert sum(c and m for c, m in judged) > len(judged) / 2, judged
+
+
+@pytest.mark.xfail(strict=True, reason="the issue's target, not met: worded as the held-out paraphrases, the same "
+                   "scenes get colour and motion both right in 1 of 12 clips (colour 4, motion 3): MiniLM does not "
+                   "place held-out synonyms (amethyst, sapphire, pearl) near their colours (MODEL_CARD.md, Free "
+                   "wording)")
+def test_shipped_model_gets_colour_and_motion_of_paraphrased_scenes_in_most_clips():
+    judged = _one_object_scenes_judged("paraphrase")
+    print("paraphrase (colour, motion):", judged)
+    assert sum(c and m for c, m in judged) > len(judged) / 2, judged
+
+
 @pytest.mark.xfail(strict=True, reason="regression of the stage 1 shipped in session 4 (10,500 steps): another prompt "
                    "for shot 2 moves shot 1's plan too (own/other change 1.6-1.9 over seeds 0, 1, 3; the 4,910-step "
                    "stage 1 had 4-8), though it draws the prompted colour more often (8 of 12 fixed clips, against 5; "

@@ -66,9 +66,9 @@ def main() -> None:
     pipe = SemanticGenPipeline.embedded()
     d = pipe.preset.defaults
     wordings = evaluation.WORDINGS if a.wording == "both" else (a.wording,)
-    scenes = evaluation.heldout_clips(a.heldout, size=16)
-    prompts = [(seed, prompt) for seed, prompt in enumerate(evaluation.FIXED_PROMPTS if a.fixed else [])]
-    prompts += [(len(prompts) + i, evaluation.prompt_of(clip, w)) for i, clip in enumerate(scenes) for w in wordings]
+    prompts = list(enumerate(evaluation.FIXED_PROMPTS if a.fixed else []))
+    worded = zip(*(evaluation.heldout_prompts(a.heldout, wording=w) for w in wordings))  # a scene's wordings together
+    prompts += [(len(prompts) + i, prompt) for i, scene in enumerate(worded) for prompt in scene]
     rows = []
     for seed, prompt in prompts:
         opts = SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)

@@ -39,7 +39,9 @@ stage 2: the clip's own plan and stage 1's plan for its caption (seed ``--seed +
 steps, guidance and alignment guidance, or ``--alignment``) are drawn by the plan-preview decoder (``plan_preview.py``, 16x16 a step, upsampled
 to 64x64) and the same detector tracks the first object; for each caption whose first object travels
 (rightward, leftward, up, down) it counts the plans whose object travels at least 0.15 of the frame that
-way (chance: about 1 in 4), by direction:
+way (chance: about 1 in 4), by direction; and, judged as the evaluation judges a video (``evaluation.judge``:
+each object's colour track and its direction), every travelling object of the captions, by how many objects
+the caption names:
 
     python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE] [--alignment W]
 
@@ -267,10 +269,12 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | 
     d = pipe.preset.defaults
     counts: dict[str, dict[str, list[int]]] = {"clip's own plan": {}, "stage 1's plan": {}}
     travelled: dict[str, list[float]] = {name: [] for name in counts}
+    by_objects: dict[str, dict[int, list[int]]] = {name: {} for name in counts}  # objects the caption names -> [right, of]
     for i, clip in enumerate(clips):
-        target = world.parse_caption(clip.caption)[0]
+        objects = world.parse_caption(clip.caption)
+        target = objects[0]
         group = ev.DIRECTION_GROUP[target["motion"]]
-        if group not in UNIT:
+        if not any(ev.DIRECTION_GROUP[o["motion"]] in UNIT for o in objects):
             continue
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
         opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=seed + i, alignment=alignment)
@@ -282,6 +286,14 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | 
                 small = preview_frames(decoder, plan.tokens).permute(0, 3, 1, 2)
             big = F.interpolate(small, size=clip.frames.shape[1:3], mode="bilinear", align_corners=False)
             drawn = (big.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+            # every travelling object, as the evaluation judges it (its colour's track, its direction)
+            tally = by_objects[name].setdefault(len(objects), [0, 0])
+            for o in ev.judge(drawn, clip.caption)["objects"]:
+                if ev.DIRECTION_GROUP[o["prompt"]["motion"]] in UNIT:
+                    tally[0] += bool(o["motion"])
+                    tally[1] += 1
+            if group not in UNIT:
+                continue
             track = first_track(drawn, target["color"])
             got = np.zeros(2) if track is None else travel(track)
             travelled[name].append(float(np.hypot(*got)))
@@ -295,6 +307,12 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | 
         right, total = sum(c[0] for c in by.values()), sum(c[1] for c in by.values())
         print(f"| {name} | " + " | ".join(f"{by[g][0]}/{by[g][1]}" for g in groups)
               + f" | {right}/{total} ({right / max(1, total):.0%}) | {np.mean(travelled[name]):.2f} |")
+    sizes = sorted(next(iter(by_objects.values())))
+    names = " | ".join(f"{n} object" + "s" * (n > 1) for n in sizes)
+    print(f"\nEvery travelling object judged by the detector, by the objects its caption names:\n\n| plan | {names} |")
+    print("|---" * (len(sizes) + 1) + "|")
+    for name, by in by_objects.items():
+        print(f"| {name} | " + " | ".join(f"{by[n][0]}/{by[n][1]}" for n in sizes) + " |")
     return 0
 
 

@@ -65,3 +65,22 @@ def test_files_without_plan_noise_get_the_presets_default_and_their_own_value_wi
     assert Preset.from_dict(own).defaults["plan_noise"] == 0.1
     assert "plan_noise" not in Preset.from_dict(TINY.to_dict()).defaults  # only presets that name one
     assert SemanticGenPipeline.embedded().preset.defaults["plan_noise"] == 0.3  # the shipped files predate it
+
+
+def test_plan_travel_judges_every_travelling_object_by_the_objects_its_caption_names(capsys):
+    assert pf.main(["--prompts", "8", "--plan-travel"]) == 0
+    table = capsys.readouterr().out.split("by the objects its caption names:")[1]
+    rows = {line.split(" | ")[0].strip("| "): [tuple(map(int, cell.split("/"))) for cell in line.strip("| \n").split(" | ")[1:]]
+            for line in table.strip().splitlines()[2:]}
+    clips = ev.heldout_clips(8, world.HELDOUT_SEED_START, 33, 64, 8.0)
+    travelling = {}  # objects the caption names -> its objects that travel left, right, up or down
+    for clip in clips:
+        objects = world.parse_caption(clip.caption)
+        moving = sum(ev.DIRECTION_GROUP[o["motion"]] in pf.UNIT for o in objects)
+        if moving:
+            travelling[len(objects)] = travelling.get(len(objects), 0) + moving
+    for name in ("clip's own plan", "stage 1's plan"):
+        assert [total for _, total in rows[name]] == [travelling[n] for n in sorted(travelling)]
+    # the clips' own plans carry their motion: drawn by the preview decoder, most of their objects travel the caption's way
+    own = rows["clip's own plan"]
+    assert sum(r for r, _ in own) > sum(t for _, t in own) / 2

@@ -20,9 +20,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--captions", type=int, default=4,
                    help="captions per clip: the template caption, then training phrasings (semanticgen_world.wording)")
+    p.add_argument("--objects", type=int, choices=(1, 2),
+                   help="only scenes of this many objects (seeds from --first-seed whose scenes have another number "
+                        "are passed over): more of the scenes a model gets least of")
     p.set_defaults(preset="embedded", seconds=4.0)
     args = p.parse_args(argv)
-    feature_cache.run(args, lambda spec: WorldSource(args.clips, spec, args.first_seed, args.captions))
+    feature_cache.run(args, lambda spec: WorldSource(args.clips, spec, args.first_seed, args.captions, args.objects))
 
 
 if __name__ == "__main__":

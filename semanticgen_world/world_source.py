@@ -8,6 +8,7 @@ the real-video path end to end.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from pathlib import Path
@@ -38,17 +39,28 @@ def _check_seeds(first_seed: int, num_clips: int) -> None:
 
 
 class WorldSource:
-    """``num_clips`` world clips, seeds ``first_seed, first_seed + 1, ...``, one clip per item, each with
-    ``captions`` wordings (its template caption, then training phrasings: ``wording.captions``)."""
+    """``num_clips`` world clips, seeds ``first_seed, first_seed + 1, ...`` (with ``objects``, only the seeds whose
+    scenes have that many objects), one clip per item, each with ``captions`` wordings (its template caption,
+    then training phrasings: ``wording.captions``)."""
 
-    def __init__(self, num_clips: int, spec: ClipSpec, first_seed: int = 0, captions: int = 1):
+    def __init__(self, num_clips: int, spec: ClipSpec, first_seed: int = 0, captions: int = 1,
+                 objects: int | None = None):
         _check_seeds(first_seed, num_clips)
         if captions < 1:
             raise SemanticGenError(f"world clips need at least 1 caption each, got {captions}")
         self.spec = spec
         self.first_seed = first_seed
         self.captions = captions
-        self.items: list[int] = list(range(first_seed, first_seed + num_clips))
+        self.objects = objects
+        if objects is None:
+            self.items: list[int] = list(range(first_seed, first_seed + num_clips))
+        else:  # the first num_clips seeds whose scenes have that many objects (scenes are drawn without rendering)
+            if objects not in (1, 2):
+                raise SemanticGenError(f"world scenes have 1 or 2 objects, got {objects}")
+            seeds = (seed for seed in itertools.count(first_seed)
+                     if len(world.sample_clip_shots(seed, spec.num_frames, spec.fps)[0].objects) == objects)
+            self.items = list(itertools.islice(seeds, num_clips))
+            _check_seeds(first_seed, self.items[-1] - first_seed + 1)
         self.skipped: list[str] = []
 
     def __len__(self) -> int:
@@ -64,7 +76,8 @@ class WorldSource:
                      object_mask=objects)]
 
     def describe(self) -> dict:
-        return {"kind": "world", "first_seed": self.first_seed, "clips": len(self.items), "captions": self.captions}
+        return {"kind": "world", "first_seed": self.first_seed, "clips": len(self.items), "captions": self.captions,
+                **({"objects": self.objects} if self.objects else {})}
 
 
 def write_videos(out: str | os.PathLike, num_clips: int, *, seconds: float = 4.0, fps: float = 8.0,

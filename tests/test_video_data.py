@@ -275,6 +275,18 @@ def test_world_source_gives_world_clips():
         WorldSource(3, spec, first_seed=world.HELDOUT_SEED_START - 2)
 
 
+def test_world_source_can_keep_the_scenes_of_two_objects():
+    spec = ClipSpec(9, 8, 32, 32)
+    source = WorldSource(3, spec, first_seed=5, objects=2)
+    counts = {seed: len(world.sample_clip_shots(seed, 9, 8)[0].objects) for seed in range(5, source.items[-1] + 1)}
+    assert source.items == [seed for seed, n in counts.items() if n == 2] and len(source.items) == 3
+    assert 1 in counts.values()  # one-object scenes were passed over
+    assert source.describe()["objects"] == 2
+    assert [len(world.parse_caption(source.clips(i)[0].caption)) for i in range(3)] == [2, 2, 2]
+    with pytest.raises(SemanticGenError, match="world scenes have 1 or 2 objects, got 3"):
+        WorldSource(1, spec, objects=3)
+
+
 def test_write_videos_round_trip_and_resume(tmp_path, capsys):
     spec = ClipSpec(9, 8, 32, 32)
     out = tmp_path / "world"

@@ -1,9 +1,10 @@
 """bench/text_sensitivity.py (how much stage 1's velocity moves when one phrase of the prompt is swapped) and
-bench/prompt_seeds.py (one prompt judged over seeds)."""
+bench/prompt_seeds.py (one prompt judged over seeds), bench/wording_probe.py and bench/plan_sheet.py."""
 
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -11,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import text_sensitivity as ts  # noqa: E402
 
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
+from semanticgen_world import evaluation as ev, world  # noqa: E402
 
 
 def test_a_swap_that_changes_no_word_moves_nothing_and_the_colour_moves_the_shipped_stage_1(monkeypatch, capsys):
@@ -67,3 +69,22 @@ def test_wording_probe_reads_the_template_back_and_loses_held_out_wording(tmp_pa
     assert template["backdrop kind"] > 0.9 and paraphrase["backdrop kind"] < template["backdrop kind"] - 0.2
     assert rec["paraphrase"]["objects"]["synonym"] > 0 and "object colour, held-out synonym" in paraphrase
     assert rec["template"]["objects"]["synonym"] == 0  # the template names colours plainly
+
+
+def test_plan_sheet_shows_the_clip_beside_its_own_and_stage_ones_plans(tmp_path):
+    import cv2
+
+    import plan_sheet
+
+    out = tmp_path / "plans.png"
+    plan_sheet.main(["--objects", "2", "--rows", "1", "--threads", "1", "--out", str(out)])
+    sheet = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    cell, gap = 64 + 4, 8
+    assert sheet.shape == (26 + 22 + 2 * cell, 2 * (3 * 5 * cell + 2 * gap), 3)
+    # the first two-object held-out scene (prompt 4): its frame 0, drawn 2x, is the row's first picture
+    clip = ev.heldout_clips(5, world.HELDOUT_SEED_START, 33, 64, 8.0)[4]
+    assert len(world.parse_caption(clip.caption)) == 2
+    top = 26 + 22 + 2 * 2
+    np.testing.assert_array_equal(sheet[top:top + 128, 4:4 + 128], np.repeat(np.repeat(clip.frames[0], 2, 0), 2, 1))
+    own = sheet[top:top + 128, 2 * (5 * cell + gap) + 4:][:, :128]  # the own plan's first frame: the same backdrop
+    assert np.abs(own.reshape(-1, 3).mean(0) - clip.frames[0].reshape(-1, 3).mean(0)).max() < 40

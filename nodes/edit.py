@@ -506,14 +506,15 @@ class SemanticGenEditPlan:
         context.negative_prompt = conditioning.negative_prompt if conditioning is not None else ""
         context.aligner = usable_aligner(aligner, stage1)
         alignment = float(defaults.get("alignment", 0.0)) if context.aligner is not None else None
+        stop = float(defaults.get("alignment_stop", 0.0))
         context.opts = SamplingOptions(steps=int(defaults.get("steps", 20)),
                                        guidance=float(defaults.get("guidance", 4.0)), seed=int(plan.seed or 0),
-                                       alignment=alignment)
+                                       alignment=alignment, alignment_stop=stop)
         context.progress = comfy.Progress("regenerate", context.opts.steps)
         cond_key = (_tensor_key(conditioning.cond, conditioning.uncond) + conditioning.prompt + "\0" +
                     conditioning.negative_prompt) if conditioning is not None else "-"
         context.cache = _LRU(REGENERATED, REGENERATED_MAX)
-        aligner_key = f"{_model_key(aligner)}@{alignment:g}" if context.aligner is not None else "-"
+        aligner_key = f"{_model_key(aligner)}@{alignment:g}/{stop:g}" if context.aligner is not None else "-"
         context.cache_key = f"{_model_key(stage1)}|{cond_key}|{_model_key(text_encoder)}|{aligner_key}"
         return context
 

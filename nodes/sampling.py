@@ -83,10 +83,11 @@ def dit_memory(plan, dtype: torch.dtype, batch: int = 2) -> int:
     return int(elements * torch.finfo(dtype).bits // 8 * 0.01 * 2 ** 20)
 
 
-def _options(seed, steps, guidance, shift, sampler, alignment=None):
+def _options(seed, steps, guidance, shift, sampler, alignment=None, alignment_stop=None):
     from semanticgen_core.sampling import SamplingOptions
 
-    return SamplingOptions(steps=steps, sampler=sampler, shift=shift, guidance=guidance, seed=seed, alignment=alignment)
+    return SamplingOptions(steps=steps, sampler=sampler, shift=shift, guidance=guidance, seed=seed, alignment=alignment,
+                           alignment_stop=alignment_stop)
 
 
 def _pipeline(preset, name, **parts):
@@ -149,6 +150,11 @@ class SemanticGenStage1Sample:
             "alignment": ("FLOAT", {"default": 100.0, "min": 0.0, "max": 10000.0, "step": 1.0, "round": 0.1,
                                     "tooltip": "Weight of alignment guidance with the connected aligner (the embedded "
                                                "default's: 100); 0 turns it off. Without an aligner it does nothing."}),
+            "alignment_stop": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 1.0, "step": 0.05, "round": 0.01,
+                                         "tooltip": "Noise level (1: pure noise) below which alignment guidance "
+                                                    "stops: it steers the first steps, where stage 1 settles which "
+                                                    "way things move. -1: the model's own (0.75 for the embedded "
+                                                    "default); 0: every step."}),
         }}
 
     @classmethod
@@ -161,7 +167,7 @@ class SemanticGenStage1Sample:
 
     def sample(self, stage1: LoadedModel, conditioning: TextConditioning, width: int, height: int, length: int,
                fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str,
-               aligner: LoadedModel | None = None, alignment: float = 100.0):
+               aligner: LoadedModel | None = None, alignment: float = 100.0, alignment_stop: float = -1.0):
         check_size(STAGE1_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
         ready(stage1, aligner)
         dit = stage1["stage1"]
@@ -169,7 +175,8 @@ class SemanticGenStage1Sample:
         align = usable_aligner(aligner, stage1)
         pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=dit, aligner=align)
         plan = pipe.generate_plan(conditioning.prompt, length, fps, height, width,
-                                  _options(seed, steps, guidance, shift, sampler, alignment),
+                                  _options(seed, steps, guidance, shift, sampler, alignment,
+                                           None if alignment_stop < 0 else alignment_stop),
                                   progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop,
                                   text_embeddings=conditioning.embeddings())
         return (plan,)

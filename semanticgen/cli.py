@@ -110,6 +110,9 @@ def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float
     print(f"  {'total':<{width}}  {total:7.2f} s  ({loads} model loads, {load_seconds:.2f} s)")
 
 
+ALIGNMENT_STOP_HELP = ("noise level (1: pure noise) below which alignment guidance stops: it steers the first steps, "
+                       "where stage 1 settles which way things move (default: the model's, 0.75 for the embedded "
+                       "default; 0: every step)")
 DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as the decode nodes estimate it) per decode step
 
 
@@ -205,7 +208,8 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             guidance = float(d["guidance"]) if args.guidance is None else args.guidance
             if guidance < 1:
                 raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {guidance:g}")
-            opts = SamplingOptions(steps=steps, guidance=guidance, seed=args.seed, alignment=args.alignment)
+            opts = SamplingOptions(steps=steps, guidance=guidance, seed=args.seed, alignment=args.alignment,
+                                   alignment_stop=args.alignment_stop)
             te = text_encoder.ready()["text_encoder"]
             for model, key in ((stage1, "stage1"), (stage2, "stage2")):
                 if model[key].config.text_dim != te.dim:
@@ -220,9 +224,9 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                                        name=preset.name, plain_wan=bool(plain),
                                        aligner=align)
             times.append(("load models", time.perf_counter() - t0))
-            alignment = pipe.alignment(args.alignment)
+            alignment, stop = pipe.alignment(args.alignment), pipe.alignment_stop(args.alignment_stop)
             print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
-                  f"{guidance:g}" + (f", alignment {alignment:g}" if alignment else ""))
+                  f"{guidance:g}" + (f", alignment {alignment:g} down to noise {stop:g}" if alignment else ""))
             if plain:
                 print(f"  note: {sampling.PLAIN_WAN_NOTE.format(name=plain)}")
 
@@ -320,11 +324,12 @@ def cmd_eval(args) -> int:
         steps = args.steps or int(d["steps"])
         guidance = float(d["guidance"]) if args.guidance is None else args.guidance
         plan_noise = float(d.get("plan_noise", 0.0)) if args.plan_noise is None else args.plan_noise
-        alignment = pipe.alignment(args.alignment)
+        alignment, alignment_stop = pipe.alignment(args.alignment), pipe.alignment_stop(args.alignment_stop)
         ground_truth = ev.reference_generator(clips, args.wording)  # prompt -> its clip's frames
 
         def generate(prompt: str, seed: int):
-            opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed, alignment=alignment)
+            opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed, alignment=alignment,
+                                            alignment_stop=alignment_stop)
             if args.reference != "plan":
                 plan = pipe.generate_plan(prompt, num_frames, fps, height, width, opts)
             else:  # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
@@ -363,8 +368,8 @@ def cmd_eval(args) -> int:
     print(f"{mode}: {len(prompts)} held-out prompts (world seeds {start}..{start + len(prompts) - 1}, "
           f"{args.wording} wording), "
           f"{num_frames} frames at {fps:g} fps"
-          + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, alignment {alignment:g}, seeds "
-             f"{args.seed}.." if steps else ""))
+          + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, alignment {alignment:g}"
+             + (f" down to noise {alignment_stop:g}" if alignment else "") + f", seeds {args.seed}.." if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
@@ -385,7 +390,8 @@ def cmd_eval(args) -> int:
             "num_frames": num_frames, "fps": fps, "height": height, "width": width,
             "steps": steps, "guidance": None if pipe is None else guidance,
             "plan_noise": None if pipe is None else plan_noise,
-            "alignment": None if pipe is None else alignment, "seed": args.seed,
+            "alignment": None if pipe is None else alignment,
+            "alignment_stop": None if pipe is None else alignment_stop, "seed": args.seed,
             "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
@@ -439,6 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: embedded with the embedded stage 1, else none)")
     p.add_argument("--alignment", type=float, help="alignment guidance weight (default: the stage-1 model's, 100 for "
                                                     "the embedded default, none for others: give it; 0: off)")
+    p.add_argument("--alignment-stop", type=float, help=ALIGNMENT_STOP_HELP)
     p.add_argument("--text-encoder", help=f"text encoder: embedded, or {UMT5_FILE} in models/text_encoders "
                                           "(default: the one the stage-1 model was trained with)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -465,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "trained (default: the model's; 0: the plan as it is)")
     p.add_argument("--alignment", type=float, help="stage 1's alignment guidance with the embedded aligner "
                                                     "(default: the model's; 0: off)")
+    p.add_argument("--alignment-stop", type=float, help=ALIGNMENT_STOP_HELP)
     p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae", "plan"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
                         "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "

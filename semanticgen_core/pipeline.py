@@ -107,6 +107,11 @@ class SemanticGenPipeline:
             return 0.0
         return float(self.preset.defaults.get("alignment", 0.0)) if weight is None else weight
 
+    def alignment_stop(self, level: float | None = None) -> float:
+        """The noise level below which alignment guidance stops: ``level``, or the preset's default for None
+        (0, every step, for a preset without one)."""
+        return float(self.preset.defaults.get("alignment_stop", 0.0)) if level is None else level
+
     def _need(self, what: str):
         module = getattr(self, what)
         if module is None:
@@ -151,7 +156,8 @@ class SemanticGenPipeline:
         def velocity(x, t, context):
             return stage1.velocity(x, t, context, starts)
 
-        steer = alignment_steer(self.aligner, text, self.alignment(opts.alignment), starts)
+        steer = alignment_steer(self.aligner, text, self.alignment(opts.alignment), starts,
+                                self.alignment_stop(opts.alignment_stop))
         tokens = denoise(velocity, noise, text.to(dtype), empty.to(dtype), opts, progress, should_stop,
                          model_dtype=dtype, steer=steer)
         return SemanticPlan(

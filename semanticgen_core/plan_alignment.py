@@ -7,7 +7,10 @@ differ little in MiniLM's token states, so stage 1's plans go the caption's way 
 a plan, trained on the same cache of (plan, caption) pairs as stage 1 with each plan's time reversal as a
 hard negative (``training.alignment_loss``), so its score of a plan given a prompt tells which way the plan
 moves. While stage 1 samples, the gradient of that score at the predicted clean plan is added to the
-velocity (``alignment_steer``): classifier guidance with a contrastive model, as GLIDE's CLIP guidance.
+velocity (``alignment_steer``): classifier guidance with a contrastive model, as GLIDE's CLIP guidance. It acts
+only while the noise level is high (down to ``stop``), a guidance interval (Kynkäänniemi et al., 2024): which
+way things move is settled in stage 1's first steps, and steering the later ones bends the plan's colours and
+shapes toward what the aligner scores without moving anything.
 
 Not in the paper: an addition on top of stage 1 that needs no retraining of it.
 """
@@ -80,11 +83,11 @@ def shot_spans(num_steps: int, shot_starts: Sequence[float] | None, num_shots: i
 
 
 def alignment_steer(aligner: PlanTextAligner | None, text: torch.Tensor, weight: float,
-                    shot_starts: Sequence[float] | None = None):
-    """The velocity correction ``steer(x0) = -weight * d score / d x0`` of ``denoise``: ``x0`` is the predicted
-    clean plan ``[B, T, h, w, c]``, ``text`` the conditional prompt ``[B, L, D]`` or one per shot ``[B, S, L, D]``;
-    each shot's span of the plan is scored against its own prompt. None (no steer) without an aligner or at
-    weight 0."""
+                    shot_starts: Sequence[float] | None = None, stop: float = 0.0):
+    """The velocity correction ``steer(x0, sigma) = -weight * d score / d x0`` of ``denoise`` at noise levels
+    ``sigma >= stop`` (None below it): ``x0`` is the predicted clean plan ``[B, T, h, w, c]``, ``text`` the
+    conditional prompt ``[B, L, D]`` or one per shot ``[B, S, L, D]``; each shot's span of the plan is scored
+    against its own prompt. None (no steer) without an aligner or at weight 0."""
     if aligner is None or not weight > 0:
         return None
     dtype = next(aligner.parameters()).dtype
@@ -96,7 +99,9 @@ def alignment_steer(aligner: PlanTextAligner | None, text: torch.Tensor, weight:
             aligner = copy.deepcopy(aligner)
         per_shot = (text if text.ndim == 4 else text[:, None]).to(dtype).clone()
 
-    def steer(x0: torch.Tensor) -> torch.Tensor:
+    def steer(x0: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        if sigma < stop:
+            return None
         with torch.inference_mode(False), torch.enable_grad():
             x0 = x0.detach().to(dtype).clone().requires_grad_(True)
             score = sum(aligner.score(per_shot[:, k], x0[:, span]).sum()

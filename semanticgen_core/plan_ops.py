@@ -390,7 +390,8 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
     the span's prompt: each stretch of one prompt is a shot of stage 1's per-shot text (``text_encoder``
     embeds them; ``negative_prompt`` is the unconditional text). ``opts``: ``SamplingOptions`` (its seed
     draws the noise). ``aligner``: a ``PlanTextAligner`` for stage 1's alignment guidance, at weight
-    ``opts.alignment`` (None or 0: none), as ``SemanticGenPipeline.generate_plan`` samples.
+    ``opts.alignment`` (None or 0: none) down to the noise level ``opts.alignment_stop`` (None or 0: every step),
+    as ``SemanticGenPipeline.generate_plan`` samples.
     """
     from .plan_alignment import alignment_steer
     from .sampling import denoise, initial_noise
@@ -437,7 +438,8 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
         return torch.where(span, x, known.to(x.dtype))
 
     weight = float(opts.alignment or 0.0) if aligner is not None else 0.0
-    steer = alignment_steer(aligner, text, weight, starts)
+    stop = float(opts.alignment_stop or 0.0)
+    steer = alignment_steer(aligner, text, weight, starts, stop)
     out = denoise(velocity, noise, text, empty, opts, progress, should_stop, hold=hold, model_dtype=dtype,
                   steer=steer)
     tokens = plan.tokens.clone()
@@ -445,7 +447,7 @@ def regenerate(plan: SemanticPlan, start_s: float | None, end_s: float | None, s
     record = {"op": "regenerate", "start_s": start_s, "end_s": end_s, "prompt": prompt,
               "negative_prompt": negative_prompt or None, "seed": opts.seed, "steps": opts.steps,
               "sampler": opts.sampler, "guidance": opts.guidance, "shift": opts.shift,
-              **({"alignment": weight} if weight else {})}
+              **({"alignment": weight, "alignment_stop": stop} if weight else {})}
     return _rebuild(plan, _steps_of(plan, range(plan.grid[0])), record, tokens=tokens, prompts=prompts)
 
 
@@ -595,7 +597,8 @@ def _regenerate(plan: SemanticPlan, edit: dict, context: EditContext, position: 
     from .sampling import SamplingOptions
 
     base = context.opts if context.opts is not None else SamplingOptions()
-    opts = SamplingOptions(**{k: edit.get(k, getattr(base, k)) for k in SAMPLING_KEYS}, alignment=base.alignment)
+    opts = SamplingOptions(**{k: edit.get(k, getattr(base, k)) for k in SAMPLING_KEYS}, alignment=base.alignment,
+                           alignment_stop=base.alignment_stop)
     key = None
     if context.cache is not None:
         key = (context.cache_key, plan_fingerprint(plan), json.dumps(edit, sort_keys=True),

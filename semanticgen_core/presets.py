@@ -131,16 +131,24 @@ EMBEDDED = Preset(
     # steps 10 (20 before): on the 100 held-out prompts the same figures in half the time (colour 74.4% against
     # 73.6%, direction 37.2% / 38.0%, shape 34.9% / 29.5%; paraphrased: colour 35.7% / 31.8%):
     # python -m semanticgen eval --prompts 100 --seed 0 --psnr-clips 0 --steps 10 (--steps 20) [--wording paraphrase]
+    # alignment_stop 0.75: the alignment guidance acts on the first 5 of the 10 steps (noise 1 to 0.79), not all
+    # of them. Stage 1's plans that move the caption's way (of 52 one-object and 46 two-object objects):
+    # stopping at 0.9 / 0.75 / 0.6 / never: 30+8, 38+10, 28+9, 32+8 (the tuning prompts, --first 500: 41+9 for
+    # 0.75 and never): python bench/plan_following.py --plan-travel --prompts 100. Rendered, colour / direction /
+    # shape, never -> 0.75: the 100 held-out prompts 74.4/37.2/34.9% -> 77.5/45.7/27.1%, paraphrased
+    # 35.7/12.4/25.6% -> 30.2/17.1/30.2%, the tuning prompts 64.4/54.8/23.3% -> 74.0/50.7/27.4%:
+    # python -m semanticgen eval --prompts 100 --seed 0 --psnr-clips 0 [--wording paraphrase] [--alignment-stop 0]
+    # (--first 500 --prompts 60)
     defaults=dict(fps=8.0, height=64, width=64, steps=10, guidance=2.5, window_frames=4, plan_noise=0.3,
-                  alignment=100.0),
+                  alignment=100.0, alignment_stop=0.75),
 )
 
 # Sampling defaults that model files written before them lack: ``Preset.from_dict`` fills them in from
 # the preset of the same name here.
-LATER_DEFAULTS = ("plan_noise", "alignment")
+LATER_DEFAULTS = ("plan_noise", "alignment", "alignment_stop")
 
 # The defaults only sampling reads: caches that differ in them hold the same data, and a trained file takes
 # them from the model it continues (``Preset.sampling_from``), not from the cache.
-SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment")
+SAMPLING_DEFAULTS = ("steps", "guidance", "plan_noise", "alignment", "alignment_stop")
 
 PRESETS = {p.name: p for p in (TINY, EMBEDDED, WAN)}

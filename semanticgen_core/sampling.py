@@ -3,8 +3,8 @@
 The models predict the velocity ``v = eps - x0`` of ``x_t = (1 - t) x0 + t eps``; sampling integrates
 from pure noise at t = 1 to data at t = 0. ``shift`` moves the schedule toward high noise (Wan's
 ``flow_shift``), classifier-free guidance mixes conditional and unconditional velocities, an optional
-``steer`` adds a correction computed from the predicted clean sample (stage 1's alignment guidance,
-``plan_alignment.py``), and the seed fixes the starting noise (drawn on the CPU so a seed gives the same
+``steer`` adds a correction computed from the predicted clean sample and the noise level (stage 1's alignment
+guidance, ``plan_alignment.py``), and the seed fixes the starting noise (drawn on the CPU so a seed gives the same
 video on any device).
 
 The sampling state is float32 whatever the model's dtype (as in diffusers' Wan pipeline, which keeps the
@@ -36,6 +36,7 @@ class SamplingOptions:
     guidance: float = 5.0
     seed: int = 0
     alignment: float | None = None  # stage 1's alignment guidance where an aligner is loaded; None: the model's
+    alignment_stop: float | None = None  # the noise level below which it stops (0: every step); None: the model's
 
     def __post_init__(self):
         if self.sampler not in SAMPLERS:
@@ -44,6 +45,9 @@ class SamplingOptions:
             raise SemanticGenError(f"steps must be at least 1, got {self.steps}")
         if self.alignment is not None and self.alignment < 0:
             raise SemanticGenError(f"alignment guidance must be at least 0 (0: off), got {self.alignment:g}")
+        if self.alignment_stop is not None and not 0 <= self.alignment_stop <= 1:
+            raise SemanticGenError("the noise level where alignment guidance stops must be in 0..1 (0: it acts on "
+                                   f"every step), got {self.alignment_stop:g}")
 
 
 def make_scheduler(opts: SamplingOptions):
@@ -69,7 +73,7 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
             should_stop: Callable[[], bool] | None = None,
             hold: Callable[[torch.Tensor, float], torch.Tensor] | None = None,
             model_dtype: torch.dtype | None = None,
-            steer: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+            steer: Callable[[torch.Tensor, float], torch.Tensor | None] | None = None) -> torch.Tensor:
     """Integrate the flow from ``noise`` to a float32 sample.
 
     ``text`` / ``uncond_text``: ``[B, L, D]`` conditional and unconditional (empty-prompt) embeddings;
@@ -80,8 +84,8 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
     ``progress(step, total, x)`` is called after each step; ``should_stop()`` before each, raising
     ``Interrupted`` if it returns True. ``hold(x, sigma)`` may overwrite parts of ``x`` after each step
     (e.g. known plan regions re-noised to the current level) and returns the new ``x`` (kept float32).
-    ``steer(x0)`` is added to the (guided) velocity each step, given the clean sample it predicts,
-    ``x0 = x - sigma v``.
+    ``steer(x0, sigma)`` is added to the (guided) velocity each step, given the clean sample it predicts,
+    ``x0 = x - sigma v``, and the step's noise level; None adds nothing.
     """
     scheduler = make_scheduler(opts)
     guided = uncond_text is not None and opts.guidance != 1.0
@@ -100,7 +104,10 @@ def denoise(velocity: Velocity, noise: torch.Tensor, text: torch.Tensor, uncond_
         else:
             v = velocity(xm, tb, text).float()
         if steer is not None:
-            v = v + steer(x - float(scheduler.sigmas[i]) * v)
+            sigma = float(scheduler.sigmas[i])
+            correction = steer(x - sigma * v, sigma)
+            if correction is not None:
+                v = v + correction
         x = scheduler.step(v, t, x, return_dict=False)[0].to(torch.float32)
         if hold is not None:
             x = hold(x, float(scheduler.sigmas[i + 1])).to(torch.float32)

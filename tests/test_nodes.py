@@ -396,6 +396,9 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
 
     plain, off, steered = plan(), plan(aligner=aligner, alignment=0.0), plan(aligner=aligner, alignment=100.0)
     assert torch.equal(plain, off) and not torch.allclose(plain, steered, atol=1e-3)
+    # the widget's -1 is the model's stop (0.75: the first steps only); 0 steers every step
+    assert torch.equal(plan(aligner=aligner, alignment=100.0, alignment_stop=0.75), steered)
+    assert not torch.allclose(plan(aligner=aligner, alignment=100.0, alignment_stop=0.0), steered, atol=1e-3)
     text = te["text_encoder"].encode([cond.prompt])[0]
     with torch.no_grad():  # steered toward its prompt: the aligner scores it higher
         assert aligner["aligner"].score(text, steered[None]) > aligner["aligner"].score(text, plain[None])
@@ -410,6 +413,7 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     torch.testing.assert_close(again.tokens, plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(again_steered.tokens, steered, rtol=0, atol=1e-4)
     assert again_steered.history[-1]["alignment"] == 100.0 and "alignment" not in again.history[-1]
+    assert again_steered.history[-1]["alignment_stop"] == 0.75  # the model's, as Stage 1 samples
     # An aligner of other plans (another preset, or other widths) is not used: the run goes on unguided.
     other = tiny_models["dir"] / "semanticgen" / "aligner_16.safetensors"
     save_model(other, "aligner", {"aligner": PlanTextAligner(text_dim=16)}, EMBEDDED)
@@ -424,12 +428,16 @@ def test_stage1_steers_with_a_connected_aligner_and_old_workflows_keep_its_defau
     assert "the aligner aligner_16.safetensors (embedded plans, 16-d text) does not fit stage 1 embedded" in caplog.text
     assert "the aligner embedded (embedded plans, 384-d text) does not fit stage 1 tiny_stage1.safetensors " \
            "(tiny-minilm plans" in caplog.text
-    # A workflow saved before Stage 1 had the alignment widget loads, with the widget's default.
+    # Workflows saved before Stage 1 had its alignment widgets load, with the widgets' defaults.
     wf = json.loads((ROOT / "workflows" / "text_to_video.json").read_text())
     node = next(n for n in wf["nodes"] if n["type"] == "SemanticGenStage1Sample")
-    node["widgets_values"] = node["widgets_values"][:-1]
+    assert node["widgets_values"][-2:] == [100.0, -1.0]  # alignment, and where it stops: the model's
+    node["widgets_values"] = node["widgets_values"][:-1]  # before alignment_stop (session 18)
+    inputs = runner.to_api(wf)[str(node["id"])]["inputs"]
+    assert "alignment_stop" not in inputs and inputs["alignment"] == 100.0
+    node["widgets_values"] = node["widgets_values"][:-1]  # before the alignment weight
     inputs = runner.to_api(wf)[str(node["id"])]["inputs"]
     assert "alignment" not in inputs and inputs["aligner"][0] and inputs["steps"] == 10
     node["widgets_values"] = node["widgets_values"][:-1]
-    with pytest.raises(runner.WorkflowError, match="has 9 widget values but SemanticGenStage1Sample takes 11"):
+    with pytest.raises(runner.WorkflowError, match="has 9 widget values but SemanticGenStage1Sample takes 12"):
         runner.to_api(wf)

@@ -63,7 +63,7 @@ def test_the_steer_climbs_the_score_and_scores_each_shot_against_its_own_prompt(
     starts = [float("-inf"), 3.5]  # shot 2 from plan step 4
     assert shot_spans(8, starts, 2) == [(0, slice(0, 4)), (1, slice(4, 8))]
     steer = alignment_steer(aligner, text, 10.0, starts)
-    v = steer(x0)
+    v = steer(x0, 1.0)
     # sampling adds the steer to the velocity, so the predicted clean plan x - sigma v moves along -steer
     before = aligner.score(text[:, 0], x0[:, :4]) + aligner.score(text[:, 1], x0[:, 4:])
     moved = x0 - 1e-3 * v
@@ -72,7 +72,7 @@ def test_the_steer_climbs_the_score_and_scores_each_shot_against_its_own_prompt(
     # changing the second shot's prompt leaves the first shot's steps alone
     other = text.clone()
     other[:, 1] = torch.randn(6, 16, generator=g)
-    w = alignment_steer(aligner, other, 10.0, starts)(x0)
+    w = alignment_steer(aligner, other, 10.0, starts)(x0, 1.0)
     torch.testing.assert_close(w[:, :4], v[:, :4])
     assert not torch.allclose(w[:, 4:], v[:, 4:])
     with pytest.raises(SemanticGenError, match="alignment guidance must be at least 0"):
@@ -82,7 +82,36 @@ def test_the_steer_climbs_the_score_and_scores_each_shot_against_its_own_prompt(
         loaded = tiny_aligner()
         loaded.load_state_dict({k: v.clone() for k, v in aligner.state_dict().items()}, assign=True)
         assert next(loaded.parameters()).is_inference()
-        torch.testing.assert_close(alignment_steer(loaded, text.clone(), 10.0, starts)(x0.clone()), v)
+        torch.testing.assert_close(alignment_steer(loaded, text.clone(), 10.0, starts)(x0.clone(), 1.0), v)
+
+
+def test_the_steer_acts_down_to_its_stop_and_sampling_passes_each_steps_noise_level():
+    from semanticgen_core.sampling import denoise, make_scheduler
+
+    aligner = tiny_aligner()
+    g = torch.Generator().manual_seed(5)
+    x0, text = torch.randn(1, 4, 2, 2, 4, generator=g), torch.randn(1, 6, 16, generator=g)
+    steer = alignment_steer(aligner, text, 10.0, stop=0.75)
+    torch.testing.assert_close(steer(x0, 0.8), alignment_steer(aligner, text, 10.0)(x0, 0.3))
+    assert steer(x0, 0.75) is not None and steer(x0, 0.74) is None
+    seen = []
+
+    def spy(x0, sigma):
+        seen.append(sigma)
+        return steer(x0, sigma)
+
+    opts = SamplingOptions(steps=10, guidance=1.0, seed=0)
+    velocity = lambda x, t, context: torch.zeros_like(x)  # noqa: E731
+    noise = torch.randn(1, 4, 2, 2, 4, generator=g)
+    steered = denoise(velocity, noise, text, None, opts, steer=spy)
+    sigmas = [float(s) for s in make_scheduler(opts).sigmas[:-1]]
+    assert seen == sigmas  # every step, at its own noise level; the first 5 of 10 (shift 3) are at or above 0.75
+    assert sum(s >= 0.75 for s in sigmas) == 5
+    plain = denoise(velocity, noise, text, None, opts)
+    every_step = denoise(velocity, noise, text, None, opts, steer=alignment_steer(aligner, text, 10.0))
+    assert not torch.allclose(steered, plain) and not torch.allclose(steered, every_step)
+    with pytest.raises(SemanticGenError, match="where alignment guidance stops must be in 0..1"):
+        SamplingOptions(alignment_stop=1.5)
 
 
 @pytest.fixture(scope="module")

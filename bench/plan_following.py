@@ -259,11 +259,22 @@ def main(argv=None) -> int:
 UNIT = {"rightward": (1.0, 0.0), "leftward": (-1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
-def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | None = None) -> int:
-    """``--plan-travel``: does the plan carry the caption's direction? (the module's docstring)"""
+def drawn(decoder, plan, size: tuple[int, int]) -> np.ndarray:
+    """A plan drawn by the preview decoder (16x16 a step) and upsampled to the clip's ``size``: uint8 ``[T, H, W, 3]``,
+    what the detector reads."""
     import torch.nn.functional as F
 
-    from semanticgen_core.plan_preview import embedded_preview, preview_frames
+    from semanticgen_core.plan_preview import preview_frames
+
+    with torch.no_grad():
+        small = preview_frames(decoder, plan.tokens).permute(0, 3, 1, 2)
+    big = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return (big.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+
+
+def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | None = None) -> int:
+    """``--plan-travel``: does the plan carry the caption's direction? (the module's docstring)"""
+    from semanticgen_core.plan_preview import embedded_preview
 
     decoder = embedded_preview().modules["preview"]
     d = pipe.preset.defaults
@@ -282,19 +293,16 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | 
                  "stage 1's plan": pipe.generate_plan(clip.caption, clip.frames.shape[0], clip.fps, clip.frames.shape[1],
                                                       clip.frames.shape[2], opts)}
         for name, plan in plans.items():
-            with torch.no_grad():
-                small = preview_frames(decoder, plan.tokens).permute(0, 3, 1, 2)
-            big = F.interpolate(small, size=clip.frames.shape[1:3], mode="bilinear", align_corners=False)
-            drawn = (big.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
+            picture = drawn(decoder, plan, clip.frames.shape[1:3])
             # every travelling object, as the evaluation judges it (its colour's track, its direction)
             tally = by_objects[name].setdefault(len(objects), [0, 0])
-            for o in ev.judge(drawn, clip.caption)["objects"]:
+            for o in ev.judge(picture, clip.caption)["objects"]:
                 if ev.DIRECTION_GROUP[o["prompt"]["motion"]] in UNIT:
                     tally[0] += bool(o["motion"])
                     tally[1] += 1
             if group not in UNIT:
                 continue
-            track = first_track(drawn, target["color"])
+            track = first_track(picture, target["color"])
             got = np.zeros(2) if track is None else travel(track)
             travelled[name].append(float(np.hypot(*got)))
             c = counts[name].setdefault(group, [0, 0])

@@ -19,27 +19,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semanticgen_core.checkpoints import write_atomic  # noqa: E402
 from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
-from semanticgen_core.plan_preview import embedded_preview, preview_frames  # noqa: E402
+from semanticgen_core.plan_preview import embedded_preview  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 from semanticgen_world import evaluation as ev, world  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plan_following import drawn  # noqa: E402  (the plans drawn as --plan-travel judges them)
+
 FRAMES = 5  # frames shown of each clip and plan, evenly spaced
 SCALE = 2
-
-
-def drawn(decoder, plan, size: tuple[int, int]) -> np.ndarray:
-    """A plan drawn by the preview decoder at the clip's size: uint8 ``[T, H, W, 3]``."""
-    with torch.no_grad():
-        small = preview_frames(decoder, plan.tokens).permute(0, 3, 1, 2)
-    big = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
-    return (big.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
 
 
 def strip(frames: np.ndarray) -> np.ndarray:

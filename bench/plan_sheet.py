@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     p.add_argument("--rows", type=int, default=8)
     p.add_argument("--stage1", type=Path, help="this stage-1 file instead of the embedded one")
     p.add_argument("--alignment", type=float, default=None, help="stage 1's alignment guidance (default: the model's)")
+    p.add_argument("--alignment-stop", type=float, default=None,
+                   help="the noise level where that guidance stops (default: the model's; 0: every step)")
     p.add_argument("--out", type=Path, default=Path("docs/img/two_object_plans.jpg"),
                    help="the sheet (.jpg or .png)")
     p.add_argument("--threads", type=int, default=2)
@@ -61,7 +63,8 @@ def main(argv=None) -> None:
             continue
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
         own = pipe.encode_video(frames, clip.fps, clip.caption)
-        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=i, alignment=args.alignment)
+        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=i, alignment=args.alignment,
+                               alignment_stop=args.alignment_stop)
         planned = pipe.generate_plan(clip.caption, clip.frames.shape[0], clip.fps, *clip.frames.shape[1:3], opts)
         gap = np.full((clip.frames.shape[1] + 4, 8, 3), 255, np.uint8)
         row = np.concatenate([strip(clip.frames), gap, strip(drawn(decoder, own, clip.frames.shape[1:3])), gap,

@@ -36,14 +36,14 @@ flicker on small objects).
 
 ``--plan-travel`` instead asks whether the plans themselves carry the caption's direction, before any
 stage 2: the clip's own plan and stage 1's plan for its caption (seed ``--seed + i``, the preset's
-steps, guidance and alignment guidance, or ``--alignment``) are drawn by the plan-preview decoder (``plan_preview.py``, 16x16 a step, upsampled
+steps, guidance and alignment guidance, or ``--alignment`` and ``--alignment-stop``) are drawn by the plan-preview decoder (``plan_preview.py``, 16x16 a step, upsampled
 to 64x64) and the same detector tracks the first object; for each caption whose first object travels
 (rightward, leftward, up, down) it counts the plans whose object travels at least 0.15 of the frame that
 way (chance: about 1 in 4), by direction; and, judged as the evaluation judges a video (``evaluation.judge``:
 each object's colour track and its direction), every travelling object of the captions, by how many objects
 the caption names:
 
-    python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE] [--alignment W]
+    python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE] [--alignment W] [--alignment-stop S]
 
 A configuration is a comma-separated list of ``key=value`` (``base`` for none). Each configuration renders
 ``--prompts`` clips (about 3 s each on one CPU thread); the plans are encoded once.
@@ -196,6 +196,9 @@ def main(argv=None) -> int:
     p.add_argument("--stage2", type=Path, help="this stage-2 file (and its compressor) instead of the embedded one")
     p.add_argument("--alignment", type=float, default=None,
                    help="with --plan-travel: stage 1's alignment guidance (default: the model's; 0: off)")
+    p.add_argument("--alignment-stop", type=float, default=None,
+                   help="with --plan-travel: the noise level where that guidance stops (default: the model's; 0: "
+                        "every step)")
     p.add_argument("--aligner", type=Path, help="with --plan-travel: this aligner file instead of the embedded one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -206,7 +209,7 @@ def main(argv=None) -> int:
     fps, size = float(d["fps"]), int(d["height"])
     clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, 33, size, fps)
     if args.plan_travel:
-        return plan_travel(pipe, clips, args.seed, args.alignment)
+        return plan_travel(pipe, clips, args.seed, args.alignment, args.alignment_stop)
     plans, stds, refs = [], [], []
     for clip in clips:
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
@@ -272,7 +275,8 @@ def drawn(decoder, plan, size: tuple[int, int]) -> np.ndarray:
     return (big.permute(0, 2, 3, 1).clamp(0, 1) * 255).round().byte().numpy()
 
 
-def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | None = None) -> int:
+def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | None = None,
+                alignment_stop: float | None = None) -> int:
     """``--plan-travel``: does the plan carry the caption's direction? (the module's docstring)"""
     from semanticgen_core.plan_preview import embedded_preview
 
@@ -288,7 +292,8 @@ def plan_travel(pipe: SemanticGenPipeline, clips, seed: int, alignment: float | 
         if not any(ev.DIRECTION_GROUP[o["motion"]] in UNIT for o in objects):
             continue
         frames = torch.from_numpy(ev.as_uint8_frames(clip.frames).astype("float32") / 255.0)
-        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=seed + i, alignment=alignment)
+        opts = SamplingOptions(steps=int(d["steps"]), guidance=float(d["guidance"]), seed=seed + i, alignment=alignment,
+                               alignment_stop=alignment_stop)
         plans = {"clip's own plan": pipe.encode_video(frames, clip.fps, clip.caption),
                  "stage 1's plan": pipe.generate_plan(clip.caption, clip.frames.shape[0], clip.fps, clip.frames.shape[1],
                                                       clip.frames.shape[2], opts)}

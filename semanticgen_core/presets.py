@@ -134,8 +134,8 @@ EMBEDDED = Preset(
     # alignment_stop 0.75: the alignment guidance acts on the first 5 of the 10 steps (noise 1 to 0.79), not all
     # of them. Stage 1's plans that move the caption's way (of 52 one-object and 46 two-object objects):
     # stopping at 0.9 / 0.75 / 0.6 / never: 30+8, 38+10, 28+9, 32+8 (the tuning prompts, --first 500: 41+9 for
-    # 0.75 and never): python bench/plan_following.py --plan-travel --prompts 100. Rendered, colour / direction /
-    # shape, never -> 0.75: the 100 held-out prompts 74.4/37.2/34.9% -> 77.5/45.7/27.1%, paraphrased
+    # 0.75 and never): python bench/plan_following.py --plan-travel --prompts 100 --alignment-stop S. Rendered,
+    # colour / direction / shape, never -> 0.75: the 100 held-out prompts 74.4/37.2/34.9% -> 77.5/45.7/27.1%, paraphrased
     # 35.7/12.4/25.6% -> 30.2/17.1/30.2%, the tuning prompts 64.4/54.8/23.3% -> 74.0/50.7/27.4%:
     # python -m semanticgen eval --prompts 100 --seed 0 --psnr-clips 0 [--wording paraphrase] [--alignment-stop 0]
     # (--first 500 --prompts 60)

@@ -135,8 +135,8 @@ EMBEDDED = Preset(
     # of them. Stage 1's plans that move the caption's way (of 52 one-object and 46 two-object objects):
     # stopping at 0.9 / 0.75 / 0.6 / never: 30+8, 38+10, 28+9, 32+8 (the tuning prompts, --first 500: 41+9 for
     # 0.75 and never): python bench/plan_following.py --plan-travel --prompts 100 --alignment-stop S. Rendered,
-    # colour / direction / shape, never -> 0.75: the 100 held-out prompts 74.4/37.2/34.9% -> 77.5/45.7/27.1%, paraphrased
-    # 35.7/12.4/25.6% -> 30.2/17.1/30.2%, the tuning prompts 64.4/54.8/23.3% -> 74.0/50.7/27.4%:
+    # colour / direction / shape, never -> 0.75: the 100 held-out prompts 74.4/37.2/34.9% -> 77.5/45.7/27.1%,
+    # paraphrased 35.7/12.4/25.6% -> 30.2/17.1/30.2%, the tuning prompts 64.4/54.8/23.3% -> 74.0/50.7/27.4%:
     # python -m semanticgen eval --prompts 100 --seed 0 --psnr-clips 0 [--wording paraphrase] [--alignment-stop 0]
     # (--first 500 --prompts 60)
     defaults=dict(fps=8.0, height=64, width=64, steps=10, guidance=2.5, window_frames=4, plan_noise=0.3,

@@ -29,7 +29,7 @@ WEIGHTS = Path(__file__).resolve().parents[2] / "semanticgen_core" / "weights"
 
 # name -> trainer arguments (the cache, --out and the schedule are added). Stage 2 candidates are fresh DiTs on
 # the shipped compressor, frozen, so the shipped stage 1, aligner and preview decoder stay valid for them.
-OBJECTS = ["--object-weight", "8", "--flow-shift", "3"]  # stage 2's objects weighed up (MODEL_CARD.md, session 15)
+OBJECTS = ["--object-weight", "8", "--flow-shift", "3"]  # stage 2's objects weighed up (docs/embedded_experiments.md)
 RUNS = {
     "s2-joint-256": ["stage2", "--compressor", "{W}/stage2.safetensors", "--freeze-compressor", "--width", "256",
                      "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300", *OBJECTS],
@@ -39,6 +39,9 @@ RUNS = {
                      "--plan-attention", "joint", "--batch", "128", "--lr", "5e-4", "--warmup", "300", *OBJECTS],
     "s1-continued": ["stage1", "--init", "{W}/stage1.safetensors", "--stage2", "{W}/stage2.safetensors",
                      "--batch", "256", "--lr", "2e-4", "--warmup", "100"],
+    # two-object scenes are where stage 1 fails (the model card): is it the 128-wide model's capacity?
+    "s1-fresh-256": ["stage1", "--stage2", "{W}/stage2.safetensors", "--width", "256", "--batch", "256",
+                     "--lr", "5e-4", "--warmup", "300"],
 }
 SLACK_MINUTES = 3  # a trainer part's start-up, final checkpoint and export beyond its --minutes
 COMMON = ["--ema", "0.999", "--workers", "3", "--threads", "1", "--save-every", "1000000000", "--log-every", "25",

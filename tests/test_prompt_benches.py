@@ -49,6 +49,22 @@ def test_prompt_seeds_judges_each_seed_as_the_detector_does(capsys):
     assert f"3 {prompt_seeds.verdict(judged)}\n" in out  # each seed's line is the contact sheet's verdict
 
 
+def test_prompt_seeds_mp4_judges_the_video_generate_writes(tmp_path):
+    import prompt_seeds
+
+    from nodes.video import read_video
+    from semanticgen.cli import main
+    from semanticgen_world.evaluation import judge
+
+    prompt = "a red circle moving from left to right over blue stripes"
+    out = tmp_path / "red.mp4"
+    main(["generate", prompt, "--seed", "3", "--steps", "3", "--out", str(out)])
+    written = judge(read_video(out)[0], prompt)
+    pipe = SemanticGenPipeline.embedded()
+    assert prompt_seeds.judgements(pipe, prompt, range(3, 4), steps=3, mp4=True) == {3: written}
+    assert prompt_seeds.judgements(pipe, prompt, range(3, 4), steps=3) != {3: written}  # the codec changed the frames
+
+
 def test_wording_probe_reads_the_template_back_and_loses_held_out_wording(tmp_path, capsys):
     """bench/wording_probe.py, small: a probe on MiniLM's states reads a held-out scene's backdrop kind from
     its template caption, and much less of it from the paraphrase (held-out backdrop words)."""

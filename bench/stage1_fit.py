@@ -7,8 +7,9 @@ For each cache (a feature cache of world clips, ``semanticgen_world.cache``), ea
 the compressor of the shipped stage 2 as training draws it, noised to each level t of ``--levels`` with noise
 seeded by the clip's row, and the error of stage 1's velocity under the clip's first caption is averaged by
 the number of objects in the clip's scene. Equal losses on the clips a file trained on and on unseen ones mean
-it underfits (more capacity or more steps, not more data, is the lever); a lower loss on its own clips, that
-it overfits. The embedded stage 1 trained on world seeds 0-3,999 (``--first-seed 0``); seeds from 4,000 on are
+it does not overfit (more data is not the lever); a lower loss on its own clips, that it does. Comparing files
+on the same caches shows what a change of training bought (part of the flow loss is irreducible noise, so
+small differences matter). The embedded stage 1 trained on world seeds 0-3,999 (``--first-seed 0``); seeds from 4,000 on are
 clips it never saw.
 """
 

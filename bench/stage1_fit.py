@@ -24,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.claims import world_seed  # noqa: E402
 from semanticgen_core.embedded import weights_path  # noqa: E402
 from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
 from semanticgen_core.feature_cache import FeatureCache  # noqa: E402
@@ -33,9 +34,10 @@ from semanticgen_world import world  # noqa: E402
 
 def object_count(source: str) -> int:
     """Objects in the first shot of the world clip a cache row came from ("world seed N")."""
-    if not source.startswith("world seed "):
+    seed = world_seed(source)
+    if seed is None:
         raise SemanticGenError(f"{source!r} is not a world clip: this bench groups world clips by their objects")
-    return len(world.sample_clip_shots(int(source.split()[-1]), 33)[0].objects)
+    return len(world.sample_clip_shots(seed, 33)[0].objects)
 
 
 @torch.no_grad()

@@ -71,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = load_model(args.stage1 or weights_path("stage1"), "stage1").modules["stage1"].float().eval()
     compressor = load_model(args.stage2 or weights_path("stage2"), "stage2").modules["compressor"].float().eval()
     levels = tuple(args.levels)
+    caches = [FeatureCache(folder) for folder in args.cache]  # a missing or broken cache fails before any output
     print(f"| cache | objects | clips | {' | '.join(f'loss at t = {t:g}' for t in levels)} |")
     print("|---" * (3 + len(levels)) + "|")
-    for folder in args.cache:
-        for objects, rows in sorted(losses(stage1, compressor, FeatureCache(folder), args.clips, levels).items()):
+    for folder, cache in zip(args.cache, caches):
+        for objects, rows in sorted(losses(stage1, compressor, cache, args.clips, levels).items()):
             means = [sum(r[j] for r in rows) / len(rows) for j in range(len(levels))]
             print(f"| {folder} | {objects} | {len(rows)} | {' | '.join(f'{m:.4f}' for m in means)} |", flush=True)
     return 0

@@ -1,5 +1,6 @@
 """bench/text_sensitivity.py (how much stage 1's velocity moves when one phrase of the prompt is swapped) and
-bench/prompt_seeds.py (one prompt judged over seeds), bench/wording_probe.py and bench/plan_sheet.py."""
+bench/prompt_seeds.py (one prompt judged over seeds), bench/wording_probe.py, bench/plan_sheet.py and
+bench/video_candidates.py (the best of N videos by the aligner)."""
 
 import sys
 from pathlib import Path
@@ -104,3 +105,43 @@ def test_plan_sheet_shows_the_clip_beside_its_own_and_stage_ones_plans(tmp_path)
     np.testing.assert_array_equal(sheet[top:top + 128, 4:4 + 128], np.repeat(np.repeat(clip.frames[0], 2, 0), 2, 1))
     own = sheet[top:top + 128, 2 * (5 * cell + gap) + 4:][:, :128]  # the own plan's first frame: the same backdrop
     assert np.abs(own.reshape(-1, 3).mean(0) - clip.frames[0].reshape(-1, 3).mean(0)).max() < 40
+
+
+def test_video_candidates_scores_videos_read_back_and_keeps_the_best(tmp_path, capsys):
+    import json
+
+    import video_candidates as vc
+
+    # the sign test and the pick, on numbers worked by hand
+    assert vc.sign_test(0, 0) == 1.0 and vc.sign_test(5, 5) == 1.0
+    assert abs(vc.sign_test(21, 10) - 0.0708) < 1e-3 and vc.sign_test(10, 0) < 0.002
+    rows = [[{"score": 1.0, "judgement": "a"}, {"score": 3.0, "judgement": "b"}, {"score": 2.0, "judgement": "c"}]]
+    assert vc.best_of(rows, 1) == ["a"] and vc.best_of(rows, 2) == ["b"] and vc.best_of(rows, 3) == ["b"]
+
+    # the aligner, reading a held-out clip back, prefers its caption to the same caption moving the other way
+    pipe = SemanticGenPipeline.embedded(with_encoder=True)
+    flip = {"left to right": "right to left", "right to left": "left to right", "moving up": "moving down",
+            "moving down": "moving up"}
+    preferred = 0
+    clips = [c for c in ev.heldout_clips(40) if any(k in c.caption for k in flip) and " and " not in c.caption][:6]
+    for clip in clips:
+        plan = pipe.encode_video(torch.from_numpy(clip.frames).float() / 255, clip.fps).tokens[None]
+        key = next(k for k in flip if k in clip.caption)
+        texts = pipe.text_encoder.encode([clip.caption, clip.caption.replace(key, flip[key])])[0]
+        with torch.no_grad():
+            right, wrong = pipe.aligner.score(texts, plan.expand(2, *plan.shape[1:]))
+        preferred += bool(right > wrong)
+    assert len(clips) == 6 and preferred == 6
+
+    out = tmp_path / "cands.json"
+    threads = torch.get_num_threads()
+    try:
+        assert vc.main(["--prompts", "1", "--candidates", "2", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "best of 1: colour" in printed and "against candidate 0: colour +" in printed
+    rec = json.loads(out.read_text())
+    first = rec["candidates"][0]
+    assert [c["seed"] for c in first] == [0, vc.SEED_STRIDE]
+    assert first[0]["judgement"]["prompt"] == rec["prompts"][0] == ev.prompt_of(ev.heldout_clips(1)[0])

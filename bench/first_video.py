@@ -2,7 +2,7 @@
 
     python bench/first_video.py [--cold-runs 3] [--warm-runs 3] [--steps N] [--seconds S] [--json FILE]
 
-Cold: runs ``python -m semanticgen generate PROMPT --out ...mp4`` in a fresh process ``--cold-runs`` times
+Cold: runs ``python -m semanticgen generate PROMPT --seed SEED --out ...mp4`` in a fresh process ``--cold-runs`` times
 and takes the wall clock from process start until it has exited with the mp4 written; the process's own
 stage table splits that into process start + imports (the rest) and its stages. Warm: in this process,
 loads the models once (as a ComfyUI server keeps them), then times ``--warm-runs`` runs of the same command
@@ -28,7 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROMPT = "a large white circle growing on a plain green background"
+# the README's first command
+PROMPT, SEED = "a red circle moving from left to right over blue stripes", "280"
 COLD_TARGET_S, WARM_TARGET_S = 5.0, 2.0
 STAGES = ("load models", "Stage 1: plan", "Stage 2: render", "VAE decode")
 START = "process start + imports"
@@ -55,7 +56,8 @@ def stage_rows(stdout: str) -> dict[str, float]:
 
 def cold_run(extra: list[str], out: Path) -> dict[str, float]:
     """One fresh ``python -m semanticgen generate``: wall seconds to the mp4, split into its parts."""
-    cmd = [sys.executable, "-m", "semanticgen", "generate", PROMPT, "--out", str(out), "-q", *extra]
+    cmd = [sys.executable, "-m", "semanticgen", "generate", PROMPT, "--seed", SEED, "--out", str(out), "-q",
+           *extra]
     t0 = time.perf_counter()
     # a child that hangs ends the bench (and its test) with TimeoutExpired, naming the command
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -76,7 +78,8 @@ def warm_runs(extra: list[str], out: Path, runs: int) -> list[dict[str, float]]:
 
     from semanticgen import cli
 
-    args = cli.build_parser().parse_args(["generate", PROMPT, "--out", str(out), "-q", *extra])
+    args = cli.build_parser().parse_args(["generate", PROMPT, "--seed", SEED, "--out", str(out), "-q",
+                                          *extra])
     cli.set_threads(args)  # as the command does
     got = []
     for i in range(runs + 1):
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = warm_runs(extra, Path(tmp) / "warm.mp4", args.warm_runs)
     load_after = load_average()
     c, w = median_rows(cold), median_rows(warm)
-    command = "python -m semanticgen generate " + json.dumps(PROMPT) + (" " + " ".join(extra) if extra else "")
+    command = " ".join(["python -m semanticgen generate", json.dumps(PROMPT), "--seed", SEED, *extra])
     lines = [f"first video: {command}",
              f"{load_before} before, {load_after} after",
              *table(f"cold: fresh process to mp4 written (median of {len(cold)})", c, (START, *STAGES),

@@ -102,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pipe = SemanticGenPipeline.embedded(with_encoder=True)
-    d = pipe.preset.defaults
-    clips = ev.heldout_clips(args.prompts, world.HELDOUT_SEED_START + args.first, int(4 * d["fps"]) + 1,
-                             int(d["height"]), float(d["fps"]))
-    prompts = [ev.prompt_of(clip, args.wording) for clip in clips]
+    prompts = ev.heldout_prompts(args.prompts, world.HELDOUT_SEED_START + args.first, wording=args.wording)
     rows = candidates(pipe, prompts, [args.seed + i for i in range(len(prompts))], args.candidates)
     base = [row[0]["judgement"] for row in rows]
     for n in range(1, args.candidates + 1):

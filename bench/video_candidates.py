@@ -9,7 +9,8 @@ and the compressor (``pipeline.encode_video``) and scored against its prompt by 
 every candidate. Prints, for best-of-1..N, the figures ``eval`` prints (colour, direction, shape over all prompt
 objects; all three right; colour and direction by the number of objects) and, against candidate 0, how many
 objects each aspect gains and loses with a two-sided sign test; then each candidate alone and the lowest-scored
-one (how well the aligner tells videos apart).
+one (how well the aligner tells videos apart). ``generate --candidates N``, ``eval --candidates N`` and the Best of N
+Videos node keep the highest-scored video; this bench judges every candidate.
 
     python bench/video_candidates.py --prompts 100 --candidates 4 [--first 0] [--wording paraphrase] \
         [--threads 1] [--out runs/video_candidates.json]
@@ -31,29 +32,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from semanticgen_core.checkpoints import atomic_file  # noqa: E402
 from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
-from semanticgen_core.pipeline import SemanticGenPipeline  # noqa: E402
+from semanticgen_core.pipeline import SemanticGenPipeline, candidate_seeds  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 from semanticgen_world import evaluation as ev, world  # noqa: E402
 
-SEED_STRIDE = 1000  # candidate k of the prompt with the eval's seed s: seed s + k * SEED_STRIDE
 ASPECTS = {"color": "colour", "motion": "direction", "shape": "shape"}
 
 
 def candidates(pipe: SemanticGenPipeline, prompts: list[str], seeds: list[int], n: int) -> list[list[dict]]:
-    """Per prompt, ``n`` candidates ``{"seed", "score", "judgement"}`` (the aligner's score of the video
-    read back)."""
+    """Per prompt, ``n`` candidates ``{"seed", "score", "judgement"}`` at ``candidate_seeds`` (as
+    ``SemanticGenPipeline.best_of`` makes them; the score is ``video_score``'s)."""
     d = pipe.preset.defaults
     out = []
     for prompt, seed in zip(prompts, seeds):
-        text = pipe.text_encoder.encode([prompt])[0]
         row = []
-        for k in range(n):
-            s = seed + k * SEED_STRIDE
+        for s in candidate_seeds(seed, n):
             frames = pipe(prompt, opts=SamplingOptions(steps=d["steps"], guidance=d["guidance"], seed=s))
-            plan = pipe.encode_video(frames, d["fps"])
-            with torch.no_grad():
-                score = float(pipe.aligner.score(text, plan.tokens[None].to(text)))
-            row.append({"seed": s, "score": score, "judgement": ev.judge(frames, prompt)})
+            row.append({"seed": s, "score": pipe.video_score(frames, d["fps"], prompt),
+                        "judgement": ev.judge(frames, prompt)})
         out.append(row)
     return out
 

@@ -16,7 +16,7 @@ from .edit import SemanticGenEditPlan, SemanticGenPlanPreview, register_routes
 from .loaders import (SemanticGenAlignerLoader, SemanticGenSemanticEncoderLoader, SemanticGenStage1Loader,
                       SemanticGenStage2Loader, SemanticGenTextEncoderLoader, SemanticGenVAELoader)
 from .plans import SemanticGenLoadPlan, SemanticGenSavePlan, SemanticGenSemanticEncode
-from .sampling import SemanticGenStage1Sample, SemanticGenStage2Sample
+from .sampling import SemanticGenBestOfN, SemanticGenStage1Sample, SemanticGenStage2Sample
 from .text import SemanticGenTextEncode
 from .video import SemanticGenLoadVideo, SemanticGenSaveVideo
 
@@ -34,6 +34,7 @@ _NODES = {
     "SemanticGenTextEncode": (SemanticGenTextEncode, "SemanticGen Text Encode"),
     "SemanticGenStage1Sample": (SemanticGenStage1Sample, "SemanticGen Stage 1: Plan from Text"),
     "SemanticGenStage2Sample": (SemanticGenStage2Sample, "SemanticGen Stage 2: Render Plan"),
+    "SemanticGenBestOfN": (SemanticGenBestOfN, "SemanticGen Best of N Videos"),
     "SemanticGenVAEDecode": (SemanticGenVAEDecode, "SemanticGen VAE Decode (chunked)"),
     "SemanticGenDecodeToVideo": (SemanticGenDecodeToVideo, "SemanticGen VAE Decode to Video"),
     "SemanticGenSemanticEncode": (SemanticGenSemanticEncode, "SemanticGen Plan from Video"),

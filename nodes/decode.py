@@ -61,6 +61,18 @@ def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> in
     return 7000 * (height // 8) * (width // 8) * 64 * torch.finfo(dtype).bits // 8 * max(1, chunk)
 
 
+DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as decode_memory estimates it) per decode step
+
+
+def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype) -> int:
+    """Latent frames per VAE decode step when nothing else asks: a short clip's frames after the first in one
+    step (each step pays the decoder's per-call overhead, most of a small clip's decode time on a CPU), as many
+    as fit ``DECODE_BUDGET`` by ``decode_memory``, at least 1. Chunking is exact up to float rounding (the VAE's
+    causal cache carries the past between steps)."""
+    fit = DECODE_BUDGET // max(1, decode_memory(height, width, 1, dtype))
+    return int(max(1, min(latent_frames - 1, fit)))
+
+
 def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Iterator[Iterator[torch.Tensor]]:
     """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar."""
     samples = latent["samples"]

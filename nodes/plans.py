@@ -49,11 +49,6 @@ class SemanticGenSemanticEncode:
 
         from .sampling import size_problem
 
-        if stage2["compressor"] is None:
-            raise SemanticGenError(
-                f"SemanticGen Plan from Video: input 'stage2' ({stage2.name}) has no trained compressor (it is "
-                f"{stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); taking a plan from a video needs a "
-                "SemanticGen stage-2 file (or 'embedded').")
         if images.ndim != 4:
             raise SemanticGenError(f"SemanticGen Plan from Video: input 'images' must be frames [T, H, W, 3], got "
                                    f"{list(images.shape)}")
@@ -62,33 +57,48 @@ class SemanticGenSemanticEncode:
             problem = size_problem("SemanticGen Plan from Video", name, int(value))
             if problem:
                 raise SemanticGenError(f"{problem} Resize the frames first (SemanticGen Load Video's width and height).")
+        encoder = plan_encoder(semantic_encoder, stage2, "SemanticGen Plan from Video")
         comfy.check_interrupt()
         ready(semantic_encoder, stage2)
-        encoder, compressor = semantic_encoder["encoder"], stage2["compressor"]
-        if encoder.feature_dim != compressor.config.in_dim:
-            raise SemanticGenError(
-                f"the semantic encoder ({semantic_encoder.name}) gives {encoder.feature_dim}-d features but the compressor "
-                f"of {stage2.name} takes {compressor.config.in_dim}-d ones: use the encoder this stage 2 was trained with.")
-        sample_fps = stage2.preset.sample_fps if stage2.preset is not None else encoder.sample_fps
-        if encoder.sample_fps != sample_fps:
-            if not semantic_encoder.info.get("checkpoint"):
-                raise SemanticGenError(
-                    f"SemanticGen Plan from Video: the semantic encoder ({semantic_encoder.name}) samples "
-                    f"{encoder.sample_fps:g} frames a second but the compressor of {stage2.name} was trained on features "
-                    f"sampled at {sample_fps:g}: use the encoder this stage 2 was trained with.")
-            # a Qwen2.5-VL checkpoint samples at the rate stage 2's compressor was trained at (a shallow copy: the
-            # cached encoder, shared with other workflows, keeps its own)
-            logging.getLogger(__name__).info("SemanticGen Plan from Video: %s samples %g frames a second, the rate "
-                                             "%s was trained at", semantic_encoder.name, sample_fps, stage2.name)
-            encoder = copy.copy(encoder)
-            encoder.sample_fps = float(sample_fps)
         name = stage2.preset.name if stage2.preset is not None else stage2.name
-        pipe = SemanticGenPipeline(preset=stage2.preset, text_encoder=None, stage1=None, compressor=compressor,
-                                   stage2=None, vae=None, semantic_encoder=encoder, name=name)
+        pipe = SemanticGenPipeline(preset=stage2.preset, text_encoder=None, stage1=None,
+                                   compressor=stage2["compressor"], stage2=None, vae=None, semantic_encoder=encoder,
+                                   name=name)
         progress = comfy.Progress("semantic encode", 1)
         plan = pipe.encode_video(images.float(), fps, prompt)
         progress(1, 1)
         return (plan,)
+
+
+def plan_encoder(semantic_encoder: LoadedModel, stage2: LoadedModel, node: str):
+    """The semantic encoder's module, set to read videos into stage 2's plan space (its compressor's features,
+    sampled at the rate the compressor was trained at); a clear error naming ``node`` if it cannot."""
+    compressor = stage2["compressor"]
+    if compressor is None:
+        raise SemanticGenError(
+            f"{node}: input 'stage2' ({stage2.name}) has no trained compressor (it is "
+            f"{stage2.info.get('warning', 'not a SemanticGen stage-2 file')}); taking a plan from a video needs a "
+            "SemanticGen stage-2 file (or 'embedded').")
+    encoder = semantic_encoder["encoder"]
+    if encoder.feature_dim != compressor.config.in_dim:
+        raise SemanticGenError(
+            f"{node}: the semantic encoder ({semantic_encoder.name}) gives {encoder.feature_dim}-d features but the "
+            f"compressor of {stage2.name} takes {compressor.config.in_dim}-d ones: use the encoder this stage 2 was "
+            "trained with.")
+    sample_fps = stage2.preset.sample_fps if stage2.preset is not None else encoder.sample_fps
+    if encoder.sample_fps != sample_fps:
+        if not semantic_encoder.info.get("checkpoint"):
+            raise SemanticGenError(
+                f"{node}: the semantic encoder ({semantic_encoder.name}) samples {encoder.sample_fps:g} frames a "
+                f"second but the compressor of {stage2.name} was trained on features sampled at {sample_fps:g}: use "
+                "the encoder this stage 2 was trained with.")
+        # a Qwen2.5-VL checkpoint samples at the rate stage 2's compressor was trained at (a shallow copy: the
+        # cached encoder, shared with other workflows, keeps its own)
+        logging.getLogger(__name__).info("%s: %s samples %g frames a second, the rate %s was trained at", node,
+                                         semantic_encoder.name, sample_fps, stage2.name)
+        encoder = copy.copy(encoder)
+        encoder.sample_fps = float(sample_fps)
+    return encoder
 
 
 def _resolve_plan(plan_path: str) -> Path:

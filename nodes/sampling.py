@@ -73,13 +73,13 @@ def sampling_inputs(steps: int) -> dict:
     }
 
 
-def dit_memory(plan, dtype: torch.dtype, batch: int = 2) -> int:
+def dit_memory(num_frames: int, height: int, width: int, dtype: torch.dtype, batch: int = 2) -> int:
     """Working memory of a stage-2 step beside its weights, as core estimates it for its Wan models
     (``BaseModel.memory_required``: 1% of a MiB per latent element of the batch, factor 1), with the
     conditional and unconditional passes of guidance as a batch of 2."""
     from semanticgen_core.pipeline import latent_frames
 
-    elements = batch * latent_frames(plan.num_frames) * (plan.height // 8) * (plan.width // 8)
+    elements = batch * latent_frames(num_frames) * (height // 8) * (width // 8)
     return int(elements * torch.finfo(dtype).bits // 8 * 0.01 * 2 ** 20)
 
 
@@ -102,20 +102,40 @@ def _preset_name(model: LoadedModel) -> str:
     return model.preset.name if model.preset is not None else model.name
 
 
+def aligner_misfit(aligner: LoadedModel, stage1: LoadedModel) -> str | None:
+    """Why the aligner cannot score this stage 1's plans, or None if it can."""
+    align, dit = aligner["aligner"], stage1["stage1"]
+    if _preset_name(aligner) == _preset_name(stage1) and (align.config.text_dim, align.config.plan_dim) == (
+            dit.config.text_dim, dit.config.in_channels):
+        return None
+    return (f"the aligner {aligner.name} ({_preset_name(aligner)} plans, {align.config.text_dim}-d text) does not fit "
+            f"stage 1 {stage1.name} ({_preset_name(stage1)} plans, {dit.config.text_dim}-d text)")
+
+
 def usable_aligner(aligner: LoadedModel | None, stage1: LoadedModel):
     """The aligner's module if it scores this stage 1's plans, else None, with a warning saying why: the example
     workflows connect the embedded aligner, and with another stage 1 they still run, unguided."""
     if aligner is None:
         return None
-    align, dit = aligner["aligner"], stage1["stage1"]
-    if _preset_name(aligner) == _preset_name(stage1) and (align.config.text_dim, align.config.plan_dim) == (
-            dit.config.text_dim, dit.config.in_channels):
-        return align
-    log.warning("SemanticGen: %s: the aligner %s (%s plans, %d-d text) does not fit stage 1 %s (%s plans, %d-d text): "
-                "sampled without alignment guidance. Connect the aligner trained for this stage 1 (python -m "
-                "semanticgen_core.trainer aligner), or none.", STAGE1_NODE, aligner.name, _preset_name(aligner),
-                align.config.text_dim, stage1.name, _preset_name(stage1), dit.config.text_dim)
+    misfit = aligner_misfit(aligner, stage1)
+    if misfit is None:
+        return aligner["aligner"]
+    log.warning("SemanticGen: %s: %s: sampled without alignment guidance. Connect the aligner trained for this stage 1 "
+                "(python -m semanticgen_core.trainer aligner), or none.", STAGE1_NODE, misfit)
     return None
+
+
+def candidate_parts(node: str, stage1: LoadedModel, stage2: LoadedModel, semantic_encoder: LoadedModel,
+                    aligner: LoadedModel):
+    """(semantic encoder, aligner) modules that read finished videos back and score them against the prompt, for
+    best of N (``SemanticGenPipeline.best_of``); a clear error naming ``node`` if these models cannot."""
+    from .plans import plan_encoder
+
+    misfit = aligner_misfit(aligner, stage1)
+    if misfit:
+        raise SemanticGenError(f"{node}: {misfit}: best of N scores each video with the aligner trained for this "
+                               "stage 1 (python -m semanticgen_core.trainer aligner).")
+    return plan_encoder(semantic_encoder, stage2, node), aligner["aligner"]
 
 
 class SemanticGenStage1Sample:
@@ -213,7 +233,7 @@ class SemanticGenStage2Sample:
         if conditioning is None:  # an Edit Plan node without a conditioning input passes none on
             raise SemanticGenError(f"{STAGE2_NODE}: no conditioning arrived: connect SemanticGen Text Encode to this "
                                    "node, or to the conditioning input of the SemanticGen Edit Plan node it comes from.")
-        ready(stage2, memory_required=dit_memory(plan, stage2.dtype))
+        ready(stage2, memory_required=dit_memory(plan.num_frames, plan.height, plan.width, stage2.dtype))
         dit = stage2["stage2"]
         conditioning.check(dit.config.text_dim, f"stage 2 ({stage2.name})")
         plain = bool(stage2.info.get("plain_wan"))  # a Wan2.1 DiT: the plan's tokens are not used
@@ -247,3 +267,81 @@ class SemanticGenStage2Sample:
 
 PLAIN_WAN_NOTE = ("{name} is a plain Wan2.1 DiT: rendered as Wan2.1 text-to-video with full attention and no plan "
                   "(its plan layers were never trained); the plan gave only the size, length and frame rate.")
+
+
+BEST_OF_NODE = "SemanticGen Best of N Videos"
+
+
+class SemanticGenBestOfN:
+    CATEGORY = "SemanticGen/sampling"
+    FUNCTION = "generate"
+    RETURN_TYPES = ("IMAGE", "SEMANTIC_PLAN", "INT")
+    RETURN_NAMES = ("images", "plan", "seed")
+    OUTPUT_TOOLTIPS = ("The kept video as a batch of frames [T, H, W, 3] in 0..1.",
+                       "Stage 1's plan of the kept video: save it, edit it, or render it again.",
+                       "The kept video's seed: stage 1 and stage 2 at this seed make it again.")
+    DESCRIPTION = ("Text to video, best of N: makes the video at N seeds (seed, seed + 1000, ...), each through stage 1, "
+                   "stage 2 and the VAE, reads each back with the semantic encoder and keeps the one the aligner scores "
+                   "as following the prompt best, above all in which way things move. N times the time of one video.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        stage1 = SemanticGenStage1Sample.INPUT_TYPES()
+        required = dict(stage1["required"])
+        shape = {k: required.pop(k) for k in ("width", "height", "length", "fps")}
+        return {"required": {
+            "stage1": required.pop("stage1"),
+            "stage2": ("SEMANTICGEN_STAGE2", {"tooltip": "From SemanticGen Load Stage 2."}),
+            "vae": ("SEMANTICGEN_VAE", {"tooltip": "From SemanticGen Load VAE."}),
+            "semantic_encoder": ("SEMANTICGEN_ENCODER", {"tooltip": "From SemanticGen Load Semantic Encoder (the one "
+                                                                    "stage 2 was trained with): reads each video back."}),
+            "aligner": ("SEMANTICGEN_ALIGNER", {"tooltip": "From SemanticGen Load Aligner (the one trained for this "
+                                                           "stage 1): scores each video read back against the prompt, "
+                                                           "and steers stage 1."}),
+            "conditioning": required.pop("conditioning"),
+            **shape, **required,
+            "candidates": ("INT", {"default": 4, "min": 1, "max": 64,
+                                   "tooltip": "Videos to make and choose from (N times the time of one). At the "
+                                              "embedded scale, 4 gets the direction of 55% of held-out objects right "
+                                              "instead of 45%."}),
+        }, "optional": {k: v for k, v in stage1["optional"].items() if k != "aligner"}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None):
+        return SemanticGenStage1Sample.VALIDATE_INPUTS(width=width, height=height)
+
+    def generate(self, stage1: LoadedModel, stage2: LoadedModel, vae: LoadedModel, semantic_encoder: LoadedModel,
+                 aligner: LoadedModel, conditioning: TextConditioning, width: int, height: int, length: int,
+                 fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str, candidates: int,
+                 alignment: float = 100.0, alignment_stop: float = -1.0):
+        from .decode import decode_chunk, decode_streams
+
+        check_size(BEST_OF_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
+        for model, key in ((stage1, "stage1"), (stage2, "stage2")):
+            conditioning.check(model[key].config.text_dim, f"{key} ({model.name})")
+        if stage2.info.get("plain_wan"):
+            raise SemanticGenError(f"{BEST_OF_NODE}: {stage2.name} is a plain Wan2.1 DiT, which renders no plan and "
+                                   "has no compressor to read videos back: load a SemanticGen stage-2 file.")
+        encoder, align = candidate_parts(BEST_OF_NODE, stage1, stage2, semantic_encoder, aligner)
+        pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=stage1["stage1"], stage2=stage2["stage2"],
+                         compressor=stage2["compressor"], semantic_encoder=encoder, aligner=align)
+        opts = _options(seed, steps, guidance, shift, sampler, alignment, None if alignment_stop < 0 else alignment_stop)
+
+        def prepare(phase: str) -> None:
+            if phase == "generate":
+                ready(stage1, stage2, aligner, memory_required=dit_memory(length, height, width, stage2.dtype))
+            else:  # after the VAE's turn
+                ready(semantic_encoder, stage2, aligner)
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            latent = {"samples": latent_format.to_comfy(latents), "semanticgen_num_frames": length}
+            chunk = decode_chunk(latents.shape[2], height, width, vae.dtype)
+            return torch.cat(list(next(decode_streams(vae, latent, chunk, BEST_OF_NODE))))
+
+        best, scores = pipe.best_of(conditioning.prompt, length, fps, height, width, opts, candidates, decode=decode,
+                                    prepare=prepare, progress=comfy.Progress, should_stop=comfy.should_stop,
+                                    text_embeddings=conditioning.embeddings())
+        text = ("aligner's score of each video read back: "
+                + ", ".join(f"seed {s}: {score:.2f}" for s, score in scores) + f"; kept seed {best.seed}")
+        log.info("SemanticGen: %s: %s", BEST_OF_NODE, text)
+        return {"ui": {"text": [text]}, "result": (best.frames.float(), best.plan, best.seed)}

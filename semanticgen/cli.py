@@ -2,9 +2,9 @@
 
     python -m semanticgen run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--out DIR]
     python -m semanticgen generate "PROMPT" [--seconds S] [--seed N] [--steps N] [--guidance G] [--out FILE.mp4]
-                                   [--width W --height H --fps F] [--stage1 F --stage2 F --vae F --text-encoder F]
+                                   [--candidates N] [--width W --height H --fps F] [--stage1 F --stage2 F --vae F --text-encoder F]
     python -m semanticgen api WORKFLOW.json         # print the API format (for POST /prompt)
-    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json]
+    python -m semanticgen eval [--prompts 100] [--seed 0] [--steps N] [--guidance G] [--out eval.json] [--candidates N]
                                [--reference [vae|plan]] [--wording paraphrase] [--stage1 FILE --stage2 FILE --aligner FILE]
 
 Outside ComfyUI, models are looked up in a ComfyUI-style models folder (--models, default
@@ -113,18 +113,6 @@ def _stage_table(times: list[tuple[str, float]], loads: int, load_seconds: float
 ALIGNMENT_STOP_HELP = ("noise level (1: pure noise) below which alignment guidance stops: it steers the first steps, "
                        "where stage 1 settles which way things move (default: the model's, 0.75 for the embedded "
                        "default; 0: every step)")
-DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as the decode nodes estimate it) per decode step
-
-
-def decode_chunk(latent_frames: int, height: int, width: int, dtype, memory) -> int:
-    """Latent frames per VAE decode step: a short clip's frames after the first in one step (each step pays
-    the decoder's per-call overhead, most of a small clip's decode time on a CPU), as many as fit
-    ``DECODE_BUDGET`` by ``memory(height, width, chunk, dtype)`` (the decode nodes' estimate), at least 1.
-    Chunking is exact up to float rounding (the VAE's causal cache carries the past between steps)."""
-    fit = DECODE_BUDGET // max(1, memory(height, width, 1, dtype))
-    return int(max(1, min(latent_frames - 1, fit)))
-
-
 def idle_cpus(samples: int = 3, stat: str = "/proc/stat") -> int | None:
     """CPUs not busy with other processes right now (Linux: the kernel's count of running processes, the
     fewest of a few samples), or None where that cannot be read."""
@@ -169,7 +157,8 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
     Text -> mp4 through ``SemanticGenPipeline``: stage 1, stage 2, then the VAE decodes chunk by chunk into
     the file. Models are picked as in the loader nodes (``embedded`` or a file in the models folders) and go
     through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``SemanticGenPipeline.plain_wan``)."""
-    from semanticgen_core.pipeline import SemanticGenPipeline
+    import torch
+    from semanticgen_core.pipeline import CANDIDATE_SEED_STRIDE, SemanticGenPipeline
     from semanticgen_core.sampling import SamplingOptions
     from semanticgen_core.vae import frames_for
 
@@ -181,6 +170,8 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
     out = Path(args.out).resolve()
     if out.suffix.lower() != ".mp4":
         raise errors.SemanticGenError(f"--out {args.out}: give an .mp4 file")
+    if args.candidates < 1:
+        raise errors.SemanticGenError(f"--candidates must be at least 1, got {args.candidates}")
     for name, value in (("--width", args.width), ("--height", args.height)):
         if value is not None:  # before anything loads
             sampling.check_size("semanticgen generate", **{name: value})
@@ -194,8 +185,18 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             (stage2,) = loaders.SemanticGenStage2Loader().load(args.stage2, args.dtype)
             (vae,) = loaders.SemanticGenVAELoader().load(args.vae, args.dtype)
             aligner_name = args.aligner or ("embedded" if args.stage1 == "embedded" else "none")
+            if args.candidates > 1 and aligner_name == "none":
+                raise errors.SemanticGenError("--candidates scores each video with the aligner: give --aligner FILE "
+                                              "(the aligner trained for this stage 1), or use --candidates 1")
             aligner = None if aligner_name == "none" else loaders.SemanticGenAlignerLoader().load(aligner_name,
                                                                                                  args.dtype)[0]
+            encoder = None
+            if args.candidates > 1:  # reads each candidate back
+                encoder_name = args.semantic_encoder or ("embedded" if args.stage2 == "embedded" else None)
+                if encoder_name is None:
+                    raise errors.SemanticGenError("--candidates reads each video back with the semantic encoder stage "
+                                                  "2 was trained with: give --semantic-encoder FILE")
+                (encoder,) = loaders.SemanticGenSemanticEncoderLoader().load(encoder_name, args.dtype)
             preset = stage1.preset
             text_name = args.text_encoder or ("embedded" if preset.text_encoder == "minilm" else UMT5_FILE)
             (text_encoder,) = loaders.SemanticGenTextEncoderLoader().load(text_name, args.dtype)
@@ -216,40 +217,61 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                     raise errors.SemanticGenError(
                         f"{model.name} reads {model[key].config.text_dim}-d text embeddings but the text encoder "
                         f"{text_name} gives {te.dim}-d ones: pick its text encoder with --text-encoder.")
-            loaders.ready(stage1, stage2, vae, aligner)
+            loaders.ready(stage1, stage2, vae, aligner, encoder)
             align = sampling.usable_aligner(aligner, stage1)
             plain = stage2.name if stage2.info.get("plain_wan") else None
+            if encoder is not None:
+                encoder, align = sampling.candidate_parts("semanticgen generate --candidates", stage1, stage2,
+                                                          encoder, aligner)
             pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
                                        compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
-                                       name=preset.name, plain_wan=bool(plain),
-                                       aligner=align)
+                                       name=preset.name, plain_wan=bool(plain), aligner=align,
+                                       semantic_encoder=encoder)
             times.append(("load models", time.perf_counter() - t0))
             alignment, stop = pipe.alignment(args.alignment), pipe.alignment_stop(args.alignment_stop)
-            print(f"{num_frames} frames at {fps:g} fps, seed {args.seed}: {width}x{height}, {steps} steps, guidance "
+            seeds = (f"best of {args.candidates}, seeds {args.seed}, {args.seed + CANDIDATE_SEED_STRIDE}, ..."
+                     if args.candidates > 1 else f"seed {args.seed}")
+            print(f"{num_frames} frames at {fps:g} fps, {seeds}: {width}x{height}, {steps} steps, guidance "
                   f"{guidance:g}" + (f", alignment {alignment:g} down to noise {stop:g}" if alignment else ""))
             if plain:
                 print(f"  note: {sampling.PLAIN_WAN_NOTE.format(name=plain)}")
 
-            t0 = time.perf_counter()
-            plan = pipe.generate_plan(args.prompt, num_frames, fps, height, width, opts,
-                                      progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop)
-            times.append(("Stage 1: plan", time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            latents = pipe.render_latents(plan, opts, progress=comfy.Progress("stage 2", steps),
-                                          should_stop=comfy.should_stop)
-            times.append(("Stage 2: render", time.perf_counter() - t0))
-            t0 = time.perf_counter()
-            out.parent.mkdir(parents=True, exist_ok=True)
             tile, overlap = nodes.decode.tiling(height, width)  # as the decode nodes tile
-            chunk = decode_chunk(latents.shape[2], min(height, tile or height), min(width, tile or width),
-                                 next(pipe.vae.wan.parameters()).dtype, nodes.decode.decode_memory)
-            progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
-            # the chunks go straight into the file (written beside it, renamed when complete)
-            with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
-                for frames in pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
-                                                   should_stop=comfy.should_stop, tile=tile, overlap=overlap):
-                    writer.write(frames)
-            times.append(("VAE decode", time.perf_counter() - t0))
+
+            def decode(latents):  # chunk by chunk, lazily
+                chunk = nodes.decode.decode_chunk(latents.shape[2], min(height, tile or height),
+                                                  min(width, tile or width), next(pipe.vae.wan.parameters()).dtype)
+                progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
+                return pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
+                                            should_stop=comfy.should_stop, tile=tile, overlap=overlap)
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            t0 = time.perf_counter()
+            if args.candidates > 1:
+                best, scores = pipe.best_of(args.prompt, num_frames, fps, height, width, opts, args.candidates,
+                                            decode=lambda latents: torch.cat(list(decode(latents))),
+                                            progress=comfy.Progress, should_stop=comfy.should_stop)
+                times.append((f"{args.candidates} candidates", time.perf_counter() - t0))
+                print("  " + ", ".join(f"seed {seed}: {score:.2f}" for seed, score in scores)
+                      + f" (the aligner's scores of the videos read back); kept seed {best.seed}")
+                t0 = time.perf_counter()
+                with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
+                    writer.write(best.frames)
+                times.append(("write mp4", time.perf_counter() - t0))
+            else:
+                plan = pipe.generate_plan(args.prompt, num_frames, fps, height, width, opts,
+                                          progress=comfy.Progress("stage 1", steps), should_stop=comfy.should_stop)
+                times.append(("Stage 1: plan", time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                latents = pipe.render_latents(plan, opts, progress=comfy.Progress("stage 2", steps),
+                                              should_stop=comfy.should_stop)
+                times.append(("Stage 2: render", time.perf_counter() - t0))
+                t0 = time.perf_counter()
+                # the chunks go straight into the file (written beside it, renamed when complete)
+                with nodes.video.VideoFileWriter(out, fps, args.codec) as writer:
+                    for frames in decode(latents):
+                        writer.write(frames)
+                times.append(("VAE decode", time.perf_counter() - t0))
     finally:
         remove()
     return times, cache.loads - loads0, cache.load_seconds - load_s0, out
@@ -295,11 +317,17 @@ def cmd_eval(args) -> int:
         raise errors.SemanticGenError(f"--guidance must be at least 1 (1: no guidance), got {args.guidance:g}")
     started = time.time()
     pipe = None
+    if args.candidates < 1:
+        raise errors.SemanticGenError(f"--candidates must be at least 1, got {args.candidates}")
+    if args.candidates > 1 and (args.reference or args.plan_noise is not None):
+        raise errors.SemanticGenError("--candidates judges the video best of N keeps from the whole model: it takes "
+                                      "no --reference or --plan-noise")
     if (args.stage1 or args.stage2 or args.aligner) and args.reference in ("clips", "vae"):
         raise errors.SemanticGenError(f"--reference {args.reference} judges ground-truth clips: it takes no "
                                       "--stage1/--stage2/--aligner files")
     if args.reference in (None, "plan"):  # names the missing file if weights are absent
-        pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan", stage1=args.stage1,
+        pipe = pipeline.SemanticGenPipeline.embedded(with_encoder=args.reference == "plan" or args.candidates > 1,
+                                                     stage1=args.stage1,
                                                      stage2=args.stage2, aligner=args.aligner)
         d = pipe.preset.defaults
         fps, height, width = float(d["fps"]), int(d["height"]), int(d["width"])
@@ -313,7 +341,7 @@ def cmd_eval(args) -> int:
     prompts = [ev.prompt_of(clip, args.wording) for clip in clips]
     progress = None if args.quiet else (
         lambda i, n: print(f"\r  eval: {i}/{n}", end="\n" if i >= n else "", file=sys.stderr, flush=True))
-    steps, vae, recons = None, None, None
+    steps, vae, recons, kept_seeds = None, None, None, []
     if args.reference == "vae":  # the ground truth through the VAE alone: the ceiling the stages can reach
         vae = VideoVAE.from_pretrained(args.vae or embedded.weights_path("vae"))
         recons = [ev.reconstruct(vae, c.frames) for c in clips]  # the PSNR below reuses them
@@ -330,6 +358,10 @@ def cmd_eval(args) -> int:
         def generate(prompt: str, seed: int):
             opts = sampling.SamplingOptions(steps=steps, guidance=guidance, seed=seed, alignment=alignment,
                                             alignment_stop=alignment_stop)
+            if args.candidates > 1:
+                best, _ = pipe.best_of(prompt, num_frames, fps, height, width, opts, args.candidates)
+                kept_seeds.append(best.seed)
+                return best.frames
             if args.reference != "plan":
                 plan = pipe.generate_plan(prompt, num_frames, fps, height, width, opts)
             else:  # stage 2 alone, on the plan the encoder reads from the prompt's ground-truth clip
@@ -342,6 +374,8 @@ def cmd_eval(args) -> int:
 
     report = ev.evaluate(generate, prompts, args.seed, progress=progress)
     per_prompt = report.pop("per_prompt")
+    for row, kept in zip(per_prompt, kept_seeds):  # best of N: the seed of the video judged
+        row["kept_seed"] = kept
     psnr, psnr_skipped = None, None
     n_psnr = args.prompts if args.psnr_clips is None else args.psnr_clips
     if n_psnr > 0:
@@ -369,7 +403,8 @@ def cmd_eval(args) -> int:
           f"{args.wording} wording), "
           f"{num_frames} frames at {fps:g} fps"
           + (f", {steps} steps, guidance {guidance:g}, plan noise {plan_noise:g}, alignment {alignment:g}"
-             + (f" down to noise {alignment_stop:g}" if alignment else "") + f", seeds {args.seed}.." if steps else ""))
+             + (f" down to noise {alignment_stop:g}" if alignment else "") + f", seeds {args.seed}.."
+             + (f", best of {args.candidates} by the aligner" if args.candidates > 1 else "") if steps else ""))
     _eval_table(report)
     if psnr is not None:
         print(f"  {'VAE PSNR':<20}  {psnr['psnr']:.2f} dB  (mean over {psnr['clips']} held-out clips, "
@@ -392,6 +427,7 @@ def cmd_eval(args) -> int:
             "plan_noise": None if pipe is None else plan_noise,
             "alignment": None if pipe is None else alignment,
             "alignment_stop": None if pipe is None else alignment_stop, "seed": args.seed,
+            "candidates": args.candidates,
             "seconds": round(seconds, 1),
             "results": report, "vae_psnr": psnr, **({"vae_psnr_skipped": psnr_skipped} if psnr_skipped else {}),
             "per_prompt": per_prompt,
@@ -446,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alignment", type=float, help="alignment guidance weight (default: the stage-1 model's, 100 for "
                                                     "the embedded default, none for others: give it; 0: off)")
     p.add_argument("--alignment-stop", type=float, help=ALIGNMENT_STOP_HELP)
+    p.add_argument("--candidates", type=int, default=1,
+                   help="make this many videos (seeds SEED, SEED+1000, ...), read each back with the semantic encoder "
+                        "and keep the one the aligner scores as following the prompt best; prints the kept seed, "
+                        "which alone makes it again (default 1; N times the time)")
+    p.add_argument("--semantic-encoder", help="semantic encoder that reads --candidates back: a file in "
+                                              "models/semanticgen or models/clip_vision (default: embedded with the "
+                                              "embedded stage 2)")
     p.add_argument("--text-encoder", help=f"text encoder: embedded, or {UMT5_FILE} in models/text_encoders "
                                           "(default: the one the stage-1 model was trained with)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -473,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alignment", type=float, help="stage 1's alignment guidance with the embedded aligner "
                                                     "(default: the model's; 0: off)")
     p.add_argument("--alignment-stop", type=float, help=ALIGNMENT_STOP_HELP)
+    p.add_argument("--candidates", type=int, default=1,
+                   help="judge the video best of N keeps (as generate --candidates: candidate k of a prompt at its "
+                        "seed + 1000 k, the one the aligner scores highest read back; default 1)")
     p.add_argument("--reference", nargs="?", const="clips", choices=["clips", "vae", "plan"],
                    help="judge the ground-truth world clips instead of generated ones (the detector's own "
                         "accuracy; needs no model); '--reference vae': those clips encoded and decoded by the "

@@ -82,6 +82,15 @@ def shot_spans(num_steps: int, shot_starts: Sequence[float] | None, num_shots: i
     return [(k, slice(int(steps[0]), int(steps[-1]) + 1)) for k, steps in routing]
 
 
+def plan_score(aligner: PlanTextAligner, text: torch.Tensor, plan: torch.Tensor,
+               shot_starts: Sequence[float] | None = None) -> torch.Tensor:
+    """``[B]``: how well plans ``[B, T, h, w, c]`` match their prompt, ``text`` ``[B, L, D]`` or one per shot
+    ``[B, S, L, D]``: each shot's span of the plan scored against its own text, summed over the shots."""
+    per_shot = text if text.ndim == 4 else text[:, None]
+    return sum(aligner.score(per_shot[:, k], plan[:, span])
+               for k, span in shot_spans(plan.shape[1], shot_starts, per_shot.shape[1]))
+
+
 def alignment_steer(aligner: PlanTextAligner | None, text: torch.Tensor, weight: float,
                     shot_starts: Sequence[float] | None = None, stop: float = 0.0):
     """The velocity correction ``steer(x0, sigma) = -weight * d score / d x0`` of ``denoise`` at noise levels
@@ -104,9 +113,7 @@ def alignment_steer(aligner: PlanTextAligner | None, text: torch.Tensor, weight:
             return None
         with torch.inference_mode(False), torch.enable_grad():
             x0 = x0.detach().to(dtype).clone().requires_grad_(True)
-            score = sum(aligner.score(per_shot[:, k], x0[:, span]).sum()
-                        for k, span in shot_spans(x0.shape[1], shot_starts, per_shot.shape[1]))
-            (grad,) = torch.autograd.grad(score, x0)
+            (grad,) = torch.autograd.grad(plan_score(aligner, per_shot, x0, shot_starts).sum(), x0)
         return -weight * grad.float()
 
     return steer

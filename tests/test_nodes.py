@@ -61,7 +61,7 @@ def test_node_list_and_categories(pack):
     assert ids == {
         "SemanticGenTextEncoderLoader", "SemanticGenStage1Loader", "SemanticGenStage2Loader", "SemanticGenVAELoader",
         "SemanticGenSemanticEncoderLoader", "SemanticGenAlignerLoader", "SemanticGenTextEncode", "SemanticGenStage1Sample",
-        "SemanticGenStage2Sample", "SemanticGenVAEDecode", "SemanticGenDecodeToVideo", "SemanticGenSemanticEncode",
+        "SemanticGenStage2Sample", "SemanticGenBestOfN", "SemanticGenVAEDecode", "SemanticGenDecodeToVideo", "SemanticGenSemanticEncode",
         "SemanticGenSavePlan", "SemanticGenLoadPlan", "SemanticGenLoadVideo", "SemanticGenSaveVideo",
         "SemanticGenEditPlan", "SemanticGenPlanPreview"}
     assert pack.WEB_DIRECTORY == "./web"

@@ -90,6 +90,8 @@ TEMPLATES = {
                         "written to the mp4 as they are decoded."),
     "edit_plan_then_render": ("Edit the plan, then render", "Reverse the planned motion and re-plan its first "
                               "second with another prompt before rendering."),
+    "best_of_n_videos": ("Best of N videos", "Make the video at several seeds, read each back and keep the one "
+                         "that follows the prompt best."),
 }
 
 
@@ -398,9 +400,46 @@ def edit_plan_then_render() -> dict:
     return g.to_json("edit_plan_then_render", scale=0.6, offset=(60, 340))
 
 
+BEST_OF = """## Best of N videos
+
+**Best of N Videos** makes the prompt's video at N seeds (seed, seed + 1000, ...), each through stage 1,
+stage 2 and the VAE, reads each back with the **semantic encoder** and keeps the one the **aligner** scores
+as following the prompt best, above all in which way things move. Its outputs: the kept frames, its plan
+(save it, edit it) and its seed, at which Stage 1 and Stage 2 make the same video again. The node shows
+every candidate's score.
+
+With the embedded default, best of 4 gets the direction of 55% of held-out objects right instead of 45%
+(81% instead of 65% with one object in the scene), at four times the wait; colour and shape do not change."""
+
+
+def best_of_n_videos() -> dict:
+    g = Graph()
+    g.note((0, -290), (700, 230), BEST_OF, "What this workflow does")
+    g.note((740, -290), (700, 230), REAL_WEIGHTS, "Real weights")
+    m = _models(g, 20, 50, parts=("text", "stage1", "stage2", "vae", "encoder"))
+    g.group("Models", (0, -20, 380, 830), "#3f789e")
+    prompt = g.node("SemanticGenTextEncode", (420, 50), (400, 260), title="Prompt",
+                    widgets={"prompt": "a red circle moving from left to right over blue stripes"})
+    g.group("Prompt", (400, -20, 440, 830), "#a1309b")
+    best = g.node("SemanticGenBestOfN", (880, 50), (340, 560), title="Best of N videos", color=STAGE1_COLOR)
+    g.group("Best of N", (860, -20, 380, 830), "#88A")
+    preview = g.node("SemanticGenPlanPreview", (1280, 480), (320, 300), title="The kept video's plan")
+    save = g.node("SemanticGenSaveVideo", (1280, 50), (320, 330), title="Save video",
+                  widgets={"filename_prefix": "SemanticGen/best_of_n"})
+    g.group("Save", (1260, -20, 360, 830), "#b58b2a")
+    g.link(m["text"], "text_encoder", prompt, "text_encoder")
+    for part, output in (("stage1", "stage1"), ("stage2", "stage2"), ("vae", "vae"), ("encoder", "semantic_encoder")):
+        g.link(m[part], output, best, output)
+    g.link(prompt, "conditioning", best, "conditioning")
+    g.link(best, "images", save, "images")
+    g.link(best, "plan", preview, "plan")
+    _aligner(g, 20, 700, best)
+    return g.to_json("best_of_n_videos")
+
+
 BUILDERS = {"text_to_video": text_to_video, "long_multi_shot": long_multi_shot,
             "video_to_plan_rerender": video_to_plan_rerender, "save_plan_then_render": save_plan_then_render,
-            "edit_plan_then_render": edit_plan_then_render}
+            "edit_plan_then_render": edit_plan_then_render, "best_of_n_videos": best_of_n_videos}
 
 
 def write_example_video(path: Path) -> None:
@@ -442,7 +481,8 @@ def thumbnail_frames(name: str, pipe=None) -> list:
     - edit_plan_then_render: the same after the workflow's edits (reversed, first second re-planned);
     - video_to_plan_rerender: top row the bundled example clip, bottom row its plan re-rendered under the
       workflow's new prompt;
-    - long_multi_shot: a 4-second miniature of the minute (each shot 1 s, same texts), a frame from each shot.
+    - long_multi_shot: a 4-second miniature of the minute (each shot 1 s, same texts), a frame from each shot;
+    - best_of_n_videos: four moments of the video best of N (the node's default N) keeps.
     """
     from semanticgen_core.pipeline import SemanticGenPipeline
     from semanticgen_core.sampling import SamplingOptions
@@ -462,6 +502,9 @@ def thumbnail_frames(name: str, pipe=None) -> list:
         k = [0, plan.num_frames - 1]
         return [ref[k[0]], ref[k[1]], out[k[0]], out[k[1]]]
     prompt = _widget(wf, "Prompt", "prompt")
+    if name == "best_of_n_videos":
+        best, _ = pipe.best_of(prompt, n, fps, *size, opts, _widget(wf, "Best of N videos", "candidates"))
+        return [best.frames[i] for i in picks]
     if name == "long_multi_shot":
         texts = [t.split(":", 1)[1].strip() for t in prompt.split(";")]
         prompt = "; ".join(f"{i}-{i + 1} s: {t}" for i, t in enumerate(texts))

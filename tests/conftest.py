@@ -51,12 +51,14 @@ def _tiny_preset():
 
 
 TINY_FILES = {"stage1": "tiny_stage1.safetensors", "stage2": "tiny_stage2.safetensors",
-              "vae": "tiny_vae.safetensors", "semantic_encoder": "tiny_encoder.safetensors"}
+              "vae": "tiny_vae.safetensors", "semantic_encoder": "tiny_encoder.safetensors",
+              "aligner": "tiny_aligner.safetensors"}
 
 
 def write_tiny_models(models_dir: Path) -> dict[str, str]:
     """Random TINY-sized SemanticGen files in ``models_dir/semanticgen`` (ComfyUI's layout)."""
     from semanticgen_core.model_files import save_model
+    from semanticgen_core.plan_alignment import PlanTextAligner
     from semanticgen_core.vae import VideoVAE
 
     preset = _tiny_preset()
@@ -69,6 +71,8 @@ def write_tiny_models(models_dir: Path) -> dict[str, str]:
                preset)
     save_model(folder / TINY_FILES["semantic_encoder"], "semantic_encoder", {"encoder": parts["encoder"]}, preset)
     save_model(folder / TINY_FILES["vae"], "vae", {"vae": VideoVAE.from_config(preset.vae)}, preset)
+    aligner = PlanTextAligner(text_dim=preset.stage1["text_dim"], plan_dim=parts["stage1"].config.in_channels)
+    save_model(folder / TINY_FILES["aligner"], "aligner", {"aligner": aligner}, preset)
     return dict(TINY_FILES)
 
 
@@ -94,7 +98,8 @@ def tiny_models(pack, tiny_model_files):
 def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> dict:
     """--set style overrides that point a workflow's loaders at the tiny files and keep it short."""
     loaders = {"SemanticGenStage1Loader": "stage1", "SemanticGenStage2Loader": "stage2",
-               "SemanticGenVAELoader": "vae", "SemanticGenSemanticEncoderLoader": "semantic_encoder"}
+               "SemanticGenVAELoader": "vae", "SemanticGenSemanticEncoderLoader": "semantic_encoder",
+               "SemanticGenAlignerLoader": "aligner"}
     sets = {}
     prompts = [n["inputs"]["prompt"] for n in api.values() if n["class_type"] == "SemanticGenTextEncode"]
     timed_end = max((shots[-1][1] for p in prompts if (shots := split_shots(p))), default=None)
@@ -102,9 +107,11 @@ def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> d
         kind = node["class_type"]
         if kind in loaders:
             sets[f"{node_id}.model_name"] = files[loaders[kind]]
-        elif kind in ("SemanticGenStage1Sample", "SemanticGenStage2Sample"):
+        elif kind in ("SemanticGenStage1Sample", "SemanticGenStage2Sample", "SemanticGenBestOfN"):
             sets[f"{node_id}.steps"] = steps
-            if kind == "SemanticGenStage1Sample":
+            if kind == "SemanticGenBestOfN":
+                sets[f"{node_id}.candidates"] = 2
+            if kind != "SemanticGenStage2Sample":
                 sets[f"{node_id}.length"] = frames
                 if timed_end:  # keep every shot of a timed prompt: the same seconds at 1 fps
                     sets[f"{node_id}.fps"] = 1.0

@@ -29,8 +29,8 @@ def count_frames(path: Path) -> int:
 
 
 def test_the_example_workflows_ship():
-    assert [p.stem for p in WORKFLOWS] == ["edit_plan_then_render", "long_multi_shot", "save_plan_then_render",
-                                           "text_to_video", "video_to_plan_rerender"]
+    assert [p.stem for p in WORKFLOWS] == ["best_of_n_videos", "edit_plan_then_render", "long_multi_shot",
+                                           "save_plan_then_render", "text_to_video", "video_to_plan_rerender"]
     assert (ROOT / "workflows" / "media" / "semanticgen_example.mp4").is_file()
 
 
@@ -392,7 +392,8 @@ def test_cli_generate_makes_the_workflows_video(pack, tiny_models, tiny_sets, tm
     out = tmp_path / "cli.mp4"
     assert main(["generate", "a purple star moving up", "--seconds", "1", "--seed", "3", "--steps", "2", "--guidance",
                  "2.5", "--codec", "mp4v", "--out", str(out), "--models", str(tiny_models["dir"]), "-q", "--stage1",
-                 tiny_models["stage1"], "--stage2", tiny_models["stage2"], "--vae", tiny_models["vae"]]) == 0
+                 tiny_models["stage1"], "--stage2", tiny_models["stage2"], "--vae", tiny_models["vae"], "--aligner",
+                 tiny_models["aligner"]]) == 0
     api = runner.to_api(runner.load_workflow("text_to_video"))
     sets = {**tiny_sets(api, tiny_models), "Prompt.prompt": "a purple star moving up", "Stage 1: plan.seed": 3,
             "Stage 2: render.seed": 3, "Save video.codec": "mp4v"}

@@ -8,7 +8,8 @@ The prompts are ``evaluation.FIXED_PROMPTS`` (also judged by ``tests/test_embedd
 leaves them out) and a few held-out world scenes, worded as the caption template, as the paraphrase set
 kept out of training (``--wording paraphrase``), or both, one row under the other at the same seed
 (``--wording both``); each row is labelled with the prompt and what the detector judged right (colour,
-shape, motion).
+shape, motion). ``--candidates N``: each row is the video best of N keeps (``SemanticGenPipeline.best_of``, as
+``generate --candidates N``), labelled with its seed.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def main() -> None:
     p.add_argument("--wording", choices=[*evaluation.WORDINGS, "both"], default="template",
                    help="how the held-out scenes are worded (both: each scene's template, then its paraphrase)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps of each stage")
+    p.add_argument("--candidates", type=int, default=1, help="best of N videos by the aligner (default 1)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    pipe = SemanticGenPipeline.embedded()
+    pipe = SemanticGenPipeline.embedded(with_encoder=a.candidates > 1)
     d = pipe.preset.defaults
     wordings = evaluation.WORDINGS if a.wording == "both" else (a.wording,)
     prompts = list(enumerate(evaluation.FIXED_PROMPTS if a.fixed else []))
@@ -72,7 +74,13 @@ def main() -> None:
     rows = []
     for seed, prompt in prompts:
         opts = SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)
-        video = evaluation.as_uint8_frames(pipe(prompt, evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"], opts))
+        size = (evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"])
+        if a.candidates > 1:
+            best, _ = pipe.best_of(prompt, *size, opts, a.candidates)
+            frames, seed = best.frames, best.seed
+        else:
+            frames = pipe(prompt, *size, opts)
+        video = evaluation.as_uint8_frames(frames)
         text = f"{prompt}  [seed {seed}: {verdict(evaluation.judge(video, prompt))}]"
         print(text, flush=True)
         rows.append(labelled_row(video, text))

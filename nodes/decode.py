@@ -65,11 +65,12 @@ DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as decode_memory est
 
 
 def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype) -> int:
-    """Latent frames per VAE decode step when nothing else asks: a short clip's frames after the first in one
-    step (each step pays the decoder's per-call overhead, most of a small clip's decode time on a CPU), as many
-    as fit ``DECODE_BUDGET`` by ``decode_memory``, at least 1. Chunking is exact up to float rounding (the VAE's
-    causal cache carries the past between steps)."""
-    fit = DECODE_BUDGET // max(1, decode_memory(height, width, 1, dtype))
+    """Latent frames per VAE decode step of frames ``height`` x ``width`` when nothing else asks: a short clip's
+    frames after the first in one step (each step pays the decoder's per-call overhead, most of a small clip's
+    decode time on a CPU), as many as fit ``DECODE_BUDGET`` by ``decode_memory`` of a tile (``tiling``), at
+    least 1. Chunking is exact up to float rounding (the VAE's causal cache carries the past between steps)."""
+    tile, _ = tiling(height, width)
+    fit = DECODE_BUDGET // max(1, decode_memory(min(height, tile or height), min(width, tile or width), 1, dtype))
     return int(max(1, min(latent_frames - 1, fit)))
 
 

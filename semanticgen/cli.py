@@ -158,7 +158,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
     the file. Models are picked as in the loader nodes (``embedded`` or a file in the models folders) and go
     through the same model cache; a plain Wan2.1 DiT as stage 2 renders as plain Wan (``SemanticGenPipeline.plain_wan``)."""
     import torch
-    from semanticgen_core.pipeline import CANDIDATE_SEED_STRIDE, SemanticGenPipeline
+    from semanticgen_core.pipeline import SemanticGenPipeline, candidate_seeds
     from semanticgen_core.sampling import SamplingOptions
     from semanticgen_core.vae import frames_for
 
@@ -229,7 +229,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                                        semantic_encoder=encoder)
             times.append(("load models", time.perf_counter() - t0))
             alignment, stop = pipe.alignment(args.alignment), pipe.alignment_stop(args.alignment_stop)
-            seeds = (f"best of {args.candidates}, seeds {args.seed}, {args.seed + CANDIDATE_SEED_STRIDE}, ..."
+            seeds = (f"best of {args.candidates}, seeds {', '.join(map(str, candidate_seeds(args.seed, 2)))}, ..."
                      if args.candidates > 1 else f"seed {args.seed}")
             print(f"{num_frames} frames at {fps:g} fps, {seeds}: {width}x{height}, {steps} steps, guidance "
                   f"{guidance:g}" + (f", alignment {alignment:g} down to noise {stop:g}" if alignment else ""))
@@ -239,8 +239,8 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             tile, overlap = nodes.decode.tiling(height, width)  # as the decode nodes tile
 
             def decode(latents):  # chunk by chunk, lazily
-                chunk = nodes.decode.decode_chunk(latents.shape[2], min(height, tile or height),
-                                                  min(width, tile or width), next(pipe.vae.wan.parameters()).dtype)
+                chunk = nodes.decode.decode_chunk(latents.shape[2], height, width,
+                                                  next(pipe.vae.wan.parameters()).dtype)
                 progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
                 return pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
                                             should_stop=comfy.should_stop, tile=tile, overlap=overlap)

@@ -42,8 +42,9 @@ def latent_frames(num_frames: int) -> int:
 
 
 def candidate_seeds(seed: int, candidates: int) -> list[int]:
-    """The seeds of ``best_of``'s candidates: ``seed`` first, so one candidate is the plain video."""
-    return [seed + k * CANDIDATE_SEED_STRIDE for k in range(candidates)]
+    """The seeds of ``best_of``'s candidates: ``seed`` first, so one candidate is the plain video (modulo 2**64,
+    the seeds a generator takes: ComfyUI's random seeds reach its top)."""
+    return [(seed + k * CANDIDATE_SEED_STRIDE) % 2 ** 64 for k in range(candidates)]
 
 
 @dataclass

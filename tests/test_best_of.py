@@ -61,6 +61,7 @@ def test_best_of_keeps_the_highest_scored_video_and_its_seed_makes_it_again(pipe
     phases = []
     best, scores = pipe.best_of(PROMPT, 33, 8.0, 64, 64, opts(pipe, 7), 3, prepare=phases.append)
     assert [s for s, _ in scores] == candidate_seeds(7, 3) == [7, 1007, 2007]
+    assert candidate_seeds(2 ** 64 - 1, 2) == [2 ** 64 - 1, 999]  # seeds a generator takes
     assert phases == ["generate", "read back"] * 3
     assert len({round(score, 3) for _, score in scores}) == 3  # three different videos
     assert best.score == max(score for _, score in scores) and best.seed == max(scores, key=lambda s: s[1])[0]

@@ -22,7 +22,8 @@ WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 QWEN = "Qwen2.5-VL-3B-Instruct"
 FILES = {"stage1": "wan_layout_stage1.safetensors", "stage2": "wan_layout_stage2.safetensors",
          "vae": "wan_2.1_vae.safetensors", "semantic_encoder": f"{QWEN}/model-00001-of-00002.safetensors",
-         "text_encoder": "umt5_xxl_fp16.safetensors", "wan_dit": "wan2.1_t2v_1.3B_fp16.safetensors"}
+         "text_encoder": "umt5_xxl_fp16.safetensors", "wan_dit": "wan2.1_t2v_1.3B_fp16.safetensors",
+         "aligner": "wan_layout_aligner.safetensors"}
 DIT = dict(patch_size=(1, 2, 2), num_attention_heads=1, attention_head_dim=128, in_channels=16, out_channels=16,
            text_dim=16, freq_dim=32, ffn_dim=32, num_layers=2)
 
@@ -61,6 +62,7 @@ def write_real_layouts(root: Path) -> dict:
     from semanticgen_core.compressor import SemanticCompressor
     from semanticgen_core.latent_dit import LatentDiT
     from semanticgen_core.model_files import save_model
+    from semanticgen_core.plan_alignment import PlanTextAligner
     from semanticgen_core.semantic_dit import SemanticDiT
     from semanticgen_core.semantic_encoder import QwenVisionEncoder, tiny_vision_config
     from semanticgen_core.text_encoders import UMT5_TOKENIZER_DIRNAME, umt5_xxl_config
@@ -100,6 +102,8 @@ def write_real_layouts(root: Path) -> dict:
     stage2 = LatentDiT.from_wan(models / "diffusion_models" / FILES["wan_dit"], semantic_dim=8)  # as --init-wan
     save_model(models / "semanticgen" / FILES["stage2"], "stage2",
                {"compressor": SemanticCompressor(**preset.compressor), "stage2": stage2}, preset)
+    aligner = PlanTextAligner(text_dim=preset.stage1["text_dim"], plan_dim=preset.stage1["in_channels"])
+    save_model(models / "semanticgen" / FILES["aligner"], "aligner", {"aligner": aligner}, preset)
     return {"root": root, "models": models, "preset": preset, "wan": wan}
 
 
@@ -154,8 +158,10 @@ def test_every_workflow_runs_on_real_layouts(pack, layouts, tiny_sets, path):
     length = next(v for k, v in sets.items() if k.endswith(".length")) if path.stem != "video_to_plan_rerender" else 9
     (video,) = [f for f in result.files if f.suffix == ".mp4"]
     assert video.is_file() and count_frames(video) == length
-    plans = [(i, out[0]) for i, out in result.outputs.items()
-             if api[i]["class_type"] in ("SemanticGenStage1Sample", "SemanticGenSemanticEncode", "SemanticGenLoadPlan")]
+    plan_outputs = {"SemanticGenStage1Sample": 0, "SemanticGenSemanticEncode": 0, "SemanticGenLoadPlan": 0,
+                    "SemanticGenBestOfN": 1}
+    plans = [(i, out[plan_outputs[api[i]["class_type"]]]) for i, out in result.outputs.items()
+             if api[i]["class_type"] in plan_outputs]
     assert plans
     for node_id, plan in plans:
         assert plan.num_frames == length and (plan.height, plan.width) == (64, 64), node_id
@@ -163,8 +169,12 @@ def test_every_workflow_runs_on_real_layouts(pack, layouts, tiny_sets, path):
         assert tuple(plan.tokens.shape) == (*grid, 8), (node_id, plan.tokens.shape, grid)
         assert plan.compressor == preset.name or plan.encoder.startswith("qwen")
     latents = [out[0] for i, out in result.outputs.items() if api[i]["class_type"] == "SemanticGenStage2Sample"]
-    (latent,) = latents
-    assert latent["samples"].shape == (1, 16, (length - 1 + 3) // 4 + 1, 8, 8)
+    if path.stem == "best_of_n_videos":  # stage 2 runs inside the node; its note lists both candidates' scores
+        (node,) = [i for i, n in api.items() if n["class_type"] == "SemanticGenBestOfN"]
+        assert latents == [] and result.ui[node]["text"][0].count("seed ") == 3  # two scores, the kept seed
+    else:
+        (latent,) = latents
+        assert latent["samples"].shape == (1, 16, (length - 1 + 3) // 4 + 1, 8, 8)
     if path.stem == "save_plan_then_render":
         (plan_file,) = [f for f in result.files if f.suffix == ".safetensors"]
         assert plan_file.is_file()

@@ -96,7 +96,8 @@ def tiny_models(pack, tiny_model_files):
 
 
 def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> dict:
-    """--set style overrides that point a workflow's loaders at the tiny files and keep it short."""
+    """--set style overrides that point a workflow's loaders at the tiny files and keep it short (an aligner
+    loader only when ``files`` has an aligner: without one the workflow's embedded aligner stays, unused)."""
     loaders = {"SemanticGenStage1Loader": "stage1", "SemanticGenStage2Loader": "stage2",
                "SemanticGenVAELoader": "vae", "SemanticGenSemanticEncoderLoader": "semantic_encoder",
                "SemanticGenAlignerLoader": "aligner"}
@@ -106,7 +107,8 @@ def tiny_overrides(api: dict, files: dict, steps: int = 2, frames: int = 9) -> d
     for node_id, node in api.items():
         kind = node["class_type"]
         if kind in loaders:
-            sets[f"{node_id}.model_name"] = files[loaders[kind]]
+            if loaders[kind] in files or kind != "SemanticGenAlignerLoader":
+                sets[f"{node_id}.model_name"] = files[loaders[kind]]
         elif kind in ("SemanticGenStage1Sample", "SemanticGenStage2Sample", "SemanticGenBestOfN"):
             sets[f"{node_id}.steps"] = steps
             if kind == "SemanticGenBestOfN":

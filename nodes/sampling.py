@@ -319,9 +319,6 @@ class SemanticGenBestOfN:
         check_size(BEST_OF_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
         for model, key in ((stage1, "stage1"), (stage2, "stage2")):
             conditioning.check(model[key].config.text_dim, f"{key} ({model.name})")
-        if stage2.info.get("plain_wan"):
-            raise SemanticGenError(f"{BEST_OF_NODE}: {stage2.name} is a plain Wan2.1 DiT, which renders no plan and "
-                                   "has no compressor to read videos back: load a SemanticGen stage-2 file.")
         encoder, align = candidate_parts(BEST_OF_NODE, stage1, stage2, semantic_encoder, aligner)
         pipe = _pipeline(stage1.preset, _preset_name(stage1), stage1=stage1["stage1"], stage2=stage2["stage2"],
                          compressor=stage2["compressor"], semantic_encoder=encoder, aligner=align)

@@ -218,11 +218,12 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
                         f"{model.name} reads {model[key].config.text_dim}-d text embeddings but the text encoder "
                         f"{text_name} gives {te.dim}-d ones: pick its text encoder with --text-encoder.")
             loaders.ready(stage1, stage2, vae, aligner, encoder)
-            align = sampling.usable_aligner(aligner, stage1)
             plain = stage2.name if stage2.info.get("plain_wan") else None
-            if encoder is not None:
+            if encoder is not None:  # best of N: an aligner that does not fit is an error, not a warning
                 encoder, align = sampling.candidate_parts("semanticgen generate --candidates", stage1, stage2,
                                                           encoder, aligner)
+            else:
+                align = sampling.usable_aligner(aligner, stage1)
             pipe = SemanticGenPipeline(preset=preset, text_encoder=te, stage1=stage1["stage1"],
                                        compressor=stage2["compressor"], stage2=stage2["stage2"], vae=vae["vae"],
                                        name=preset.name, plain_wan=bool(plain), aligner=align,

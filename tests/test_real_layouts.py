@@ -194,3 +194,13 @@ def test_text_to_video_with_the_plain_wan_dit_as_stage2(pack, layouts, tiny_sets
     assert "plain Wan2.1 DiT" in note and "no plan" in note
     with pytest.raises(runner.NodeError, match="window_frames 2 needs a SemanticGen stage-2 file"):
         runner.run("text_to_video", sets={**sets, f"{stage2}.window_frames": 2})
+
+
+def test_best_of_n_refuses_the_plain_wan_dit_saying_why(pack, layouts, tiny_sets):
+    """Best of N reads each video back through stage 2's compressor, which a plain Wan2.1 DiT has none of."""
+    from semanticgen import runner
+
+    api = runner.to_api(runner.load_workflow("best_of_n_videos"))
+    with pytest.raises(runner.NodeError, match="SemanticGen Best of N Videos: input 'stage2' "
+                                               r"\(wan2.1_t2v_1.3B_fp16.safetensors\) has no trained compressor"):
+        runner.run("best_of_n_videos", sets=overrides(api, tiny_sets, stage2=FILES["wan_dit"]))

@@ -18,9 +18,11 @@ from .video import SAVE_INPUTS, VideoFileWriter, video_ui
 
 log = logging.getLogger("SemanticGen")
 
-CHUNK_INPUT = ("INT", {"default": 1, "min": 1, "max": 64,
-                       "tooltip": "Latent frames decoded per step (each is 4 video frames). 1 uses the least "
-                                  "memory; larger is a little faster on a CPU."})
+CHUNK_INPUT = ("INT", {"default": 0, "min": 0, "max": 64,
+                       "tooltip": "Latent frames decoded per step (each is 4 video frames). 0: as many as fit a "
+                                  "1 GiB working-memory budget (a short clip in one step after its first frame: "
+                                  "each step pays the decoder's per-call overhead, most of a small clip's "
+                                  "decode time on a CPU); 1 uses the least memory."})
 
 
 # Spatial tiling: frames larger than TILE_ABOVE pixels (480p and up) decode in TILE_SIZE squares sharing
@@ -55,36 +57,21 @@ def tiling(height: int, width: int) -> tuple[int | None, int]:
     return tile, (min(overlap, tile // 2) if tile else overlap)  # a tile must keep a part of its own
 
 
-def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> int:
-    """Working memory of a decode step on the GPU, as core estimates it for the Wan2.1 VAE (per latent
-    frame and latent pixel), for a tile or a whole frame of ``height`` x ``width`` pixels."""
-    return 7000 * (height // 8) * (width // 8) * 64 * torch.finfo(dtype).bits // 8 * max(1, chunk)
-
-
-DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as decode_memory estimates it) per decode step
-
-
-def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype) -> int:
-    """Latent frames per VAE decode step of frames ``height`` x ``width`` when nothing else asks: a short clip's
-    frames after the first in one step (each step pays the decoder's per-call overhead, most of a small clip's
-    decode time on a CPU), as many as fit ``DECODE_BUDGET`` by ``decode_memory`` of a tile (``tiling``), at
-    least 1. Chunking is exact up to float rounding (the VAE's causal cache carries the past between steps)."""
-    tile, _ = tiling(height, width)
-    fit = DECODE_BUDGET // max(1, decode_memory(min(height, tile or height), min(width, tile or width), 1, dtype))
-    return int(max(1, min(latent_frames - 1, fit)))
-
-
 def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Iterator[Iterator[torch.Tensor]]:
-    """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar."""
+    """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar; ``chunk``
+    latent frames a step (0: ``decode_chunk``'s)."""
+    from semanticgen_core.vae import decode_chunk, decode_memory  # diffusers: not at the pack's import
+
     samples = latent["samples"]
     if samples.ndim != 5:
         raise ShapeError(f"{node} takes video latents [B, 16, T', H/8, W/8], got {list(samples.shape)}: "
                          "an image latent? Use core VAE Decode for images.")
     height, width = samples.shape[3] * 8, samples.shape[4] * 8
     tile, overlap = tiling(height, width)
+    pass_height, pass_width = min(height, tile or height), min(width, tile or width)  # a tile's, or the frame's
+    chunk = chunk or decode_chunk(samples.shape[2], pass_height, pass_width, vae.dtype)
     if vae.patcher is not None:  # inside ComfyUI: keep the decode's working memory free, as core does
-        vae.ready(memory_required=decode_memory(min(height, tile or height), min(width, tile or width), chunk,
-                                                vae.dtype))
+        vae.ready(memory_required=decode_memory(pass_height, pass_width, chunk, vae.dtype))
     else:
         ready(vae)
     model = vae["vae"]
@@ -121,7 +108,7 @@ class SemanticGenVAEDecode:
             "chunk": CHUNK_INPUT,
         }}
 
-    def decode(self, vae: LoadedModel, latent: dict, chunk: int = 1):
+    def decode(self, vae: LoadedModel, latent: dict, chunk: int = 0):
         videos = [torch.cat(list(stream)) for stream in decode_streams(vae, latent, chunk, "SemanticGen VAE Decode")]
         return (torch.cat(videos).float(),)
 
@@ -147,7 +134,7 @@ class SemanticGenDecodeToVideo:
         }}
 
     def decode(self, vae: LoadedModel, latent: dict, fps: float = 8.0, filename_prefix: str = "SemanticGen/video",
-               codec: str = "vp9", chunk: int = 1):
+               codec: str = "vp9", chunk: int = 0):
         videos = []
         for stream in decode_streams(vae, latent, chunk, "SemanticGen VAE Decode to Video"):
             path, subfolder = next_path(comfy.output_dir(), filename_prefix, ".mp4")

@@ -314,7 +314,7 @@ class SemanticGenBestOfN:
                  aligner: LoadedModel, conditioning: TextConditioning, width: int, height: int, length: int,
                  fps: float, seed: int, steps: int, guidance: float, shift: float, sampler: str, candidates: int,
                  alignment: float = 100.0, alignment_stop: float = -1.0):
-        from .decode import decode_chunk, decode_streams
+        from .decode import decode_streams
 
         check_size(BEST_OF_NODE, width=width, height=height)  # linked values skip VALIDATE_INPUTS
         for model, key in ((stage1, "stage1"), (stage2, "stage2")):
@@ -332,8 +332,7 @@ class SemanticGenBestOfN:
 
         def decode(latents: torch.Tensor) -> torch.Tensor:
             latent = {"samples": latent_format.to_comfy(latents), "semanticgen_num_frames": length}
-            chunk = decode_chunk(latents.shape[2], height, width, vae.dtype)
-            return torch.cat(list(next(decode_streams(vae, latent, chunk, BEST_OF_NODE))))
+            return torch.cat(list(next(decode_streams(vae, latent, 0, BEST_OF_NODE))))
 
         best, scores = pipe.best_of(conditioning.prompt, length, fps, height, width, opts, candidates, decode=decode,
                                     prepare=prepare, progress=comfy.Progress, should_stop=comfy.should_stop,

@@ -71,6 +71,24 @@ def frames_for(seconds: float, fps: float) -> int:
     return TIME_STRIDE * max(0, round(seconds * fps / TIME_STRIDE)) + 1
 
 
+DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as decode_memory estimates it) per decode step
+
+
+def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> int:
+    """Working memory of a decode step on the GPU, as ComfyUI's core estimates it for the Wan2.1 VAE (per latent
+    frame and latent pixel), for a tile or a whole frame of ``height`` x ``width`` pixels."""
+    return 7000 * (height // 8) * (width // 8) * 64 * torch.finfo(dtype).bits // 8 * max(1, chunk)
+
+
+def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype) -> int:
+    """Latent frames per decode step for ``latent_frames`` latent frames of ``height`` x ``width`` pixels (a
+    tile's, when tiled): a short clip's frames after the first in one step (each step pays the decoder's
+    per-call overhead, most of a small clip's decode time on a CPU), else as many as fit ``DECODE_BUDGET``, at
+    least 1. Chunking is exact up to float rounding (the causal cache carries the past between steps)."""
+    fit = DECODE_BUDGET // max(1, decode_memory(height, width, 1, dtype))
+    return int(max(1, min(latent_frames - 1, fit)))
+
+
 def _valid_sizes(n: int) -> str:
     lower, upper = max(SPACE_STRIDE, n // SPACE_STRIDE * SPACE_STRIDE), -(-n // SPACE_STRIDE) * SPACE_STRIDE
     return f"{lower}" if lower == upper else f"{lower} or {upper}"
@@ -319,17 +337,21 @@ class VideoVAE(torch.nn.Module):
         return full if num_frames is None else num_frames
 
     @torch.no_grad()
-    def decode_iter(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 1,
+    def decode_iter(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 0,
                     progress: Progress | None = None, should_stop: ShouldStop | None = None,
                     tile: int | None = None, overlap: int = 64,
                     cache_device: torch.device | str | None = None) -> Iterator[torch.Tensor]:
         """Yield frames ``[t, H, W, 3]`` (CPU float, 0..1) as they are decoded: the first frame, then
-        ``4*chunk`` frames at a time, stopping after ``num_frames`` (to trim a padded video).
+        ``4*chunk`` frames at a time (``chunk`` 0: ``decode_chunk``'s for the frame or tile), stopping after
+        ``num_frames`` (to trim a padded video).
 
         ``tile`` (pixels) decodes frames larger than that in overlapping tiles (see ``iter_pixels``)."""
         wanted = self._check_latents(latents, num_frames)
         param = next(self.wan.parameters())
         z = self.denormalize(latents.to(param.device, param.dtype))
+        if chunk < 1:
+            height, width = (min(n * SPACE_STRIDE, tile or n * SPACE_STRIDE) for n in z.shape[3:])
+            chunk = decode_chunk(z.shape[2], height, width, param.dtype)
         total, done = len(_chunks(z.shape[2], chunk)), 0
         pixel_chunks = self.iter_pixels(z, chunk, tile=tile, overlap=overlap, cache_device=cache_device)
         for i, pixels in enumerate(_interruptible(pixel_chunks, should_stop, "VAE decode")):
@@ -341,7 +363,7 @@ class VideoVAE(torch.nn.Module):
             if done == wanted:
                 return
 
-    def decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 1,
+    def decode(self, latents: torch.Tensor, num_frames: int | None = None, chunk: int = 0,
                progress: Progress | None = None, should_stop: ShouldStop | None = None,
                tile: int | None = None, overlap: int = 64,
                cache_device: str | torch.device | None = None) -> torch.Tensor:

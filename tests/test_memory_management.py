@@ -252,4 +252,3 @@ def test_the_decode_nodes_tile_480p_by_default(monkeypatch):
     monkeypatch.setenv("SEMANTICGEN_VAE_TILE", "128")
     monkeypatch.setenv("SEMANTICGEN_VAE_TILE_OVERLAP", "32")
     assert decode.tiling(256, 256) == (128, 32) and decode.tiling(128, 128) == (None, 32)
-    assert decode.decode_memory(256, 256, 1, torch.bfloat16) == 7000 * 32 * 32 * 64 * 2

@@ -67,6 +67,16 @@ def test_pad_to_4k_plus_1_and_trim(vae):
     assert vae.decode(latents).shape == (13, 16, 24, 3)
 
 
+def test_decode_steps_fit_the_memory_budget():
+    from semanticgen_core.vae import DECODE_BUDGET, decode_chunk, decode_memory
+
+    assert decode_memory(256, 256, 1, torch.bfloat16) == 7000 * 32 * 32 * 64 * 2  # ComfyUI core's estimate
+    assert decode_chunk(9, 64, 64, torch.float32) == 8  # a 4 s clip of the embedded default: one step after frame 0
+    assert decode_chunk(241, 64, 64, torch.float32) == DECODE_BUDGET // decode_memory(64, 64, 1, torch.float32)
+    assert decode_chunk(16, 256, 256, torch.bfloat16) == 1  # a 256-pixel tile at real size: one latent frame
+    assert decode_chunk(1, 64, 64, torch.float32) == 1
+
+
 def test_bad_frame_count_and_size_are_errors(vae):
     with pytest.raises(ShapeError, match=r"10 frames.*9 or 13.*pad=True"):
         vae.encode(frames(10))
@@ -88,6 +98,9 @@ def test_streamed_decode_equals_one_shot(vae):
     assert torch.allclose(streamed, reference, atol=1e-5)
     assert torch.allclose(vae.decode(latents, chunk=8), streamed, atol=1e-5)
     assert [c.shape[0] for c in vae.decode_iter(latents, num_frames=7, chunk=1)] == [1, 4, 2]
+    # by default a short clip decodes in two steps (the first frame, then the rest): no per-frame overhead
+    assert [c.shape[0] for c in vae.decode_iter(latents)] == [1, 16]
+    assert torch.allclose(vae.decode(latents), streamed, atol=1e-5)
     # chunked encode equals diffusers' too
     assert torch.allclose(vae.denormalize(vae.encode(frames(17), chunk=3)[0]),
                           reference_moments(vae, frames(17)), atol=1e-5)
@@ -121,7 +134,7 @@ def test_should_stop_interrupts_between_chunks(vae):
     latents, _ = vae.encode(frames(13))
     calls = []
     with pytest.raises(Interrupted):
-        vae.decode(latents, progress=lambda i, n: calls.append((i, n)), should_stop=lambda: len(calls) >= 2)
+        vae.decode(latents, chunk=1, progress=lambda i, n: calls.append((i, n)), should_stop=lambda: len(calls) >= 2)
     assert calls == [(1, 4), (2, 4)]
     with pytest.raises(Interrupted):
         vae.encode(frames(13), should_stop=lambda: True)

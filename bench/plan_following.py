@@ -46,7 +46,7 @@ the caption names:
     python bench/plan_following.py --prompts 80 --plan-travel [--stage1 FILE] [--alignment W] [--alignment-stop S]
 
 A configuration is a comma-separated list of ``key=value`` (``base`` for none). Each configuration renders
-``--prompts`` clips (about 3 s each on one CPU thread); the plans are encoded once.
+``--prompts`` clips (about 1.3 s each on one CPU thread); the plans are encoded once.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ Videos node keep the highest-scored video; this bench judges every candidate.
     python bench/video_candidates.py --prompts 100 --candidates 4 [--first 0] [--wording paraphrase] \
         [--threads 1] [--out runs/video_candidates.json]
 
-About 3.5 s a video on one CPU thread (100 prompts x 4 candidates: 25 min).
+About 2 s a video on one CPU thread (100 prompts x 4 candidates: 13 min).
 """
 
 from __future__ import annotations

@@ -68,10 +68,9 @@ def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Ite
                          "an image latent? Use core VAE Decode for images.")
     height, width = samples.shape[3] * 8, samples.shape[4] * 8
     tile, overlap = tiling(height, width)
-    pass_height, pass_width = min(height, tile or height), min(width, tile or width)  # a tile's, or the frame's
-    chunk = chunk or decode_chunk(samples.shape[2], pass_height, pass_width, vae.dtype)
+    chunk = chunk or decode_chunk(samples.shape[2], height, width, vae.dtype, tile)
     if vae.patcher is not None:  # inside ComfyUI: keep the decode's working memory free, as core does
-        vae.ready(memory_required=decode_memory(pass_height, pass_width, chunk, vae.dtype))
+        vae.ready(memory_required=decode_memory(height, width, chunk, vae.dtype, tile))
     else:
         ready(vae)
     model = vae["vae"]

@@ -240,8 +240,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
             tile, overlap = nodes.decode.tiling(height, width)  # as the decode nodes tile
 
             def decode(latents):  # chunk by chunk, lazily
-                chunk = decode_chunk(latents.shape[2], min(height, tile or height), min(width, tile or width),
-                                     next(pipe.vae.wan.parameters()).dtype)
+                chunk = decode_chunk(latents.shape[2], height, width, next(pipe.vae.wan.parameters()).dtype, tile)
                 progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
                 return pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
                                             should_stop=comfy.should_stop, tile=tile, overlap=overlap)

@@ -74,18 +74,21 @@ def frames_for(seconds: float, fps: float) -> int:
 DECODE_BUDGET = 1 << 30  # bytes of decoder working memory (as decode_memory estimates it) per decode step
 
 
-def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype) -> int:
+def decode_memory(height: int, width: int, chunk: int, dtype: torch.dtype, tile: int | None = None) -> int:
     """Working memory of a decode step on the GPU, as ComfyUI's core estimates it for the Wan2.1 VAE (per latent
-    frame and latent pixel), for a tile or a whole frame of ``height`` x ``width`` pixels."""
+    frame and latent pixel), for frames of ``height`` x ``width`` pixels decoded whole or in ``tile``-pixel tiles
+    (then a tile's)."""
+    height, width = min(height, tile or height), min(width, tile or width)
     return 7000 * (height // 8) * (width // 8) * 64 * torch.finfo(dtype).bits // 8 * max(1, chunk)
 
 
-def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype) -> int:
-    """Latent frames per decode step for ``latent_frames`` latent frames of ``height`` x ``width`` pixels (a
-    tile's, when tiled): a short clip's frames after the first in one step (each step pays the decoder's
-    per-call overhead, most of a small clip's decode time on a CPU), else as many as fit ``DECODE_BUDGET``, at
-    least 1. Chunking is exact up to float rounding (the causal cache carries the past between steps)."""
-    fit = DECODE_BUDGET // max(1, decode_memory(height, width, 1, dtype))
+def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype, tile: int | None = None) -> int:
+    """Latent frames per decode step for ``latent_frames`` latent frames of ``height`` x ``width`` pixels (in
+    ``tile``-pixel tiles, if given): a short clip's frames after the first in one step (each step pays the
+    decoder's per-call overhead, most of a small clip's decode time on a CPU), else as many as fit
+    ``DECODE_BUDGET``, at least 1. Chunking is exact up to float rounding (the causal cache carries the past
+    between steps)."""
+    fit = DECODE_BUDGET // max(1, decode_memory(height, width, 1, dtype, tile))
     return int(max(1, min(latent_frames - 1, fit)))
 
 
@@ -350,8 +353,7 @@ class VideoVAE(torch.nn.Module):
         param = next(self.wan.parameters())
         z = self.denormalize(latents.to(param.device, param.dtype))
         if chunk < 1:
-            height, width = (min(n * SPACE_STRIDE, tile or n * SPACE_STRIDE) for n in z.shape[3:])
-            chunk = decode_chunk(z.shape[2], height, width, param.dtype)
+            chunk = decode_chunk(z.shape[2], z.shape[3] * SPACE_STRIDE, z.shape[4] * SPACE_STRIDE, param.dtype, tile)
         total, done = len(_chunks(z.shape[2], chunk)), 0
         pixel_chunks = self.iter_pixels(z, chunk, tile=tile, overlap=overlap, cache_device=cache_device)
         for i, pixels in enumerate(_interruptible(pixel_chunks, should_stop, "VAE decode")):

@@ -74,6 +74,9 @@ def test_decode_steps_fit_the_memory_budget():
     assert decode_chunk(9, 64, 64, torch.float32) == 8  # a 4 s clip of the embedded default: one step after frame 0
     assert decode_chunk(241, 64, 64, torch.float32) == DECODE_BUDGET // decode_memory(64, 64, 1, torch.float32)
     assert decode_chunk(16, 256, 256, torch.bfloat16) == 1  # a 256-pixel tile at real size: one latent frame
+    assert decode_chunk(16, 480, 832, torch.bfloat16, tile=256) == 1  # 480p in 256-pixel tiles: the same
+    assert decode_memory(480, 832, 2, torch.bfloat16, tile=256) == 2 * decode_memory(256, 256, 1, torch.bfloat16)
+    assert decode_memory(128, 128, 1, torch.float32, tile=256) == decode_memory(128, 128, 1, torch.float32)
     assert decode_chunk(1, 64, 64, torch.float32) == 1
 
 

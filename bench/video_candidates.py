@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from math import comb
 from pathlib import Path
 
 import torch
@@ -35,8 +34,6 @@ from semanticgen_core.errors import SemanticGenError, run_command  # noqa: E402
 from semanticgen_core.pipeline import SemanticGenPipeline, candidate_seeds  # noqa: E402
 from semanticgen_core.sampling import SamplingOptions  # noqa: E402
 from semanticgen_world import evaluation as ev, world  # noqa: E402
-
-ASPECTS = {"color": "colour", "motion": "direction", "shape": "shape"}
 
 
 def candidates(pipe: SemanticGenPipeline, prompts: list[str], seeds: list[int], n: int) -> list[list[dict]]:
@@ -59,24 +56,11 @@ def best_of(rows: list[list[dict]], n: int) -> list[dict]:
     return [max(row[:n], key=lambda c: c["score"])["judgement"] for row in rows]
 
 
-def sign_test(gained: int, lost: int) -> float:
-    """Two-sided p of a sign test: how likely a split at least this uneven is, were gains and losses equally
-    likely."""
-    n = gained + lost
-    return 1.0 if n == 0 else min(1.0, 2 * sum(comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n)
-
-
-def changes(base: list[dict], picked: list[dict], aspect: str) -> tuple[int, int]:
-    """(objects right in ``picked`` and wrong in ``base``, the reverse) for one aspect."""
-    pairs = [(a[aspect], b[aspect]) for x, y in zip(base, picked) for a, b in zip(x["objects"], y["objects"])]
-    return sum(bool(b) and not a for a, b in pairs), sum(bool(a) and not b for a, b in pairs)
-
-
 def line(judgements: list[dict]) -> str:
     a = ev.aggregate(judgements)
     cell = lambda r: f"{100 * r['accuracy']:.1f}% ({r['correct']}/{r['total']})"  # noqa: E731
     by = a["by_object_count"]
-    return (" ".join(f"{name} {cell(a['objects'][k])}" for k, name in ASPECTS.items())
+    return (" ".join(f"{name} {cell(a['objects'][k])}" for k, name in ev.HEADLINE.items())
             + f"; all three {a['all_correct']['correct']}; "
             + "; ".join(f"{c} object(s): colour {cell(by[c]['color'])}, direction {cell(by[c]['motion'])}"
                         for c in sorted(by)))
@@ -103,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     base = [row[0]["judgement"] for row in rows]
     for n in range(1, args.candidates + 1):
         picked = best_of(rows, n)
-        moves = "; ".join(f"{name} +{g} -{lost} (p {sign_test(g, lost):.2f})"
-                          for k, name in ASPECTS.items() for g, lost in [changes(base, picked, k)])
+        moves = "; ".join(f"{name} +{g} -{lost} (p {ev.sign_test(g, lost):.2f})"
+                          for k, name in ev.HEADLINE.items() for g, lost in [ev.paired_changes(base, picked, k)])
         print(f"best of {n}: {line(picked)}" + (f"\n    against candidate 0: {moves}" if n > 1 else ""))
     for k in range(1, args.candidates):
         print(f"candidate {k} alone: {line([row[k]['judgement'] for row in rows])}")

@@ -9,6 +9,7 @@ and the world's motions.
     summarize(detections, ...)    -> tracks (one per colour), each with colour, shape and motion
     judge(frames, prompt)         -> which of colour / shape / motion are right, plus consistency
     evaluate(generate, prompts)   -> accuracies with counts over many prompts
+    paired_changes, sign_test     -> what one model gets right that another gets wrong, on the same prompts
     heldout_prompts(n, wording)   -> captions of held-out world clips (the prompts the evaluation uses), in
                                      the template wording or the held-out paraphrases (``wording.py``)
     vae_psnr(vae, clips)          -> a VideoVAE's reconstruction PSNR
@@ -444,6 +445,7 @@ def judge(frames, prompt: str, detections: list[list[Detection]] | None = None) 
 # --------------------------------------------------------------------------- evaluation over prompts
 
 ATTRIBUTES = ("color", "shape", "motion", "motion_exact")
+HEADLINE = {"color": "colour", "motion": "direction", "shape": "shape"}  # the figures reported first, as named
 
 
 def _rate(values: list[bool]) -> dict:
@@ -471,6 +473,23 @@ def aggregate(judgements: list[dict]) -> dict:
         values = [j[key] for j in judgements]
         out[key] = float(np.mean(values)) if values else None
     return out
+
+
+def paired_changes(base: Sequence[dict], other: Sequence[dict], attribute: str) -> tuple[int, int]:
+    """Judgements of the same prompts by two models (``evaluate``'s ``per_prompt``): (objects ``other`` gets right
+    and ``base`` wrong, the reverse) for one attribute. Raises if the two judged different prompts."""
+    if [j["prompt"] for j in base] != [j["prompt"] for j in other]:
+        raise SemanticGenError("the two sets of judgements are of different prompts: compare evaluations made with "
+                               "the same --prompts, --first and --wording")
+    pairs = [(a[attribute], b[attribute]) for x, y in zip(base, other) for a, b in zip(x["objects"], y["objects"])]
+    return sum(bool(b) and not a for a, b in pairs), sum(bool(a) and not b for a, b in pairs)
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """Two-sided p of a sign test: how likely a split of changed objects at least this uneven is, were gains and
+    losses equally likely."""
+    n = gained + lost
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, k) for k in range(min(gained, lost) + 1)) / 2 ** n)
 
 
 Generate = Callable[[str, int], object]

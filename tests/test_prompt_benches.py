@@ -1,11 +1,13 @@
 """bench/text_sensitivity.py (how much stage 1's velocity moves when one phrase of the prompt is swapped) and
-bench/prompt_seeds.py (one prompt judged over seeds), bench/wording_probe.py, bench/plan_sheet.py and
-bench/video_candidates.py (the best of N videos by the aligner)."""
+bench/prompt_seeds.py (one prompt judged over seeds), bench/wording_probe.py, bench/plan_sheet.py,
+bench/video_candidates.py (the best of N videos by the aligner) and bench/compare_evals.py (two evaluations,
+judgement by judgement)."""
 
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -112,9 +114,7 @@ def test_video_candidates_scores_videos_read_back_and_keeps_the_best(tmp_path, c
 
     import video_candidates as vc
 
-    # the sign test and the pick, on numbers worked by hand
-    assert vc.sign_test(0, 0) == 1.0 and vc.sign_test(5, 5) == 1.0
-    assert abs(vc.sign_test(21, 10) - 0.0708) < 1e-3 and vc.sign_test(10, 0) < 0.002
+    # the pick, on numbers worked by hand
     rows = [[{"score": 1.0, "judgement": "a"}, {"score": 3.0, "judgement": "b"}, {"score": 2.0, "judgement": "c"}]]
     assert vc.best_of(rows, 1) == ["a"] and vc.best_of(rows, 2) == ["b"] and vc.best_of(rows, 3) == ["b"]
 
@@ -145,3 +145,41 @@ def test_video_candidates_scores_videos_read_back_and_keeps_the_best(tmp_path, c
     first = rec["candidates"][0]
     assert [c["seed"] for c in first] == candidate_seeds(0, 2) == [0, 1000]
     assert first[0]["judgement"]["prompt"] == rec["prompts"][0] == ev.prompt_of(ev.heldout_clips(1)[0])
+
+
+def test_compare_evals_counts_what_each_model_gets_right_and_pools_the_sets(tmp_path, capsys):
+    import json
+
+    import compare_evals
+
+    from semanticgen_core.errors import SemanticGenError
+
+    # the sign test, on numbers worked by hand
+    assert ev.sign_test(0, 0) == 1.0 and ev.sign_test(5, 5) == 1.0
+    assert abs(ev.sign_test(21, 10) - 0.0708) < 1e-3 and ev.sign_test(10, 0) < 0.002
+
+    def run(name, prompts, judged):  # judged: per prompt, per object (colour, direction, shape)
+        per_prompt = [{"prompt": p, "objects": [dict(zip(("color", "motion", "shape"), o)) for o in objects]}
+                      for p, objects in zip(prompts, judged)]
+        path = tmp_path / name
+        path.write_text(json.dumps({"wording": "template", "heldout_seeds": [7, 8], "per_prompt": per_prompt}))
+        return str(path)
+
+    one = ["a red circle moving up over blue stripes", "a cyan square and a green star over grey noise"]
+    base = run("base.json", one, [[(1, 0, 0)], [(1, 1, 0), (0, 0, 1)]])
+    other = run("other.json", one, [[(1, 1, 0)], [(0, 1, 1), (1, 1, 1)]])
+    assert compare_evals.main([base, other]) == 0
+    out = capsys.readouterr().out
+    assert "(3 objects): colour 2 -> 2 (+1 -1, p 1.00); direction 1 -> 3 (+2 -0, p 0.50); shape 1 -> 2 (+1 -0" in out
+    assert "pooled" not in out
+    two = ["a white triangle growing on a plain green background"]
+    base2, other2 = run("base2.json", two, [[(0, 0, 0)]]), run("other2.json", two, [[(1, 1, 0)]])
+    compare_evals.main([base, other, base2, other2])
+    assert "pooled over 2 sets (4 objects): colour 2 -> 3 (+2 -1, p 1.00); direction 1 -> 4 (+3 -0, p 0.25)" in \
+        capsys.readouterr().out
+
+    # evaluations of different prompts, an odd number of files, a file that is no evaluation: each says so
+    for files, message in (([base, other2], "different prompts"), ([base], "in pairs"),
+                           ([base, str(tmp_path)], "is not an evaluation's JSON")):
+        with pytest.raises(SemanticGenError, match=message):
+            compare_evals.main(files)

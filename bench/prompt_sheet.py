@@ -2,14 +2,16 @@
 clip), each with the independent detector's verdict, so anyone can look at what the model draws.
 
     python bench/prompt_sheet.py --out docs/img/text_to_video.png
-    python bench/prompt_sheet.py --no-fixed --heldout 8 --wording both --steps 10 --out docs/img/wording_sheet.png
+    python bench/prompt_sheet.py --no-fixed --heldout 8 --wording both --out docs/img/wording_sheet.png \
+        [--first K] [--stage1 FILE] [--stage2 FILE]
 
 The prompts are ``evaluation.FIXED_PROMPTS`` (also judged by ``tests/test_embedded.py``; ``--no-fixed``
 leaves them out) and a few held-out world scenes, worded as the caption template, as the paraphrase set
 kept out of training (``--wording paraphrase``), or both, one row under the other at the same seed
-(``--wording both``); each row is labelled with the prompt and what the detector judged right (colour,
+(``--wording both``), from the ``--first``-th held-out scene on; each row is labelled with the prompt and what the detector judged right (colour,
 shape, motion). ``--candidates N``: each row is the video best of N keeps (``SemanticGenPipeline.best_of``, as
-``generate --candidates N``), labelled with its seed.
+``generate --candidates N``), labelled with its seed. The model's sampling defaults, as the first command
+uses them; ``--stage1``/``--stage2 FILE`` draw a candidate's rows instead of the shipped files'.
 """
 
 from __future__ import annotations
@@ -58,22 +60,26 @@ def main() -> None:
     p.add_argument("--fixed", action=argparse.BooleanOptionalAction, default=True,
                    help="start with evaluation.FIXED_PROMPTS")
     p.add_argument("--heldout", type=int, default=6, help="held-out world scenes after the fixed prompts")
+    p.add_argument("--first", type=int, default=0, help="skip this many held-out scenes (as eval --first)")
     p.add_argument("--wording", choices=[*evaluation.WORDINGS, "both"], default="template",
                    help="how the held-out scenes are worded (both: each scene's template, then its paraphrase)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps of each stage")
+    p.add_argument("--steps", type=int, help="denoising steps of each stage (default: the model's)")
+    p.add_argument("--stage1", type=Path, help="a stage-1 file in place of the embedded default's")
+    p.add_argument("--stage2", type=Path, help="a stage-2 file in place of the embedded default's")
     p.add_argument("--candidates", type=int, default=1, help="best of N videos by the aligner (default 1)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    pipe = SemanticGenPipeline.embedded(with_encoder=a.candidates > 1)
+    pipe = SemanticGenPipeline.embedded(stage1=a.stage1, stage2=a.stage2, with_encoder=a.candidates > 1)
     d = pipe.preset.defaults
     wordings = evaluation.WORDINGS if a.wording == "both" else (a.wording,)
     prompts = list(enumerate(evaluation.FIXED_PROMPTS if a.fixed else []))
-    worded = zip(*(evaluation.heldout_prompts(a.heldout, wording=w) for w in wordings))  # a scene's wordings together
+    start = evaluation.world.HELDOUT_SEED_START + a.first
+    worded = zip(*(evaluation.heldout_prompts(a.heldout, start, wording=w) for w in wordings))  # a scene's wordings together
     prompts += [(len(prompts) + i, prompt) for i, scene in enumerate(worded) for prompt in scene]
     rows = []
     for seed, prompt in prompts:
-        opts = SamplingOptions(steps=a.steps, guidance=float(d["guidance"]), seed=seed)
+        opts = SamplingOptions(steps=a.steps or d["steps"], guidance=float(d["guidance"]), seed=seed)
         size = (evaluation.CLIP_FRAMES, d["fps"], d["height"], d["width"])
         if a.candidates > 1:
             best, _ = pipe.best_of(prompt, *size, opts, a.candidates)

@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("docs/img/embedded_rerender.png"))
     p.add_argument("--seeds", type=int, nargs="+", default=[HELDOUT_SEED_START + k for k in (3, 10, 21)])
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, help="stage 2's denoising steps (default: the model's)")
     a = p.parse_args()
     torch.set_num_threads(1)
     pipe = SemanticGenPipeline.from_files(None, weights_path("stage2"), weights_path("vae"),
@@ -41,7 +41,8 @@ def main() -> None:
         clip = sample_clip(seed, 33, 64, 64, 8.0)
         frames = torch.from_numpy(clip.frames).float() / 255
         plan = pipe.encode_video(frames, 8.0, prompt=clip.caption)
-        opts = SamplingOptions(steps=a.steps, guidance=pipe.preset.defaults["guidance"], seed=0)
+        opts = SamplingOptions(steps=a.steps or pipe.preset.defaults["steps"], guidance=pipe.preset.defaults["guidance"],
+                               seed=0)
         render = pipe.decode(pipe.render_latents(plan, opts), 33)
         recon = pipe.vae.decode(pipe.vae.encode(frames)[0], 33)
         print(f"seed {seed}: {clip.caption}")

@@ -8,8 +8,8 @@ clip), each with the independent detector's verdict, so anyone can look at what 
 The prompts are ``evaluation.FIXED_PROMPTS`` (also judged by ``tests/test_embedded.py``; ``--no-fixed``
 leaves them out) and a few held-out world scenes, worded as the caption template, as the paraphrase set
 kept out of training (``--wording paraphrase``), or both, one row under the other at the same seed
-(``--wording both``), from the ``--first``-th held-out scene on; each row is labelled with the prompt and what the detector judged right (colour,
-shape, motion). ``--candidates N``: each row is the video best of N keeps (``SemanticGenPipeline.best_of``, as
+(``--wording both``), from the ``--first``-th held-out scene on; each row is labelled with the prompt and
+what the detector judged right (colour, shape, motion). ``--candidates N``: each row is the video best of N keeps (``SemanticGenPipeline.best_of``, as
 ``generate --candidates N``), labelled with its seed. The model's sampling defaults, as the first command
 uses them; ``--stage1``/``--stage2 FILE`` draw a candidate's rows instead of the shipped files'.
 """

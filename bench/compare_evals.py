@@ -40,9 +40,8 @@ def read(path: Path) -> dict:
 
 def tally(base: list[dict], other: list[dict]) -> dict[str, tuple[int, int, int, int]]:
     """Per aspect: (objects right for base, for other, gained, lost)."""
-    return {k: (sum(bool(o[k]) for j in base for o in j["objects"]),
-                sum(bool(o[k]) for j in other for o in j["objects"]), *ev.paired_changes(base, other, k))
-            for k in ev.HEADLINE}
+    a, b = ev.aggregate(base)["objects"], ev.aggregate(other)["objects"]
+    return {k: (a[k]["correct"], b[k]["correct"], *ev.paired_changes(base, other, k)) for k in ev.HEADLINE}
 
 
 def line(label: str, objects: int, counts: dict[str, tuple[int, int, int, int]]) -> str:

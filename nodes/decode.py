@@ -60,7 +60,7 @@ def tiling(height: int, width: int) -> tuple[int | None, int]:
 def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Iterator[Iterator[torch.Tensor]]:
     """One lazy stream of frame chunks ``[t, H, W, 3]`` per video of the batch, on one progress bar; ``chunk``
     latent frames a step (0: ``decode_chunk``'s)."""
-    from semanticgen_core.vae import decode_chunk, decode_memory  # diffusers: not at the pack's import
+    from semanticgen_core.vae import decode_chunk, decode_memory, decode_steps  # diffusers: not at the pack's import
 
     samples = latent["samples"]
     if samples.ndim != 5:
@@ -77,7 +77,7 @@ def decode_streams(vae: LoadedModel, latent: dict, chunk: int, node: str) -> Ite
     offload = comfy.offload_device()
     cache_device = offload if tile and vae.device != offload else None
     num_frames = latent.get("semanticgen_num_frames")
-    steps_per_video = 1 + -(-(samples.shape[2] - 1) // chunk)
+    steps_per_video = decode_steps(samples.shape[2], chunk)
     progress = comfy.Progress("VAE decode", steps_per_video * samples.shape[0])
     for b in range(samples.shape[0]):
         done = b * steps_per_video

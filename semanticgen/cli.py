@@ -160,7 +160,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
     import torch
     from semanticgen_core.pipeline import SemanticGenPipeline, candidate_seeds
     from semanticgen_core.sampling import SamplingOptions
-    from semanticgen_core.vae import decode_chunk, frames_for
+    from semanticgen_core.vae import decode_chunk, decode_steps, frames_for
 
     pack = runner.load_pack()
     nodes = pack.nodes
@@ -241,7 +241,7 @@ def generate(args) -> tuple[list[tuple[str, float]], int, float, Path]:
 
             def decode(latents):  # chunk by chunk, lazily
                 chunk = decode_chunk(latents.shape[2], height, width, next(pipe.vae.wan.parameters()).dtype, tile)
-                progress = comfy.Progress("VAE decode", 1 + -(-(latents.shape[2] - 1) // chunk))
+                progress = comfy.Progress("VAE decode", decode_steps(latents.shape[2], chunk))
                 return pipe.vae.decode_iter(latents, num_frames=num_frames, chunk=chunk, progress=progress,
                                             should_stop=comfy.should_stop, tile=tile, overlap=overlap)
 

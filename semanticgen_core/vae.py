@@ -92,6 +92,11 @@ def decode_chunk(latent_frames: int, height: int, width: int, dtype: torch.dtype
     return int(max(1, min(latent_frames - 1, fit)))
 
 
+def decode_steps(latent_frames: int, chunk: int) -> int:
+    """Decode steps of ``latent_frames`` latent frames ``chunk`` at a time: the first frame, then the rest."""
+    return len(_chunks(latent_frames, chunk))
+
+
 def _valid_sizes(n: int) -> str:
     lower, upper = max(SPACE_STRIDE, n // SPACE_STRIDE * SPACE_STRIDE), -(-n // SPACE_STRIDE) * SPACE_STRIDE
     return f"{lower}" if lower == upper else f"{lower} or {upper}"
@@ -354,7 +359,7 @@ class VideoVAE(torch.nn.Module):
         z = self.denormalize(latents.to(param.device, param.dtype))
         if chunk < 1:
             chunk = decode_chunk(z.shape[2], z.shape[3] * SPACE_STRIDE, z.shape[4] * SPACE_STRIDE, param.dtype, tile)
-        total, done = len(_chunks(z.shape[2], chunk)), 0
+        total, done = decode_steps(z.shape[2], chunk), 0
         pixel_chunks = self.iter_pixels(z, chunk, tile=tile, overlap=overlap, cache_device=cache_device)
         for i, pixels in enumerate(_interruptible(pixel_chunks, should_stop, "VAE decode")):
             frames = ((pixels[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0).cpu()[: wanted - done]

@@ -159,7 +159,8 @@ def test_compare_evals_counts_what_each_model_gets_right_and_pools_the_sets(tmp_
     assert abs(ev.sign_test(21, 10) - 0.0708) < 1e-3 and ev.sign_test(10, 0) < 0.002
 
     def run(name, prompts, judged):  # judged: per prompt, per object (colour, direction, shape)
-        per_prompt = [{"prompt": p, "objects": [dict(zip(("color", "motion", "shape"), o)) for o in objects]}
+        per_prompt = [{"prompt": p, "objects": [dict(zip(("color", "motion", "shape", "motion_exact"), (*o, o[1])))
+                                                for o in objects], "consistency": 0.5, "stability": 0.5}
                       for p, objects in zip(prompts, judged)]
         path = tmp_path / name
         path.write_text(json.dumps({"wording": "template", "heldout_seeds": [7, 8], "per_prompt": per_prompt}))
